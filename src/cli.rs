@@ -1,0 +1,198 @@
+//! Command-line interface: argument parsing, logging, and the mapping of
+//! errors to one line and an exit code (2 for the user's mistakes, 1 for
+//! everything else). No command prints a backtrace.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand};
+
+use crate::bail_usage;
+use crate::error::is_usage;
+use crate::optim::{OptimizerConfig, RawValue};
+use crate::trace;
+
+const ABOUT: &str = "Does the optimizer decide how sparse a trained network ends up?";
+
+const LONG_ABOUT: &str = "\
+Does the optimizer decide how sparse a trained network ends up, and which remedies work?
+
+sparsity-lab trains networks with hand-written optimizers that match PyTorch step for step
+(SGD, AdaGrad, RMSprop, Adadelta, Adam, AdamW, AMSGrad, NAdam, RAdam, Adamax, each with L2,
+decoupled decay, L1 as a subgradient or as a proximal step) and measures the sparsity of
+what they produce.
+
+Logs go to stderr; set RUST_LOG (for example RUST_LOG=info or RUST_LOG=sparsity_lab=debug).";
+
+#[derive(Parser, Debug)]
+#[command(name = "sparsity-lab", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Run a study: a name from experiments/ (e.g. `sparsity`) or a path to a .toml file.
+    #[arg(long, value_name = "NAME|PATH")]
+    exp: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print an optimizer's path on a test function, one JSON object per step.
+    ///
+    /// Each line is {"step": t, "params": [..], "loss": x} for t = 0..N; step 0 is the
+    /// start, before any update. quadratic is f(theta) = theta^2 from theta = 1;
+    /// rosenbrock is (1-x)^2 + 100(y-x^2)^2 from (-1.5, 2).
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug)]
+struct TraceArgs {
+    /// sgd, adagrad, rmsprop, adadelta, adam, adamw, nadam, radam or adamax.
+    #[arg(long)]
+    optimizer: String,
+    /// quadratic or rosenbrock.
+    #[arg(long)]
+    problem: String,
+    /// Number of updates.
+    #[arg(long)]
+    steps: usize,
+    /// f32 or f64.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// A hyper-parameter, with torch.optim's name (lr, momentum, beta1, beta2, eps,
+    /// weight_decay, ...) or one of ours (decoupled_weight_decay, l1, l1_prox, exempt_1d).
+    /// Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// cpu, or cuda in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    install_panic_hook();
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_error(e),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(if is_usage(&e) { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match (cli.command, cli.exp) {
+        (Some(Command::Trace(args)), _) => run_trace(args),
+        (None, Some(_)) => bail_usage!("studies (--exp) are not implemented yet"),
+        (None, None) => bail_usage!("nothing to do; try `sparsity-lab --help`"),
+    }
+}
+
+fn run_trace(args: TraceArgs) -> Result<()> {
+    let cfg = OptimizerConfig::from_pairs(&args.optimizer, parse_sets(&args.set)?)?;
+    let problem = trace::Problem::parse(&args.problem)?;
+    let dtype = trace::parse_dtype(&args.dtype)?;
+    let device = parse_device(&args.device)?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    trace::run(&cfg, problem, args.steps, dtype, &device, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Splits repeated `--set key=value` arguments.
+pub fn parse_sets(sets: &[String]) -> Result<Vec<(&str, RawValue)>> {
+    sets.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim(), RawValue::Text(v.trim().to_string())))
+            }
+            _ => bail_usage!("invalid --set `{s}`: expected KEY=VALUE, e.g. --set lr=0.001"),
+        })
+        .collect()
+}
+
+/// `cpu`, or `cuda` / `cuda:N` where the build and machine support it.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let ordinal = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => n,
+            None => bail_usage!("invalid --device `{s}`; expected cpu, cuda or cuda:N"),
+        },
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail_usage!(
+            "--device {s}: this build has no CUDA support; rebuild with `cargo build --release --features cuda` on a machine with the CUDA toolkit"
+        );
+    }
+    Device::new_cuda(ordinal)
+        .map_err(|e| crate::error::usage(format!("--device {s}: no usable CUDA GPU ({e})")))
+}
+
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind::*;
+    match e.kind() {
+        DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            // clap's message is several lines; its first line names the problem.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// A panic is a bug: say so on one line, without a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error{at}: {msg} (this is a bug in sparsity-lab; please report it)"
+        );
+    }));
+}

@@ -1,0 +1,266 @@
+//! Optimizers, hand-written on Candle tensors, step for step equal to
+//! PyTorch's `torch.optim`.
+//!
+//! An optimizer here is a chain, as in optax:
+//!
+//! 1. coupled terms join the gradient: `g += l1*sign(p)` (L1 subgradient),
+//!    then `g += weight_decay*p` (L2, torch's `weight_decay`);
+//! 2. or decoupled decay shrinks the weight first: `p *= 1 - lr*weight_decay`
+//!    (AdamW, and `decoupled_weight_decay = true` on any optimizer);
+//! 3. the optimizer's own [`rule`](rule::Rule) updates the state and the
+//!    parameter;
+//! 4. proximal L1 soft-thresholds the result with the rule's per-coordinate
+//!    step size: `p = sign(p)*max(|p| - step*l1_prox, 0)` (exact zeros).
+//!
+//! Adam+L2 and AdamW are the same rule with the decay block in a different
+//! place; AMSGrad, NAdam and RAdam share Adam's moment block. With
+//! `exempt_1d = true`, tensors with fewer than two dimensions (biases, norm
+//! gains) skip steps 1, 2 and 4, like torch's usual "no decay" group.
+//!
+//! Parameters are always visited in sorted name order.
+
+pub mod config;
+mod rule;
+
+use anyhow::{Result, bail};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use candle_nn::VarMap;
+
+pub use config::{OptimizerConfig, OptimizerKind, RawValue};
+use rule::{ParamState, Rule, StepCtx, StepSize};
+
+/// An optimizer the experiment runner can hold as `Box<dyn Optimizer>`
+/// (unlike `candle_nn::Optimizer`, this trait is object-safe).
+pub trait Optimizer: Send {
+    /// Updates every parameter that has a gradient in `grads`.
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+
+    /// Computes the gradients of `loss` and takes one step.
+    fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+
+    fn learning_rate(&self) -> f64;
+
+    /// Sets the learning rate used from the next step on (for schedules).
+    fn set_learning_rate(&mut self, lr: f64);
+
+    fn config(&self) -> &OptimizerConfig;
+
+    /// Parameter names in the order they are updated (sorted).
+    fn param_names(&self) -> Vec<String>;
+
+    /// The named state of one parameter, with torch's names (`exp_avg`,
+    /// `momentum_buffer`, ...) plus `step` (and `mu_product` for NAdam) as
+    /// 0-d f64 tensors. `None` for an unknown parameter.
+    fn state(&self, param: &str) -> Option<Vec<(String, Tensor)>>;
+
+    /// Bytes of optimizer state over all parameters.
+    fn state_bytes(&self) -> usize;
+}
+
+/// Builds the optimizer for `params`, given as (name, variable) pairs in any
+/// order. Non-float variables are skipped.
+pub fn build(config: &OptimizerConfig, params: Vec<(String, Var)>) -> Result<Box<dyn Optimizer>> {
+    Ok(Box::new(ParamOptimizer::new(config.clone(), params)?))
+}
+
+/// Builds the optimizer for every variable of a `VarMap`, in name order.
+pub fn build_for_varmap(config: &OptimizerConfig, varmap: &VarMap) -> Result<Box<dyn Optimizer>> {
+    let params = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock poisoned"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    build(config, params)
+}
+
+/// The regularisation blocks of a configuration.
+#[derive(Clone, Copy, Debug)]
+struct Regularization {
+    weight_decay: f64,
+    decoupled: bool,
+    l1: f64,
+    l1_prox: f64,
+    exempt_1d: bool,
+}
+
+impl Regularization {
+    fn of(cfg: &OptimizerConfig) -> Self {
+        Self {
+            weight_decay: cfg.get("weight_decay"),
+            decoupled: cfg.flag("decoupled_weight_decay"),
+            l1: cfg.get("l1"),
+            l1_prox: cfg.get("l1_prox"),
+            exempt_1d: cfg.flag("exempt_1d"),
+        }
+    }
+
+    /// Whether a tensor of this rank is decayed and L1-penalised.
+    fn applies_to(&self, rank: usize) -> bool {
+        !(self.exempt_1d && rank < 2)
+    }
+
+    /// Step 1: the coupled terms, added to the gradient.
+    fn coupled_grad(&self, p: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let mut g = g.clone();
+        if self.l1 != 0.0 {
+            g = (g + (p.sign()? * self.l1)?)?;
+        }
+        if self.weight_decay != 0.0 && !self.decoupled {
+            g = (g + (p * self.weight_decay)?)?;
+        }
+        Ok(g)
+    }
+
+    /// Step 2: decoupled decay, applied to the weight before the rule.
+    fn decoupled_decay(&self, p: &Tensor, lr: f64) -> Result<Tensor> {
+        if self.weight_decay != 0.0 && self.decoupled {
+            Ok((p * (1.0 - lr * self.weight_decay))?)
+        } else {
+            Ok(p.clone())
+        }
+    }
+
+    /// Step 4: the proximal operator of `step*l1_prox*|p|`, a soft threshold.
+    fn prox(&self, p: Tensor, step: StepSize) -> Result<Tensor> {
+        if self.l1_prox == 0.0 {
+            return Ok(p);
+        }
+        let shrunk = match step {
+            StepSize::Uniform(s) => (p.abs()? - s * self.l1_prox)?,
+            StepSize::PerCoord(s) => (p.abs()? - (s * self.l1_prox)?)?,
+            StepSize::Unknown => bail!("internal error: proximal step without a step size"),
+        };
+        Ok((p.sign()? * shrunk.relu()?)?)
+    }
+}
+
+struct Slot {
+    name: String,
+    var: Var,
+    regularized: bool,
+    state: ParamState,
+}
+
+/// The driver: walks the parameters in name order and runs the chain.
+struct ParamOptimizer {
+    config: OptimizerConfig,
+    lr: f64,
+    reg: Regularization,
+    rule: Box<dyn Rule>,
+    slots: Vec<Slot>,
+}
+
+impl ParamOptimizer {
+    fn new(config: OptimizerConfig, mut params: Vec<(String, Var)>) -> Result<Self> {
+        config.validate()?;
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(w) = params.windows(2).find(|w| w[0].0 == w[1].0) {
+            bail!("two parameters are both named `{}`", w[0].0);
+        }
+        let rule = rule::rule_for(&config);
+        let reg = Regularization::of(&config);
+        let slots = params
+            .into_iter()
+            .filter(|(_, v)| v.dtype().is_float())
+            .map(|(name, var)| {
+                let tensors = rule.init(var.as_tensor())?;
+                Ok(Slot {
+                    regularized: reg.applies_to(var.rank()),
+                    name,
+                    var,
+                    state: ParamState {
+                        t: 0,
+                        tensors,
+                        mu_product: 1.0,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            lr: config.lr(),
+            config,
+            reg,
+            rule,
+            slots,
+        })
+    }
+}
+
+impl Optimizer for ParamOptimizer {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            slot.state.t += 1;
+            let p = slot.var.as_detached_tensor();
+            let regularize = slot.regularized;
+            let (p, g) = if regularize {
+                (
+                    self.reg.decoupled_decay(&p, self.lr)?,
+                    self.reg.coupled_grad(&p, g)?,
+                )
+            } else {
+                (p, g.clone())
+            };
+            let ctx = StepCtx {
+                lr: self.lr,
+                want_step_size: regularize && self.reg.l1_prox != 0.0,
+            };
+            let (mut new_p, step) = self.rule.step(ctx, &p, &g, &mut slot.state)?;
+            if regularize {
+                new_p = self.reg.prox(new_p, step)?;
+            }
+            slot.var.set(&new_p)?;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    fn param_names(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn state(&self, param: &str) -> Option<Vec<(String, Tensor)>> {
+        let slot = self.slots.iter().find(|s| s.name == param)?;
+        let dev = slot.var.device();
+        let scalar = |x: f64| Tensor::new(x, dev).expect("a 0-d tensor on the parameter's device");
+        let mut out: Vec<(String, Tensor)> = self
+            .rule
+            .state_names()
+            .into_iter()
+            .zip(&slot.state.tensors)
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        out.push(("step".into(), scalar(slot.state.t as f64)));
+        if self.config.kind == OptimizerKind::Nadam {
+            out.push(("mu_product".into(), scalar(slot.state.mu_product)));
+        }
+        Some(out)
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flat_map(|s| &s.state.tensors)
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum()
+    }
+}
