@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c "import torch, numpy" 2>/dev/null || python3 -m pip install --quiet torch numpy
+python3 -c "import safetensors" 2>/dev/null || python3 -m pip install --quiet safetensors
 python3 tests/golden/make_optim_fixtures.py
+python3 tests/golden/make_measure_fixture.py

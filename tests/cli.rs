@@ -211,3 +211,203 @@ fn help_explains_the_commands() {
         "{text}"
     );
 }
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("sparsity-lab-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
+
+/// `measure --json` on a checkpoint saved by PyTorch, against the same
+/// measures computed with numpy by tests/golden/make_measure_fixture.py.
+/// Both sides sum f64 values in different orders: 1e-12 relative.
+#[test]
+fn measure_json_matches_numpy_on_a_pytorch_checkpoint() {
+    let o = bin(&[
+        "measure",
+        &format!("{GOLDEN}/torch_checkpoint.safetensors"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{GOLDEN}/torch_checkpoint_measures.json")).unwrap(),
+    )
+    .unwrap();
+    let mut top: Vec<_> = ours.as_object().unwrap().keys().cloned().collect();
+    top.sort();
+    assert_eq!(top, ["tensors", "total"]);
+    // The int64 BatchNorm counter is not a float tensor: skipped, as in the fixture.
+    assert_eq!(
+        ours["tensors"].as_object().unwrap().len(),
+        expected["tensors"].as_object().unwrap().len()
+    );
+    let check = |a: &serde_json::Value, b: &serde_json::Value, at: &str| {
+        let keys: Vec<_> = a.as_object().unwrap().keys().cloned().collect();
+        let mut want: Vec<_> = b.as_object().unwrap().keys().cloned().collect();
+        want.sort();
+        let mut got = keys.clone();
+        got.sort();
+        assert_eq!(got, want, "{at}");
+        for k in keys {
+            let (x, y) = (&a[&k], &b[&k]);
+            if k == "near_zero_frac" {
+                assert_eq!(x, y, "{at}.{k}");
+            } else {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-12 * y.abs().max(1.0),
+                    "{at}.{k}: {x} vs numpy {y}"
+                );
+            }
+        }
+    };
+    for (name, m) in expected["tensors"].as_object().unwrap() {
+        check(&ours["tensors"][name], m, name);
+    }
+    check(&ours["total"], &expected["total"], "total");
+    let o = bin(&["measure", &format!("{GOLDEN}/torch_checkpoint.safetensors")]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("0.weight") && stdout(&o).contains("[total]"));
+}
+
+#[test]
+fn measure_bad_files_are_usage_errors() {
+    for f in [
+        "/nonexistent.safetensors",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+    ] {
+        let o = bin(&["measure", f]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains(f));
+    }
+}
+
+/// `train` writes run.json and a checkpoint that `measure` reads back with
+/// the same numbers as the record.
+#[test]
+fn train_writes_a_record_and_a_checkpoint() {
+    let out = tmpdir("train");
+    let o = bin(&[
+        "train",
+        "--model",
+        "mlp",
+        "--hidden",
+        "16",
+        "--data",
+        "teacher",
+        "--optimizer",
+        "sgd",
+        "--set",
+        "lr=0.1",
+        "--set",
+        "momentum=0.9",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("dead units"), "{}", stdout(&o));
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(rec["status"], "done");
+    assert_eq!(rec["seed"], 3);
+    assert_eq!(rec["config"]["optimizer"]["name"], "sgd");
+    assert_eq!(rec["config"]["optimizer"]["momentum"], 0.9);
+    // Every hyper-parameter is written out, defaults included.
+    assert_eq!(rec["config"]["optimizer"]["dampening"], 0.0);
+    assert_eq!(rec["history"].as_array().unwrap().len(), 2);
+    let m = bin(&[
+        "measure",
+        out.join("model.safetensors").to_str().unwrap(),
+        "--json",
+    ]);
+    let m: serde_json::Value = serde_json::from_str(&stdout(&m)).unwrap();
+    assert_eq!(m["total"], rec["final"]["measures"]["total"]);
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn train_bad_input_and_missing_data() {
+    let empty = tmpdir("empty-cache");
+    std::fs::create_dir_all(&empty).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--data", "cifar"], "unknown dataset"),
+        (&["train", "--model", "rnn"], "unknown model"),
+        (
+            &["train", "--model", "transformer", "--data", "teacher"],
+            "cannot learn",
+        ),
+        (
+            &[
+                "train",
+                "--data",
+                "teacher",
+                "--optimizer",
+                "adam",
+                "--set",
+                "lr=-0.1",
+            ],
+            "`lr`",
+        ),
+        (&["train", "--data", "teacher", "--epochs", "0"], "epochs"),
+        (
+            &["train", "--data", "teacher", "--schedule", "linear"],
+            "--schedule",
+        ),
+        (
+            &["train", "--data", "mnist", "--data-dir", "/nonexistent/idx"],
+            "/nonexistent/idx",
+        ),
+        (
+            &[
+                "train",
+                "--data",
+                "text",
+                "--model",
+                "transformer",
+                "--data-dir",
+                "/nonexistent.txt",
+            ],
+            "/nonexistent.txt",
+        ),
+        (&["train", "--data", "mnist"], "HF_HUB_CACHE"),
+    ];
+    for (args, needle) in cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
+            .args(*args)
+            .args(["--out", tmpdir("bad").to_str().unwrap()])
+            .env("HF_HUB_CACHE", &empty)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("SPARSITY_LAB_DATA")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // The missing-data error names every place searched.
+    let o = Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
+        .args(["train", "--data", "mnist"])
+        .env("HF_HUB_CACHE", &empty)
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SPARSITY_LAB_DATA")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    for place in [
+        "SPARSITY_LAB_DATA",
+        empty.to_str().unwrap(),
+        "--data-dir",
+        "HF_HUB_OFFLINE",
+    ] {
+        assert!(err.contains(place), "{place} missing from: {err}");
+    }
+}

@@ -14,6 +14,9 @@ use crate::error::is_usage;
 use crate::optim::{OptimizerConfig, RawValue};
 use crate::trace;
 
+mod measure;
+mod train;
+
 const ABOUT: &str = "Does the optimizer decide how sparse a trained network ends up?";
 
 const LONG_ABOUT: &str = "\
@@ -39,6 +42,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train one model and measure it: prints the final metrics, writes
+    /// DIR/run.json and DIR/model.safetensors.
+    ///
+    /// Example: sparsity-lab train --model mlp --data mnist --optimizer adam --set lr=1e-3
+    /// --epochs 3 --seed 0 --out runs/adam
+    Train(Box<train::TrainArgs>),
+    /// The sparsity table of any safetensors checkpoint (also PyTorch's).
+    ///
+    /// With --json, prints {"tensors": {NAME: M, ...}, "total": M}, where M has numel,
+    /// exact_zero_frac, near_zero_frac ({"1e-4", "1e-3", "1e-2"}), rel_near_zero_frac,
+    /// l1, l2, hoyer and gini; "total" treats all floating-point tensors as one vector.
+    Measure(measure::MeasureArgs),
     /// Print an optimizer's path on a test function, one JSON object per step.
     ///
     /// Each line is {"step": t, "params": [..], "loss": x} for t = 0..N; step 0 is the
@@ -93,6 +108,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match (cli.command, cli.exp) {
         (Some(Command::Trace(args)), _) => run_trace(args),
+        (Some(Command::Train(args)), _) => train::run(*args),
+        (Some(Command::Measure(args)), _) => measure::run(args),
         (None, Some(_)) => bail_usage!("studies (--exp) are not implemented yet"),
         (None, None) => bail_usage!("nothing to do; try `sparsity-lab --help`"),
     }
@@ -169,11 +186,16 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // hf-hub logs each failed download attempt as an error; the data loader
+    // reports the outcome itself, in one line.
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,hf_hub=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

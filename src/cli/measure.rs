@@ -1,0 +1,100 @@
+//! `sparsity-lab measure FILE.safetensors [--json]`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::Device;
+use clap::Args;
+use serde::Serialize;
+
+use crate::bail_usage;
+use crate::metrics::{self, Measures};
+
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    /// A safetensors checkpoint (ours or PyTorch's).
+    file: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Output {
+    tensors: BTreeMap<String, Measures>,
+    total: Measures,
+}
+
+pub fn run(args: MeasureArgs) -> Result<()> {
+    if !args.file.is_file() {
+        bail_usage!(
+            "measure: {} does not exist or is not a file",
+            args.file.display()
+        );
+    }
+    let tensors = match candle_core::safetensors::load(&args.file, &Device::Cpu) {
+        Ok(t) => t,
+        Err(e) => bail_usage!(
+            "measure: {} is not a readable safetensors file: {e}",
+            args.file.display()
+        ),
+    };
+    let mut named: Vec<_> = tensors.into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let m = metrics::measure_tensors(&named)?;
+    if m.tensors.is_empty() {
+        bail_usage!(
+            "measure: {} holds no floating-point tensors",
+            args.file.display()
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&Output {
+                tensors: m.tensors,
+                total: m.total
+            })?
+        );
+        return Ok(());
+    }
+    println!("{}", table(&m));
+    Ok(())
+}
+
+/// A text table: one row per tensor, then the weight, bias and total groups.
+pub fn table(m: &metrics::ModelMeasures) -> String {
+    let mut rows = vec![];
+    for (k, v) in &m.tensors {
+        rows.push((k.clone(), v));
+    }
+    rows.push(("[weights]".into(), &m.weights));
+    rows.push(("[biases]".into(), &m.biases));
+    rows.push(("[total]".into(), &m.total));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
+    let mut out = format!(
+        "{:<width$} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>6} {:>6}\n",
+        "tensor", "numel", "zero", "<1e-4", "<1e-3", "<1e-2", "<1%max", "L1", "L2", "hoyer", "gini"
+    );
+    for (name, v) in rows {
+        if v.numel == 0 {
+            continue;
+        }
+        out += &format!(
+            "{:<width$} {:>9} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>10.4} {:>9.4} {:>6.3} {:>6.3}\n",
+            name,
+            v.numel,
+            v.exact_zero_frac,
+            v.near("1e-4"),
+            v.near("1e-3"),
+            v.near("1e-2"),
+            v.rel_near_zero_frac,
+            v.l1,
+            v.l2,
+            v.hoyer,
+            v.gini
+        );
+    }
+    out.trim_end().to_string()
+}

@@ -1,0 +1,207 @@
+//! `sparsity-lab train`: one run from flags.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{parse_device, parse_sets};
+use crate::bail_usage;
+use crate::data::DataConfig;
+use crate::io::write_json;
+use crate::models::ModelConfig;
+use crate::optim::OptimizerConfig;
+use crate::train::{self, RunOptions, Schedule, Status, TrainConfig};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// mlp or transformer.
+    #[arg(long, default_value = "mlp")]
+    model: String,
+    /// mnist, fashion-mnist, teacher (planted sparse teacher), modadd (modular addition) or text.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// Local data: a folder of IDX files (plain or .gz) for mnist/fashion-mnist, a text file for text.
+    #[arg(long, value_name = "PATH")]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N training examples (images).
+    #[arg(long, value_name = "N")]
+    train_limit: Option<usize>,
+    /// sgd, adagrad, rmsprop, adadelta, adam, adamw, nadam, radam or adamax.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// An optimizer hyper-parameter (torch.optim names; see README). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Passes over the training set.
+    #[arg(long, conflicts_with = "steps")]
+    epochs: Option<usize>,
+    /// Optimizer steps (instead of epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate on the held-out split every N steps (default: every epoch).
+    #[arg(long, value_name = "N")]
+    eval_every: Option<usize>,
+    /// constant, or warmup-cosine (with --warmup-steps and --min-lr-frac).
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    #[arg(long, default_value_t = 100)]
+    warmup_steps: usize,
+    #[arg(long, default_value_t = 0.1)]
+    min_lr_frac: f64,
+    /// MLP hidden widths, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "W,...")]
+    hidden: Option<Vec<usize>>,
+    /// Transformer layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Transformer width.
+    #[arg(long)]
+    d_model: Option<usize>,
+    /// Transformer attention heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Transformer context length.
+    #[arg(long)]
+    context: Option<usize>,
+    /// Output folder for run.json and model.safetensors.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// cpu, or cuda in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let optimizer = OptimizerConfig::from_pairs(&a.optimizer, parse_sets(&a.set)?)?;
+    let mut data = DataConfig::by_name(&a.data)?;
+    if let Some(dir) = &a.data_dir {
+        data.set_dir(dir.clone())?;
+    }
+    if let Some(n) = a.train_limit {
+        match &mut data {
+            DataConfig::Mnist(c) | DataConfig::FashionMnist(c) => c.train_limit = Some(n),
+            _ => bail_usage!("--train-limit applies to mnist and fashion-mnist"),
+        }
+    }
+    let mut model = ModelConfig::by_name(&a.model)?;
+    match &mut model {
+        ModelConfig::Mlp(m) => {
+            if let Some(h) = &a.hidden {
+                m.hidden = h.clone();
+            }
+            if a.layers.is_some() || a.d_model.is_some() || a.heads.is_some() || a.context.is_some()
+            {
+                bail_usage!(
+                    "--layers, --d-model, --heads and --context are transformer options; this is --model mlp"
+                );
+            }
+        }
+        ModelConfig::Transformer(t) => {
+            if a.hidden.is_some() {
+                bail_usage!("--hidden is an mlp option; this is --model transformer");
+            }
+            t.layers = a.layers.unwrap_or(t.layers);
+            t.d_model = a.d_model.unwrap_or(t.d_model);
+            t.heads = a.heads.unwrap_or(t.heads);
+            t.context = a.context.unwrap_or(t.context);
+        }
+    }
+    let schedule = match a.schedule.as_str() {
+        "constant" => Schedule::Constant,
+        "warmup-cosine" | "warmup_cosine" => Schedule::WarmupCosine {
+            warmup_steps: a.warmup_steps,
+            min_lr_frac: a.min_lr_frac,
+        },
+        s => bail_usage!("invalid --schedule `{s}`; expected constant or warmup-cosine"),
+    };
+    let mut cfg = TrainConfig::new(model, data, optimizer);
+    cfg.epochs = a.epochs;
+    cfg.steps = a.steps;
+    if cfg.epochs.is_none() && cfg.steps.is_none() {
+        cfg.epochs = Some(1);
+    }
+    cfg.batch_size = a.batch_size;
+    cfg.seed = a.seed;
+    cfg.eval_every = a.eval_every;
+    cfg.schedule = schedule;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let cfg = build_config(&a)?;
+    let device = parse_device(&a.device)?;
+    let pb = train::progress_bar(0, "train");
+    let trained = train::run(
+        &cfg,
+        &device,
+        &RunOptions {
+            progress: Some(pb.clone()),
+        },
+    )?;
+    pb.finish_and_clear();
+    let rec = &trained.record;
+    write_json(&a.out.join("run.json"), rec)?;
+    let weights = a.out.join("model.safetensors");
+    let tmp = a.out.join(".tmp.model.safetensors");
+    trained.model.params().save_safetensors(&tmp)?;
+    std::fs::rename(&tmp, &weights)?;
+    println!(
+        "{} on {}: {} steps in {:.1} s, status {:?}",
+        cfg.optimizer.short(),
+        rec.data_source,
+        rec.steps_done,
+        rec.train_seconds,
+        rec.status
+    );
+    for h in &rec.history {
+        println!(
+            "  step {:>6} (epoch {:>5.2}): train loss {:.4}, test loss {:.4}, test acc {:.2}%, weights <1e-3 {:.2}%",
+            h.step,
+            h.epoch,
+            h.train_loss,
+            h.test_loss,
+            100.0 * h.test_acc,
+            100.0 * h.weights_near_zero_frac["1e-3"]
+        );
+    }
+    if let Some(f) = &rec.r#final {
+        println!(
+            "final: test acc {:.2}%, test loss {:.4}",
+            100.0 * f.test_acc,
+            f.test_loss
+        );
+        println!("{}", super::measure::table(&f.measures));
+        if let Some(d) = &f.dead_units {
+            println!(
+                "dead units (held-out set): {} of {} ({:.2}%)",
+                d.dead,
+                d.total,
+                100.0 * d.frac
+            );
+        }
+        let prune: Vec<String> = f
+            .pruning
+            .iter()
+            .map(|p| format!("{:.0}%: {:.2}%", 100.0 * p.frac, 100.0 * p.test_acc))
+            .collect();
+        println!("accuracy after magnitude pruning: {}", prune.join(", "));
+    }
+    println!(
+        "wrote {} and {}",
+        a.out.join("run.json").display(),
+        weights.display()
+    );
+    if rec.status == Status::Diverged {
+        eprintln!(
+            "warning: the run diverged (non-finite loss) after {} steps",
+            rec.steps_done
+        );
+    }
+    Ok(())
+}

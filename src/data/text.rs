@@ -1,0 +1,116 @@
+//! Character-level text from a local file; tiny-shakespeare is the
+//! reference corpus. The last `holdout` fraction of the text is held out.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Dataset, Split, Task};
+use crate::bail_usage;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TextConfig {
+    /// The text file. Without it: `$SPARSITY_LAB_DATA/tinyshakespeare/input.txt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Fraction of the text, at the end, held out for evaluation.
+    pub holdout: f64,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            holdout: 0.1,
+        }
+    }
+}
+
+pub fn load(c: &TextConfig) -> Result<Dataset> {
+    if !(c.holdout > 0.0 && c.holdout < 1.0) {
+        bail_usage!("text: `holdout` must be in (0, 1), got {}", c.holdout);
+    }
+    let path = match (&c.path, std::env::var_os("SPARSITY_LAB_DATA")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(root)) => PathBuf::from(root).join("tinyshakespeare/input.txt"),
+        (None, None) => bail_usage!(
+            "text: no file given; set `path` in the study's [data] table, pass --data-dir FILE, \
+             or set SPARSITY_LAB_DATA=ROOT with ROOT/tinyshakespeare/input.txt \
+             (tiny-shakespeare: data/tinyshakespeare/input.txt of github.com/karpathy/char-rnn)"
+        ),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => bail_usage!(
+            "text: cannot read {}: {e}; give the file with `path`, --data-dir FILE or SPARSITY_LAB_DATA",
+            path.display()
+        ),
+    };
+    let chars: Vec<char> = text.chars().collect();
+    let mut vocab: Vec<char> = chars.clone();
+    vocab.sort_unstable();
+    vocab.dedup();
+    if chars.len() < 1000 {
+        bail_usage!(
+            "text: {} has only {} characters; need at least 1000",
+            path.display(),
+            chars.len()
+        );
+    }
+    let ids: Vec<u32> = chars
+        .iter()
+        .map(|ch| vocab.binary_search(ch).expect("in vocab") as u32)
+        .collect();
+    let n_train = ((ids.len() as f64) * (1.0 - c.holdout)) as usize;
+    Ok(Dataset {
+        name: "text".into(),
+        task: Task::NextToken { vocab: vocab.len() },
+        train: Split::Stream {
+            tokens: ids[..n_train].to_vec(),
+        },
+        test: Split::Stream {
+            tokens: ids[n_train..].to_vec(),
+        },
+        source: format!(
+            "{} ({} chars, vocabulary {})",
+            path.display(),
+            ids.len(),
+            vocab.len()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_file_into_a_vocabulary_and_holds_out_the_end() {
+        let path =
+            std::env::temp_dir().join(format!("sparsity-lab-text-{}.txt", std::process::id()));
+        let text: String = "to be or not to be\n".repeat(100);
+        std::fs::write(&path, &text).unwrap();
+        let d = load(&TextConfig {
+            path: Some(path.clone()),
+            holdout: 0.25,
+        })
+        .unwrap();
+        // distinct chars: '\n', ' ', b, e, n, o, r, t
+        assert_eq!(d.task, Task::NextToken { vocab: 8 });
+        assert_eq!(d.train.len() + d.test.len(), text.len());
+        assert_eq!(d.test.len(), text.len() / 4);
+        let Split::Stream { tokens } = &d.train else {
+            panic!()
+        };
+        assert_eq!(tokens[..2], [7, 5]); // "to"
+        std::fs::remove_file(path).unwrap();
+        let err = load(&TextConfig {
+            path: Some("/nonexistent.txt".into()),
+            holdout: 0.1,
+        })
+        .unwrap_err();
+        assert!(format!("{err}").contains("/nonexistent.txt"));
+    }
+}

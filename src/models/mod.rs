@@ -1,0 +1,175 @@
+//! The models: an MLP and a small decoder-only Transformer, both built on a
+//! [`Params`] store whose initial values come from the project's seeded RNG.
+
+pub mod mlp;
+pub mod params;
+pub mod transformer;
+
+use anyhow::Result;
+use candle_core::{D, DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::bail_usage;
+use crate::data::{Batch, Task};
+pub use mlp::Mlp;
+pub use params::{Init, Params};
+pub use transformer::{Transformer, TransformerConfig};
+
+/// Which model to train, as written in a study file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    /// An MLP; input and output sizes come from the data.
+    Mlp(MlpConfig),
+    Transformer(TransformerConfig),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Hidden layer widths; [128] gives the source's 784-128-10 on MNIST.
+    pub hidden: Vec<usize>,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        Self { hidden: vec![128] }
+    }
+}
+
+impl ModelConfig {
+    pub fn by_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "mlp" => ModelConfig::Mlp(MlpConfig::default()),
+            "transformer" => ModelConfig::Transformer(TransformerConfig::default()),
+            _ => bail_usage!("unknown model `{name}`; expected mlp or transformer"),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelConfig::Mlp(_) => "mlp",
+            ModelConfig::Transformer(_) => "transformer",
+        }
+    }
+
+    /// Builds the model for a task, with weights drawn from `seed`.
+    pub fn build(&self, task: &Task, seed: u64, dtype: DType, device: &Device) -> Result<Model> {
+        let params = Params::new(seed, dtype, device);
+        Ok(match (self, task) {
+            (ModelConfig::Mlp(c), Task::Classify { inputs, classes }) => {
+                if c.hidden.contains(&0) {
+                    bail_usage!("mlp: hidden widths must be > 0, got {:?}", c.hidden);
+                }
+                let mut sizes = vec![*inputs];
+                sizes.extend(&c.hidden);
+                sizes.push(*classes);
+                Model::Mlp(Mlp::new(&sizes, params)?)
+            }
+            (
+                ModelConfig::Transformer(c),
+                Task::LastToken { vocab, .. } | Task::NextToken { vocab },
+            ) => {
+                if let Task::LastToken { len, .. } = task
+                    && *len > c.context
+                {
+                    bail_usage!(
+                        "transformer: context {} is shorter than the sequences ({len})",
+                        c.context
+                    );
+                }
+                Model::Transformer(Transformer::new(c, *vocab, params, device, dtype)?)
+            }
+            (m, t) => bail_usage!(
+                "model `{}` cannot learn this task ({t:?}); use mlp for mnist, fashion-mnist and teacher, transformer for text and modadd",
+                m.name()
+            ),
+        })
+    }
+}
+
+pub enum Model {
+    Mlp(Mlp),
+    Transformer(Transformer),
+}
+
+/// Loss, accuracy and (for ReLU models) the hidden activations of a batch.
+pub struct Eval {
+    pub loss: Tensor,
+    pub correct: usize,
+    pub count: usize,
+}
+
+impl Model {
+    pub fn params(&self) -> &Params {
+        match self {
+            Model::Mlp(m) => &m.params,
+            Model::Transformer(t) => &t.params,
+        }
+    }
+
+    pub fn named_params(&self) -> Vec<(String, Var)> {
+        self.params().named()
+    }
+
+    /// Whether the model has ReLU units (dead units are defined for those).
+    pub fn has_relu_units(&self) -> bool {
+        matches!(self, Model::Mlp(_))
+    }
+
+    /// Logits `[N, C]` and targets `[N]` for a batch, flattening sequence
+    /// positions where every position is predicted.
+    pub fn logits(
+        &self,
+        task: &Task,
+        batch: &Batch,
+        hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok(match (self, task) {
+            (Model::Mlp(m), _) => (m.forward_collect(&batch.x, hidden)?, batch.y.clone()),
+            (Model::Transformer(t), Task::LastToken { .. }) => {
+                let out = t.forward(&batch.x)?;
+                let last = out.dim(1)? - 1;
+                (out.narrow(1, last, 1)?.squeeze(1)?, batch.y.clone())
+            }
+            (Model::Transformer(t), _) => {
+                let out = t.forward(&batch.x)?;
+                let (b, s, v) = out.dims3()?;
+                (out.reshape((b * s, v))?, batch.y.flatten_all()?)
+            }
+        })
+    }
+
+    /// Mean cross-entropy and the number of correct argmax predictions.
+    pub fn evaluate(
+        &self,
+        task: &Task,
+        batch: &Batch,
+        hidden: Option<&mut Vec<Tensor>>,
+    ) -> Result<Eval> {
+        let (logits, y) = self.logits(task, batch, hidden)?;
+        let loss = cross_entropy(&logits, &y)?;
+        let pred = logits.argmax(D::Minus1)?;
+        let correct = pred
+            .eq(&y)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+        Ok(Eval {
+            loss,
+            correct,
+            count: y.dim(0)?,
+        })
+    }
+
+    /// The training loss of a batch (mean cross-entropy).
+    pub fn loss(&self, task: &Task, batch: &Batch) -> Result<Tensor> {
+        let (logits, y) = self.logits(task, batch, None)?;
+        cross_entropy(&logits, &y)
+    }
+}
+
+/// Mean softmax cross-entropy of logits `[N, C]` against targets `[N]`.
+pub fn cross_entropy(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::loss::cross_entropy(logits, y)?)
+}

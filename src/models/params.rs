@@ -1,0 +1,108 @@
+//! A named parameter store with seeded initialisation.
+//!
+//! Candle's CPU RNG cannot be seeded, so initial values are drawn on the host
+//! from the project's [`Rng`], in creation order, and then moved to the
+//! device: the same seed gives the same weights on every device.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::rng::Rng;
+
+/// How a parameter starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    /// U(-bound, bound), torch's nn.Linear default with bound = 1/sqrt(fan_in).
+    Uniform(f64),
+    /// N(0, std^2).
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+/// Parameters by name. Iteration is in sorted name order.
+pub struct Params {
+    vars: BTreeMap<String, Var>,
+    rng: Rng,
+    dtype: DType,
+    device: Device,
+}
+
+impl Params {
+    pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
+        Self {
+            vars: BTreeMap::new(),
+            rng: Rng::derive(seed, "init"),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// Creates a parameter; its values are the next draws of the init stream.
+    pub fn add(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
+        if self.vars.contains_key(name) {
+            bail!("parameter `{name}` defined twice");
+        }
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = match init {
+            Init::Uniform(b) => (0..n).map(|_| self.rng.uniform_in(-b, b) as f32).collect(),
+            Init::Normal(s) => (0..n).map(|_| (self.rng.normal() * s) as f32).collect(),
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+        };
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
+        let var = Var::from_tensor(&t)?;
+        self.vars.insert(name.to_string(), var.clone());
+        Ok(var)
+    }
+
+    /// (name, variable) pairs in sorted name order.
+    pub fn named(&self) -> Vec<(String, Var)> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Var> {
+        self.vars.get(name)
+    }
+
+    pub fn count(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// Snapshot of every tensor (detached copies), for saving or restoring.
+    pub fn snapshot(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.vars
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?.detach())))
+            .collect()
+    }
+
+    /// Sets every parameter from a snapshot with the same names and shapes.
+    pub fn restore(&self, snap: &BTreeMap<String, Tensor>) -> Result<()> {
+        for (k, v) in &self.vars {
+            let t = snap
+                .get(k)
+                .with_context(|| format!("snapshot lacks `{k}`"))?;
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let map: std::collections::HashMap<String, Tensor> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&map, path)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}

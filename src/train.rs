@@ -1,0 +1,509 @@
+//! One training run: model, data, optimizer, schedule; evaluation on the
+//! held-out split; every measure at the end. The result is a [`RunRecord`],
+//! the JSON written per run.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::bail_usage;
+use crate::data::{self, Batch, Batcher, DataConfig, Dataset, Task};
+use crate::metrics::{self, DeadUnits, DeadUnitsReport, LogHistogram, ModelMeasures};
+use crate::models::{Model, ModelConfig};
+use crate::optim::{self, OptimizerConfig};
+
+/// The learning rate over the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// The optimizer's lr throughout.
+    #[default]
+    Constant,
+    /// Linear warmup from lr/warmup_steps to lr, then cosine decay to
+    /// lr * min_lr_frac at the last step.
+    WarmupCosine {
+        warmup_steps: usize,
+        min_lr_frac: f64,
+    },
+}
+
+impl Schedule {
+    /// The learning rate of step `t` (0-based) of `total`.
+    pub fn lr(&self, base: f64, t: usize, total: usize) -> f64 {
+        match *self {
+            Schedule::Constant => base,
+            Schedule::WarmupCosine {
+                warmup_steps,
+                min_lr_frac,
+            } => {
+                if t < warmup_steps {
+                    base * (t + 1) as f64 / warmup_steps as f64
+                } else {
+                    let span = total.saturating_sub(warmup_steps).max(1) as f64;
+                    let progress = ((t - warmup_steps) as f64 / span).min(1.0);
+                    let min = base * min_lr_frac;
+                    min + 0.5 * (base - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+                }
+            }
+        }
+    }
+}
+
+/// Everything that defines a run except the device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub optimizer: OptimizerConfig,
+    /// Passes over the training set; give this or `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Optimizer steps; give this or `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Evaluate every this many steps (default: once per epoch, or 10 times
+    /// in a steps-based run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_every: Option<usize>,
+    /// At most this many context windows of held-out text per evaluation.
+    #[serde(default = "default_eval_windows")]
+    pub eval_windows: usize,
+    /// Fractions of weights removed for accuracy-after-pruning.
+    #[serde(default = "default_prune")]
+    pub prune_fracs: Vec<f64>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_batch() -> usize {
+    64
+}
+fn default_eval_windows() -> usize {
+    200
+}
+pub fn default_prune() -> Vec<f64> {
+    vec![0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
+}
+
+impl TrainConfig {
+    pub fn new(model: ModelConfig, data: DataConfig, optimizer: OptimizerConfig) -> Self {
+        Self {
+            model,
+            data,
+            optimizer,
+            epochs: None,
+            steps: None,
+            batch_size: default_batch(),
+            schedule: Schedule::Constant,
+            eval_every: None,
+            eval_windows: default_eval_windows(),
+            prune_fracs: default_prune(),
+            seed: 0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match (self.epochs, self.steps) {
+            (Some(0), _) | (_, Some(0)) => bail_usage!("epochs and steps must be > 0"),
+            (None, None) => bail_usage!("give either `epochs` or `steps`"),
+            (Some(_), Some(_)) => bail_usage!("give either `epochs` or `steps`, not both"),
+            _ => {}
+        }
+        if self.batch_size == 0 {
+            bail_usage!("batch_size must be > 0");
+        }
+        if self.eval_every == Some(0) {
+            bail_usage!("eval_every must be > 0");
+        }
+        if let Some(f) = self.prune_fracs.iter().find(|f| !(**f > 0.0 && **f < 1.0)) {
+            bail_usage!("prune_fracs must lie in (0, 1), got {f}");
+        }
+        if let Schedule::WarmupCosine { min_lr_frac, .. } = self.schedule
+            && !(0.0..=1.0).contains(&min_lr_frac)
+        {
+            bail_usage!("schedule.min_lr_frac must be in [0, 1], got {min_lr_frac}");
+        }
+        self.optimizer.validate()
+    }
+
+    /// The context length used to cut text into windows.
+    fn context(&self) -> usize {
+        match &self.model {
+            ModelConfig::Transformer(t) => t.context,
+            ModelConfig::Mlp(_) => 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Done,
+    Diverged,
+    Failed,
+}
+
+/// One evaluation during training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub step: usize,
+    pub epoch: f64,
+    pub lr: f64,
+    /// Mean training loss since the previous evaluation.
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    /// Weight-level sparsity of the weights (tensors with >= 2 dims) now.
+    pub weights_exact_zero_frac: f64,
+    pub weights_near_zero_frac: std::collections::BTreeMap<String, f64>,
+    pub weights_rel_near_zero_frac: f64,
+}
+
+/// Held-out accuracy with a fraction of the weights removed by magnitude.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrunePoint {
+    pub frac: f64,
+    pub test_acc: f64,
+    pub test_loss: f64,
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Final {
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub measures: ModelMeasures,
+    /// For ReLU models only.
+    pub dead_units: Option<DeadUnitsReport>,
+    pub pruning: Vec<PrunePoint>,
+    /// log10 |w| of the weights (tensors with >= 2 dims).
+    pub weight_histogram: LogHistogram,
+}
+
+/// The record of one run: what ran, what it measured, how it ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub config: TrainConfig,
+    pub seed: u64,
+    pub device: String,
+    pub data_source: String,
+    pub params: usize,
+    pub optimizer_state_bytes: usize,
+    pub steps_done: usize,
+    pub history: Vec<EvalPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#final: Option<Final>,
+    pub train_seconds: f64,
+}
+
+/// Options of a run that do not change its numbers.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// A progress bar to drive (hidden when None).
+    pub progress: Option<ProgressBar>,
+}
+
+/// A trained model, for saving.
+pub struct Trained {
+    pub record: RunRecord,
+    pub model: Model,
+}
+
+/// Trains and measures. A non-finite loss ends the run as `diverged`; it is
+/// not an error. Errors are for bad configuration or I/O.
+pub fn run(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Trained> {
+    cfg.validate()?;
+    let dataset = cfg.data.load(cfg.seed)?;
+    run_on(cfg, &dataset, device, opts)
+}
+
+/// As [`run`], on already loaded data (a sweep loads it once).
+pub fn run_on(
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    device: &Device,
+    opts: &RunOptions,
+) -> Result<Trained> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let model = cfg.model.build(&ds.task, cfg.seed, DType::F32, device)?;
+    let mut opt = optim::build(&cfg.optimizer, model.named_params())?;
+    let mut batcher = Batcher::new(&ds.train, cfg.batch_size, cfg.context(), cfg.seed, device)?;
+    let per_epoch = batcher.steps_per_epoch(&ds.train);
+    let total = match (cfg.epochs, cfg.steps) {
+        (Some(e), _) => e * per_epoch,
+        (_, Some(s)) => s,
+        _ => unreachable!("validated"),
+    };
+    let eval_every = cfg.eval_every.unwrap_or(if cfg.epochs.is_some() {
+        per_epoch
+    } else {
+        total.div_ceil(10)
+    });
+    let evals = data::eval_batches(
+        &ds.test,
+        1000.max(cfg.batch_size),
+        cfg.context(),
+        cfg.eval_windows,
+        device,
+    )?;
+    let base_lr = cfg.optimizer.lr();
+    info!(
+        "run: {} on {} ({} params), {}, {total} steps, seed {}",
+        cfg.model.name(),
+        ds.name,
+        model.params().count(),
+        cfg.optimizer.short(),
+        cfg.seed
+    );
+    if let Some(pb) = &opts.progress {
+        pb.set_length(total as u64);
+        pb.set_position(0);
+    }
+    let mut history = vec![];
+    let mut status = Status::Done;
+    let mut loss_sum = 0.0;
+    let mut loss_n = 0usize;
+    let mut last_train_loss = f64::NAN;
+    let mut steps_done = 0;
+    for t in 0..total {
+        let lr = cfg.schedule.lr(base_lr, t, total);
+        opt.set_learning_rate(lr);
+        let batch = batcher.next(&ds.train)?;
+        let loss = model.loss(&ds.task, &batch)?;
+        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !l.is_finite() {
+            warn!("step {}: loss is {l}; the run diverged", t + 1);
+            status = Status::Diverged;
+            break;
+        }
+        opt.backward_step(&loss)?;
+        steps_done = t + 1;
+        loss_sum += l;
+        loss_n += 1;
+        if let Some(pb) = &opts.progress {
+            pb.inc(1);
+            if t % 20 == 0 {
+                pb.set_message(format!("loss {l:.4}"));
+            }
+        }
+        if steps_done % eval_every == 0 || steps_done == total {
+            last_train_loss = loss_sum / loss_n as f64;
+            let (test_loss, test_acc) = evaluate(&model, &ds.task, &evals, None)?;
+            let m = weight_measures(&model)?;
+            debug!(
+                "step {steps_done}: train {last_train_loss:.4}, test {test_loss:.4}, acc {test_acc:.4}"
+            );
+            history.push(EvalPoint {
+                step: steps_done,
+                epoch: steps_done as f64 / per_epoch as f64,
+                lr,
+                train_loss: last_train_loss,
+                test_loss,
+                test_acc,
+                weights_exact_zero_frac: m.exact_zero_frac,
+                weights_near_zero_frac: m.near_zero_frac.clone(),
+                weights_rel_near_zero_frac: m.rel_near_zero_frac,
+            });
+            loss_sum = 0.0;
+            loss_n = 0;
+            if !test_loss.is_finite() {
+                status = Status::Diverged;
+                break;
+            }
+        }
+    }
+    let final_ = if status == Status::Done {
+        Some(final_measures(
+            cfg,
+            &model,
+            &ds.task,
+            &evals,
+            last_train_loss,
+        )?)
+    } else {
+        None
+    };
+    let record = RunRecord {
+        status,
+        error: None,
+        config: cfg.clone(),
+        seed: cfg.seed,
+        device: device_name(device),
+        data_source: ds.source.clone(),
+        params: model.params().count(),
+        optimizer_state_bytes: opt.state_bytes(),
+        steps_done,
+        history,
+        r#final: final_,
+        train_seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok(Trained { record, model })
+}
+
+pub fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+/// Mean loss and accuracy over evaluation batches; collects dead units too.
+pub fn evaluate(
+    model: &Model,
+    task: &Task,
+    batches: &[Batch],
+    mut dead: Option<&mut DeadUnits>,
+) -> Result<(f64, f64)> {
+    let (mut loss, mut correct, mut count) = (0.0, 0usize, 0usize);
+    for b in batches {
+        let mut hidden = vec![];
+        let want_hidden = dead.is_some() && model.has_relu_units();
+        let e = model.evaluate(task, b, want_hidden.then_some(&mut hidden))?;
+        if let Some(d) = dead.as_deref_mut()
+            && want_hidden
+        {
+            d.add(&hidden)?;
+        }
+        loss += e.loss.to_dtype(DType::F64)?.to_scalar::<f64>()? * e.count as f64;
+        correct += e.correct;
+        count += e.count;
+    }
+    Ok((
+        loss / count.max(1) as f64,
+        correct as f64 / count.max(1) as f64,
+    ))
+}
+
+/// Measures of the weights (tensors with two or more dimensions) alone.
+fn weight_measures(model: &Model) -> Result<metrics::Measures> {
+    let mut w = vec![];
+    for (_, v) in model.named_params() {
+        if v.rank() >= 2 {
+            w.extend(metrics::values(v.as_tensor())?);
+        }
+    }
+    Ok(metrics::Measures::of(&w))
+}
+
+fn final_measures(
+    cfg: &TrainConfig,
+    model: &Model,
+    task: &Task,
+    evals: &[Batch],
+    train_loss: f64,
+) -> Result<Final> {
+    let mut dead = DeadUnits::default();
+    let (test_loss, test_acc) = evaluate(model, task, evals, Some(&mut dead))?;
+    let named: Vec<(String, Tensor)> = model
+        .named_params()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect();
+    let measures = metrics::measure_tensors(&named)?;
+    let weights: Vec<f64> = named
+        .iter()
+        .filter(|(_, t)| t.rank() >= 2)
+        .map(|(_, t)| metrics::values(t))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    let weight_histogram = LogHistogram::of(&weights, -10.0, 1.0, 0.25);
+    let pruning = prune_curve(model, task, evals, &cfg.prune_fracs)?;
+    Ok(Final {
+        train_loss,
+        test_loss,
+        test_acc,
+        measures,
+        dead_units: model.has_relu_units().then(|| dead.report()),
+        pruning,
+        weight_histogram,
+    })
+}
+
+/// Held-out accuracy after global magnitude pruning of the weights (tensors
+/// with two or more dimensions; biases and norm gains are kept), without
+/// retraining. Every weight with |w| at or below the threshold is removed.
+pub fn prune_curve(
+    model: &Model,
+    task: &Task,
+    evals: &[Batch],
+    fracs: &[f64],
+) -> Result<Vec<PrunePoint>> {
+    let params = model.params();
+    let snapshot = params.snapshot()?;
+    let weights: Vec<_> = model
+        .named_params()
+        .into_iter()
+        .filter(|(_, v)| v.rank() >= 2)
+        .collect();
+    let mut abs: Vec<f64> = Vec::new();
+    for (_, v) in &weights {
+        abs.extend(metrics::values(v.as_tensor())?.into_iter().map(f64::abs));
+    }
+    abs.sort_by(f64::total_cmp);
+    let mut out = vec![];
+    for &frac in fracs {
+        if let Some(thr) = metrics::prune_threshold(&abs, frac) {
+            for (name, v) in &weights {
+                let orig = &snapshot[name];
+                let keep = orig.abs()?.gt(thr)?.to_dtype(orig.dtype())?;
+                v.set(&(orig * keep)?)?;
+            }
+        }
+        let (test_loss, test_acc) = evaluate(model, task, evals, None)?;
+        out.push(PrunePoint {
+            frac,
+            test_acc,
+            test_loss,
+        });
+        params.restore(&snapshot)?;
+    }
+    Ok(out)
+}
+
+/// A progress bar in the project's style.
+pub fn progress_bar(len: u64, prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} elapsed, ETA {eta})",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_cosine_schedule() {
+        let s = Schedule::WarmupCosine {
+            warmup_steps: 10,
+            min_lr_frac: 0.1,
+        };
+        assert!((s.lr(1.0, 0, 110) - 0.1).abs() < 1e-12);
+        assert!((s.lr(1.0, 9, 110) - 1.0).abs() < 1e-12);
+        assert!((s.lr(1.0, 10, 110) - 1.0).abs() < 1e-12);
+        assert!((s.lr(1.0, 60, 110) - 0.55).abs() < 1e-12);
+        assert!((s.lr(1.0, 110, 110) - 0.1).abs() < 1e-12);
+        assert_eq!(Schedule::Constant.lr(0.3, 5, 10), 0.3);
+    }
+}

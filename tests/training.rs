@@ -1,0 +1,371 @@
+//! Models, data and the training loop, through the public API.
+//!
+//! Tests that need the real data in ../shared/data skip, with a printed
+//! reason, when it is absent.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use sparsity_lab::data::synthetic::{ModAddConfig, TeacherConfig};
+use sparsity_lab::data::{self, Batch, DataConfig, ImageConfig, Split, Task};
+use sparsity_lab::models::{MlpConfig, ModelConfig, TransformerConfig};
+use sparsity_lab::optim::{OptimizerConfig, RawValue};
+use sparsity_lab::train::{self, RunOptions, Status, TrainConfig};
+
+fn shared(rel: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        println!(
+            "SKIPPED: {} is absent (the tests that need ../shared/data skip on a fresh clone)",
+            p.display()
+        );
+        None
+    }
+}
+
+fn opt(name: &str, sets: &[(&str, &str)]) -> OptimizerConfig {
+    OptimizerConfig::from_pairs(
+        name,
+        sets.iter()
+            .map(|(k, v)| (*k, RawValue::Text(v.to_string()))),
+    )
+    .unwrap()
+}
+
+fn small_teacher() -> DataConfig {
+    DataConfig::Teacher(TeacherConfig {
+        inputs: 20,
+        hidden: 16,
+        classes: 4,
+        train_size: 2000,
+        test_size: 500,
+        ..Default::default()
+    })
+}
+
+fn tiny_transformer() -> TransformerConfig {
+    TransformerConfig {
+        layers: 2,
+        d_model: 32,
+        heads: 4,
+        context: 16,
+        mlp_ratio: 4,
+    }
+}
+
+/// Every parameter of each model gets a non-zero gradient: guards against
+/// ops without a backward (candle_nn::LayerNorm, softmax_last_dim, ...)
+/// silently cutting the graph.
+#[test]
+fn every_parameter_receives_a_gradient() {
+    let dev = Device::Cpu;
+    let cases: Vec<(ModelConfig, DataConfig)> = vec![
+        (
+            ModelConfig::Mlp(MlpConfig {
+                hidden: vec![32, 16],
+            }),
+            small_teacher(),
+        ),
+        (
+            ModelConfig::Transformer(tiny_transformer()),
+            DataConfig::Modadd(ModAddConfig {
+                modulus: 11,
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (mc, dc) in cases {
+        let ds = dc.load(0).unwrap();
+        let model = mc.build(&ds.task, 0, DType::F32, &dev).unwrap();
+        let mut b = data::Batcher::new(&ds.train, 16, 8, 0, &dev).unwrap();
+        let batch = b.next(&ds.train).unwrap();
+        let loss = model.loss(&ds.task, &batch).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, var) in model.named_params() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{}: no gradient for {name}", mc.name()));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                norm > 0.0 && norm.is_finite(),
+                "{}: gradient of {name} has norm {norm}",
+                mc.name()
+            );
+        }
+    }
+    // The character model (every position predicted) too.
+    let text = std::env::temp_dir().join(format!("sparsity-lab-grad-{}.txt", std::process::id()));
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(50),
+    )
+    .unwrap();
+    let dc = DataConfig::Text(data::text::TextConfig {
+        path: Some(text.clone()),
+        holdout: 0.1,
+    });
+    let ds = dc.load(0).unwrap();
+    let model = ModelConfig::Transformer(tiny_transformer())
+        .build(&ds.task, 0, DType::F32, &dev)
+        .unwrap();
+    let mut b = data::Batcher::new(&ds.train, 4, 16, 0, &dev).unwrap();
+    let grads = model
+        .loss(&ds.task, &b.next(&ds.train).unwrap())
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in model.named_params() {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "text: no gradient for {name}"
+        );
+    }
+    std::fs::remove_file(text).unwrap();
+}
+
+/// The causal mask: changing a later token never changes an earlier position's output.
+#[test]
+fn transformer_is_causal() {
+    let dev = Device::Cpu;
+    let task = Task::NextToken { vocab: 10 };
+    let model = ModelConfig::Transformer(tiny_transformer())
+        .build(&task, 3, DType::F32, &dev)
+        .unwrap();
+    let a = Tensor::new(&[[1u32, 2, 3, 4, 5, 6]], &dev).unwrap();
+    let b = Tensor::new(&[[1u32, 2, 3, 9, 9, 9]], &dev).unwrap();
+    let batch = |x: Tensor| Batch { y: x.clone(), x };
+    let (la, _) = model.logits(&task, &batch(a), None).unwrap();
+    let (lb, _) = model.logits(&task, &batch(b), None).unwrap();
+    let la = la.to_vec2::<f32>().unwrap();
+    let lb = lb.to_vec2::<f32>().unwrap();
+    assert_eq!(
+        la[..3],
+        lb[..3],
+        "positions before the change must not see it"
+    );
+    assert_ne!(la[3], lb[3]);
+}
+
+#[test]
+fn same_seed_same_weights_other_seed_other_weights() {
+    let task = Task::Classify {
+        inputs: 20,
+        classes: 4,
+    };
+    let mc = ModelConfig::Mlp(MlpConfig::default());
+    let w = |seed| {
+        let m = mc.build(&task, seed, DType::F32, &Device::Cpu).unwrap();
+        m.params()
+            .get("fc0.weight")
+            .unwrap()
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(w(1), w(1));
+    assert_ne!(w(1), w(2));
+    // torch's nn.Linear init: U(-1/sqrt(20), 1/sqrt(20)).
+    let bound = 1.0 / 20f32.sqrt();
+    assert!(w(1).iter().all(|x| x.abs() <= bound));
+}
+
+fn teacher_config(o: OptimizerConfig) -> TrainConfig {
+    let mut c = TrainConfig::new(
+        ModelConfig::Mlp(MlpConfig { hidden: vec![32] }),
+        small_teacher(),
+        o,
+    );
+    c.epochs = Some(3);
+    c.batch_size = 32;
+    c
+}
+
+/// Same config and seed: the same record, bit for bit (wall time aside).
+#[test]
+fn training_is_deterministic() {
+    let c = teacher_config(opt("adam", &[("lr", "0.01")]));
+    let run = |c: &TrainConfig| {
+        let mut r = train::run(c, &Device::Cpu, &RunOptions::default())
+            .unwrap()
+            .record;
+        r.train_seconds = 0.0;
+        serde_json::to_string(&r).unwrap()
+    };
+    let a = run(&c);
+    assert_eq!(a, run(&c));
+    let mut c2 = c.clone();
+    c2.seed = 1;
+    assert_ne!(a, run(&c2));
+}
+
+/// The planted teacher is learnable, and the record holds every measure.
+#[test]
+fn teacher_task_trains_and_is_measured() {
+    let rec = train::run(
+        &teacher_config(opt("adam", &[("lr", "0.01")])),
+        &Device::Cpu,
+        &RunOptions::default(),
+    )
+    .unwrap()
+    .record;
+    assert_eq!(rec.status, Status::Done);
+    assert_eq!(rec.history.len(), 3);
+    let f = rec.r#final.as_ref().unwrap();
+    assert!(f.test_acc > 0.8, "teacher accuracy {}", f.test_acc);
+    assert!(rec.history[2].train_loss < rec.history[0].train_loss);
+    assert_eq!(f.pruning.len(), 7);
+    assert!(f.pruning[0].test_acc > f.pruning[6].test_acc);
+    let d = f.dead_units.as_ref().unwrap();
+    assert_eq!(d.total, 32);
+    assert_eq!(f.measures.tensors.len(), 4);
+    assert_eq!(f.measures.weights.numel, 20 * 32 + 32 * 4);
+    // Adam state: m and v per parameter, f32.
+    assert_eq!(rec.optimizer_state_bytes, 2 * 4 * rec.params);
+}
+
+/// A non-finite loss ends the run as diverged, without an error or panic.
+#[test]
+fn divergence_is_a_status_not_a_crash() {
+    let c = teacher_config(opt("sgd", &[("lr", "1e30")]));
+    let rec = train::run(&c, &Device::Cpu, &RunOptions::default())
+        .unwrap()
+        .record;
+    assert_eq!(rec.status, Status::Diverged);
+    assert!(rec.r#final.is_none());
+    assert!(rec.steps_done < 3 * 63);
+}
+
+/// A small Transformer learns modular addition: 100% train accuracy.
+#[test]
+fn transformer_learns_modular_addition() {
+    let mut c = TrainConfig::new(
+        ModelConfig::Transformer(TransformerConfig {
+            layers: 1,
+            d_model: 64,
+            heads: 4,
+            context: 4,
+            mlp_ratio: 4,
+        }),
+        DataConfig::Modadd(ModAddConfig {
+            modulus: 13,
+            train_frac: 0.8,
+            seed: 0,
+        }),
+        opt("adamw", &[("lr", "0.003"), ("weight_decay", "0.1")]),
+    );
+    // Full batch (135 training pairs), as in the grokking literature.
+    c.steps = Some(400);
+    c.batch_size = 256;
+    c.eval_every = Some(400);
+    c.prune_fracs = vec![0.5];
+    let trained = train::run(&c, &Device::Cpu, &RunOptions::default()).unwrap();
+    let ds = c.data.load(0).unwrap();
+    let evals = data::eval_batches(&ds.train, 1000, 4, 0, &Device::Cpu).unwrap();
+    let (_, train_acc) = train::evaluate(&trained.model, &ds.task, &evals, None).unwrap();
+    assert_eq!(train_acc, 1.0, "train accuracy {train_acc}");
+}
+
+/// MNIST through the real hf-hub loader (an offline cache) and from raw
+/// IDX files give the same data.
+#[test]
+fn mnist_from_hf_hub_cache_and_idx_agree() {
+    let (Some(raw), Some(_)) = (shared("mnist/raw"), shared("mnist/hf-hub-cache/hub")) else {
+        return;
+    };
+    let from_idx = DataConfig::Mnist(ImageConfig {
+        dir: Some(raw),
+        train_limit: None,
+    })
+    .load(0)
+    .unwrap();
+    assert_eq!(
+        (from_idx.train.len(), from_idx.test.len()),
+        (60_000, 10_000)
+    );
+    let Split::Examples { x, y } = &from_idx.train else {
+        panic!()
+    };
+    let labels = y.to_vec1::<u32>().unwrap();
+    let mut counts = [0usize; 10];
+    labels.iter().for_each(|l| counts[*l as usize] += 1);
+    // ../shared/data/README.md
+    assert_eq!(
+        counts,
+        [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    );
+    let mean = x.mean_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!((mean - 0.1307).abs() < 5e-4, "{mean}");
+    // The hf-hub path runs in a child process, where HF_HUB_CACHE can be set.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
+        .args([
+            "train",
+            "--data",
+            "mnist",
+            "--train-limit",
+            "640",
+            "--epochs",
+            "1",
+            "--out",
+        ])
+        .arg(std::env::temp_dir().join(format!("sparsity-lab-hub-{}", std::process::id())))
+        .env(
+            "HF_HUB_CACHE",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist/hf-hub-cache/hub"),
+        )
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("SPARSITY_LAB_DATA")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hf-hub ylecun/mnist"), "{stdout}");
+}
+
+/// The acceptance figures of the training issue, on real MNIST: the MLP
+/// 784-128-10, batch 64, 5 epochs, pixels in [0, 1]. PyTorch gets 97.42,
+/// 97.47 and 97.55 % with Adam lr 1e-3 for seeds 0, 1, 2.
+#[test]
+fn mlp_on_mnist_reaches_the_reference_accuracy() {
+    let Some(raw) = shared("mnist/raw") else {
+        return;
+    };
+    let data = DataConfig::Mnist(ImageConfig {
+        dir: Some(raw),
+        train_limit: None,
+    });
+    let ds = data.load(0).unwrap();
+    for (o, min) in [
+        (opt("adam", &[("lr", "1e-3")]), 0.972),
+        (opt("sgd", &[("lr", "0.05"), ("momentum", "0.9")]), 0.97),
+    ] {
+        let mut c = TrainConfig::new(ModelConfig::Mlp(MlpConfig::default()), data.clone(), o);
+        c.epochs = Some(5);
+        let rec = train::run_on(&c, &ds, &Device::Cpu, &RunOptions::default())
+            .unwrap()
+            .record;
+        let acc = rec.r#final.unwrap().test_acc;
+        println!(
+            "{}: {:.2}% in {:.1} s",
+            c.optimizer.short(),
+            100.0 * acc,
+            rec.train_seconds
+        );
+        assert!(acc >= min, "{}: {acc}", c.optimizer.short());
+    }
+}
