@@ -206,7 +206,24 @@ pub struct RunRecord {
     pub history: Vec<EvalPoint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#final: Option<Final>,
-    pub train_seconds: f64,
+    /// Wall time of the whole run (training, evaluations, final measures).
+    pub wall_seconds: f64,
+    /// Where the run belongs, when it is part of a study.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study: Option<StudyRun>,
+}
+
+/// A run's place in a study, so that reports can be rebuilt from the run
+/// files alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StudyRun {
+    pub study: String,
+    pub task: String,
+    pub label: String,
+    /// (task index, optimizer index) in the study file.
+    pub order: (usize, usize),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
 }
 
 /// Options of a run that do not change its numbers.
@@ -349,7 +366,8 @@ pub fn run_on(
         steps_done,
         history,
         r#final: final_,
-        train_seconds: start.elapsed().as_secs_f64(),
+        wall_seconds: start.elapsed().as_secs_f64(),
+        study: None,
     };
     Ok(Trained { record, model })
 }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
-use sparsity_lab::optim::{self, OptimizerConfig};
+use sparsity_lab::optim::{self, Backend, OptimizerConfig};
 
 const REGEN: &str = "regenerate with scripts/make-fixtures.sh";
 
@@ -118,7 +118,7 @@ fn compare(
     Ok(())
 }
 
-fn run_case(case: &Value, dtype: DType, worst: &mut Worst) -> Result<(), String> {
+fn run_case(case: &Value, dtype: DType, backend: Backend, worst: &mut Worst) -> Result<(), String> {
     let id = case["id"].as_str().unwrap();
     let key = if dtype == DType::F64 { "f64" } else { "f32" };
     let cfg: OptimizerConfig = serde_json::from_value(case["optimizer"].clone())
@@ -144,7 +144,7 @@ fn run_case(case: &Value, dtype: DType, worst: &mut Worst) -> Result<(), String>
         .rev()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut opt = optim::build(&cfg, params).map_err(|e| format!("{id}: {e:#}"))?;
+    let mut opt = optim::build_with(&cfg, params, backend).map_err(|e| format!("{id}: {e:#}"))?;
     let tol = tol(dtype);
     let grads = case["grads"].as_array().unwrap();
     let records = case["runs"][key].as_array().unwrap();
@@ -197,7 +197,14 @@ fn every_optimizer_and_option_matches_pytorch() {
     assert_eq!(files.len(), 9, "one fixture file per optimizer; {REGEN}");
     let mut failures = vec![];
     let mut cases = 0;
-    for dtype in [DType::F32, DType::F64] {
+    // Both paths: the fused in-place CPU kernels (the default) and the
+    // reference tensor ops.
+    for (backend, dtype) in [
+        (Backend::Auto, DType::F32),
+        (Backend::Auto, DType::F64),
+        (Backend::Reference, DType::F32),
+        (Backend::Reference, DType::F64),
+    ] {
         let mut worst = Worst::default();
         for file in &files {
             let text = std::fs::read_to_string(file).unwrap();
@@ -205,13 +212,13 @@ fn every_optimizer_and_option_matches_pytorch() {
             assert_eq!(doc["steps"].as_u64(), Some(50));
             for case in doc["cases"].as_array().unwrap() {
                 cases += 1;
-                if let Err(e) = run_case(case, dtype, &mut worst) {
-                    failures.push(e);
+                if let Err(e) = run_case(case, dtype, backend, &mut worst) {
+                    failures.push(format!("{backend:?}: {e}"));
                 }
             }
         }
         println!(
-            "{dtype:?}: worst error {:.3e} at {} ({:.2}% of the tolerance)",
+            "{backend:?} {dtype:?}: worst error {:.3e} at {} ({:.2}% of the tolerance)",
             worst.abs,
             worst.at,
             100.0 * worst.ratio

@@ -200,7 +200,7 @@ fn training_is_deterministic() {
         let mut r = train::run(c, &Device::Cpu, &RunOptions::default())
             .unwrap()
             .record;
-        r.train_seconds = 0.0;
+        r.wall_seconds = 0.0;
         serde_json::to_string(&r).unwrap()
     };
     let a = run(&c);
@@ -286,7 +286,7 @@ fn mnist_from_hf_hub_cache_and_idx_agree() {
     };
     let from_idx = DataConfig::Mnist(ImageConfig {
         dir: Some(raw),
-        train_limit: None,
+        ..Default::default()
     })
     .load(0)
     .unwrap();
@@ -347,7 +347,7 @@ fn mlp_on_mnist_reaches_the_reference_accuracy() {
     };
     let data = DataConfig::Mnist(ImageConfig {
         dir: Some(raw),
-        train_limit: None,
+        ..Default::default()
     });
     let ds = data.load(0).unwrap();
     for (o, min) in [
@@ -364,7 +364,7 @@ fn mlp_on_mnist_reaches_the_reference_accuracy() {
             "{}: {:.2}% in {:.1} s",
             c.optimizer.short(),
             100.0 * acc,
-            rec.train_seconds
+            rec.wall_seconds
         );
         assert!(acc >= min, "{}: {acc}", c.optimizer.short());
     }

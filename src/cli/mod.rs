@@ -36,8 +36,32 @@ struct Cli {
     command: Option<Command>,
 
     /// Run a study: a name from experiments/ (e.g. `sparsity`) or a path to a .toml file.
+    /// Results go to experiments/<name>/ (runs/*.json, results.md, results.csv, plots/).
+    /// Runs already recorded there are skipped, so an interrupted study resumes.
     #[arg(long, value_name = "NAME|PATH")]
     exp: Option<String>,
+
+    /// List the shipped studies.
+    #[arg(long)]
+    list: bool,
+
+    /// Run the study's small version (its [quick] table) into experiments/<name>/quick/.
+    #[arg(long, requires = "exp")]
+    quick: bool,
+
+    /// Override a study setting: `epochs=1`, `seeds=[0]`, `data.train_limit=1000`,
+    /// `optimizers.0.lr=0.1`, `tasks.1.steps=100`. Keys that are not study-level apply
+    /// to every task. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "exp")]
+    set: Vec<String>,
+
+    /// Run only share i of n of the study's runs (for clusters); `report` merges the shards.
+    #[arg(long, value_name = "i/n", requires = "exp")]
+    shard: Option<String>,
+
+    /// cpu, or cuda in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,6 +78,11 @@ enum Command {
     /// exact_zero_frac, near_zero_frac ({"1e-4", "1e-3", "1e-2"}), rel_near_zero_frac,
     /// l1, l2, hoyer and gini; "total" treats all floating-point tensors as one vector.
     Measure(measure::MeasureArgs),
+    /// Rebuild a study's tables and plots from its run files (DIR/runs/*.json, all shards).
+    Report {
+        /// The study's results folder, e.g. experiments/sparsity.
+        dir: std::path::PathBuf,
+    },
     /// Print an optimizer's path on a test function, one JSON object per step.
     ///
     /// Each line is {"step": t, "params": [..], "loss": x} for t = 0..N; step 0 is the
@@ -110,9 +139,71 @@ fn run(cli: Cli) -> Result<()> {
         (Some(Command::Trace(args)), _) => run_trace(args),
         (Some(Command::Train(args)), _) => train::run(*args),
         (Some(Command::Measure(args)), _) => measure::run(args),
-        (None, Some(_)) => bail_usage!("studies (--exp) are not implemented yet"),
+        (Some(Command::Report { dir }), _) => {
+            crate::experiment::write_report(&dir)?;
+            println!(
+                "wrote {}, {} and {}",
+                dir.join("results.md").display(),
+                dir.join("results.csv").display(),
+                dir.join("plots").display()
+            );
+            Ok(())
+        }
+        (None, Some(exp)) => run_exp(&exp, cli.quick, &cli.set, cli.shard.as_deref(), &cli.device),
+        (None, None) if cli.list => {
+            for name in crate::experiment::list(&experiments_dir())? {
+                println!("{name}");
+            }
+            Ok(())
+        }
         (None, None) => bail_usage!("nothing to do; try `sparsity-lab --help`"),
     }
+}
+
+/// The project's `experiments/` folder: relative to the working directory
+/// when it exists there, else beside the crate's manifest.
+fn experiments_dir() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from("experiments");
+    if here.is_dir() {
+        here
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
+    }
+}
+
+fn run_exp(
+    exp: &str,
+    quick: bool,
+    sets: &[String],
+    shard: Option<&str>,
+    device: &str,
+) -> Result<()> {
+    use std::io::IsTerminal;
+    let sets = parse_sets(sets)?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let opts = crate::experiment::SweepOptions {
+        quick,
+        sets,
+        shard: shard.map(crate::experiment::parse_shard).transpose()?,
+        device: parse_device(device)?,
+        progress: io::stderr().is_terminal(),
+    };
+    let s = crate::experiment::run_study(exp, &experiments_dir(), &opts)?;
+    println!(
+        "{} runs: {} skipped (already done), {} done, {} diverged, {} failed, in {:.0} s",
+        s.total, s.skipped, s.done, s.diverged, s.failed, s.seconds
+    );
+    if opts.shard.is_some() {
+        println!(
+            "shard finished; when every shard is done: sparsity-lab report {}",
+            s.dir.display()
+        );
+    } else {
+        println!("results: {}", s.dir.join("results.md").display());
+    }
+    Ok(())
 }
 
 fn run_trace(args: TraceArgs) -> Result<()> {

@@ -156,7 +156,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.optimizer.short(),
         rec.data_source,
         rec.steps_done,
-        rec.train_seconds,
+        rec.wall_seconds,
         rec.status
     );
     for h in &rec.history {

@@ -131,6 +131,17 @@ pub fn load(which: Which, cfg: &ImageConfig) -> Result<Dataset> {
             }
         }
     };
+    let (train, test, source) = match cfg.validation {
+        Some(n) => {
+            let (train, val) = super::split_off_last(train, n)?;
+            (
+                train,
+                val,
+                format!("{source}, last {n} training examples held out for validation"),
+            )
+        }
+        None => (train, test, source),
+    };
     let train = limit_examples(train, cfg.train_limit)?;
     info!(
         "{}: {} train, {} test examples from {source}",
@@ -402,7 +413,7 @@ mod tests {
     fn explicit_dir_without_data_names_it() {
         let cfg = ImageConfig {
             dir: Some(PathBuf::from("/nonexistent/mnist")),
-            train_limit: None,
+            ..Default::default()
         };
         let err = load(Which::Mnist, &cfg).unwrap_err();
         let msg = format!("{err:#}");

@@ -94,6 +94,10 @@ pub struct ImageConfig {
     /// Use only the first N training examples (for quick runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
+    /// Hold out the last N training examples and evaluate on them instead of
+    /// the test set (for tuning without touching the test set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
 }
 
 /// What the model must predict.
@@ -298,6 +302,32 @@ pub(crate) fn limit_examples(split: Split, limit: Option<usize>) -> Result<Split
     }
 }
 
+/// Splits the last `n` examples off a split: (rest, last n).
+pub(crate) fn split_off_last(split: Split, n: usize) -> Result<(Split, Split)> {
+    match split {
+        Split::Examples { x, y } => {
+            let total = y.dim(0)?;
+            if n == 0 || n >= total {
+                crate::bail_usage!(
+                    "validation: need 0 < N < {total} (the training examples), got {n}"
+                );
+            }
+            let k = total - n;
+            Ok((
+                Split::Examples {
+                    x: x.narrow(0, 0, k)?,
+                    y: y.narrow(0, 0, k)?,
+                },
+                Split::Examples {
+                    x: x.narrow(0, k, n)?,
+                    y: y.narrow(0, k, n)?,
+                },
+            ))
+        }
+        Split::Stream { .. } => crate::bail_usage!("validation splits are for example datasets"),
+    }
+}
+
 /// The dtype of a split's inputs.
 pub fn input_dtype(split: &Split) -> DType {
     match split {
@@ -317,7 +347,8 @@ mod tests {
             c,
             DataConfig::Mnist(ImageConfig {
                 dir: None,
-                train_limit: Some(100)
+                train_limit: Some(100),
+                validation: None,
             })
         );
         let err = toml::from_str::<DataConfig>("name = \"mnist\"\ntrain_limt = 100").unwrap_err();

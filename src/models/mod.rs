@@ -2,6 +2,7 @@
 //! [`Params`] store whose initial values come from the project's seeded RNG.
 
 pub mod mlp;
+pub mod ops;
 pub mod params;
 pub mod transformer;
 

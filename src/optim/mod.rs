@@ -20,6 +20,7 @@
 //! Parameters are always visited in sorted name order.
 
 pub mod config;
+mod fused;
 mod rule;
 
 use anyhow::{Result, bail};
@@ -28,7 +29,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
 pub use config::{OptimizerConfig, OptimizerKind, RawValue};
-use rule::{ParamState, Rule, StepCtx, StepSize};
+use rule::{ParamState, Rule, Scalars, StepSize};
 
 /// An optimizer the experiment runner can hold as `Box<dyn Optimizer>`
 /// (unlike `candle_nn::Optimizer`, this trait is object-safe).
@@ -61,10 +62,33 @@ pub trait Optimizer: Send {
     fn state_bytes(&self) -> usize;
 }
 
+/// How steps are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The fused in-place CPU kernels where they apply (contiguous f32/f64
+    /// parameters on the CPU), the tensor path elsewhere.
+    Auto,
+    /// The readable tensor-op path everywhere: the reference.
+    Reference,
+}
+
 /// Builds the optimizer for `params`, given as (name, variable) pairs in any
 /// order. Non-float variables are skipped.
 pub fn build(config: &OptimizerConfig, params: Vec<(String, Var)>) -> Result<Box<dyn Optimizer>> {
-    Ok(Box::new(ParamOptimizer::new(config.clone(), params)?))
+    build_with(config, params, Backend::Auto)
+}
+
+/// As [`build`], choosing the backend.
+pub fn build_with(
+    config: &OptimizerConfig,
+    params: Vec<(String, Var)>,
+    backend: Backend,
+) -> Result<Box<dyn Optimizer>> {
+    Ok(Box::new(ParamOptimizer::new(
+        config.clone(),
+        params,
+        backend,
+    )?))
 }
 
 /// Builds the optimizer for every variable of a `VarMap`, in name order.
@@ -126,6 +150,21 @@ impl Regularization {
         }
     }
 
+    /// The same blocks as constants for the fused kernels.
+    fn fused(&self, lr: f64) -> fused::Reg {
+        fused::Reg {
+            l1: self.l1,
+            wd_coupled: if self.decoupled {
+                0.0
+            } else {
+                self.weight_decay
+            },
+            decay: (self.decoupled && self.weight_decay != 0.0)
+                .then_some(1.0 - lr * self.weight_decay),
+            l1_prox: self.l1_prox,
+        }
+    }
+
     /// Step 4: the proximal operator of `step*l1_prox*|p|`, a soft threshold.
     fn prox(&self, p: Tensor, step: StepSize) -> Result<Tensor> {
         if self.l1_prox == 0.0 {
@@ -140,11 +179,20 @@ impl Regularization {
     }
 }
 
+/// Where a parameter's state lives.
+enum Store {
+    /// Candle tensors, for the reference path.
+    Tensors(Vec<Tensor>),
+    /// Host vectors, updated in place by the fused kernels.
+    Host(fused::HostState),
+}
+
 struct Slot {
     name: String,
     var: Var,
     regularized: bool,
     state: ParamState,
+    store: Store,
 }
 
 /// The driver: walks the parameters in name order and runs the chain.
@@ -152,33 +200,42 @@ struct ParamOptimizer {
     config: OptimizerConfig,
     lr: f64,
     reg: Regularization,
-    rule: Box<dyn Rule>,
+    rule: Rule,
     slots: Vec<Slot>,
 }
 
 impl ParamOptimizer {
-    fn new(config: OptimizerConfig, mut params: Vec<(String, Var)>) -> Result<Self> {
+    fn new(
+        config: OptimizerConfig,
+        mut params: Vec<(String, Var)>,
+        backend: Backend,
+    ) -> Result<Self> {
         config.validate()?;
         params.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = params.windows(2).find(|w| w[0].0 == w[1].0) {
             bail!("two parameters are both named `{}`", w[0].0);
         }
-        let rule = rule::rule_for(&config);
+        let rule = Rule::new(&config);
         let reg = Regularization::of(&config);
         let slots = params
             .into_iter()
             .filter(|(_, v)| v.dtype().is_float())
             .map(|(name, var)| {
                 let tensors = rule.init(var.as_tensor())?;
+                let store = if backend == Backend::Auto && fused::applies(var.as_tensor()) {
+                    Store::Host(fused::HostState::from_tensors(&tensors, var.dtype())?)
+                } else {
+                    Store::Tensors(tensors)
+                };
                 Ok(Slot {
                     regularized: reg.applies_to(var.rank()),
                     name,
                     var,
                     state: ParamState {
                         t: 0,
-                        tensors,
                         mu_product: 1.0,
                     },
+                    store,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -199,25 +256,36 @@ impl Optimizer for ParamOptimizer {
                 continue;
             };
             slot.state.t += 1;
-            let p = slot.var.as_detached_tensor();
-            let regularize = slot.regularized;
-            let (p, g) = if regularize {
-                (
-                    self.reg.decoupled_decay(&p, self.lr)?,
-                    self.reg.coupled_grad(&p, g)?,
-                )
-            } else {
-                (p, g.clone())
-            };
-            let ctx = StepCtx {
-                lr: self.lr,
-                want_step_size: regularize && self.reg.l1_prox != 0.0,
-            };
-            let (mut new_p, step) = self.rule.step(ctx, &p, &g, &mut slot.state)?;
-            if regularize {
-                new_p = self.reg.prox(new_p, step)?;
+            let sc: Scalars = self
+                .rule
+                .scalars(self.lr, &mut slot.state, slot.var.dtype());
+            match &mut slot.store {
+                Store::Host(host) => {
+                    let reg = if slot.regularized {
+                        self.reg.fused(self.lr)
+                    } else {
+                        fused::Reg::NONE
+                    };
+                    fused::step(slot.var.as_tensor(), g, sc, reg, host)?;
+                }
+                Store::Tensors(tensors) => {
+                    let p = slot.var.as_detached_tensor();
+                    let (p, g) = if slot.regularized {
+                        (
+                            self.reg.decoupled_decay(&p, self.lr)?,
+                            self.reg.coupled_grad(&p, g)?,
+                        )
+                    } else {
+                        (p, g.clone())
+                    };
+                    let want = slot.regularized && self.reg.l1_prox != 0.0;
+                    let (mut new_p, step) = rule::step_tensors(&sc, want, &p, &g, tensors)?;
+                    if slot.regularized {
+                        new_p = self.reg.prox(new_p, step)?;
+                    }
+                    slot.var.set(&new_p)?;
+                }
             }
-            slot.var.set(&new_p)?;
         }
         Ok(())
     }
@@ -242,12 +310,16 @@ impl Optimizer for ParamOptimizer {
         let slot = self.slots.iter().find(|s| s.name == param)?;
         let dev = slot.var.device();
         let scalar = |x: f64| Tensor::new(x, dev).expect("a 0-d tensor on the parameter's device");
+        let tensors = match &slot.store {
+            Store::Tensors(t) => t.clone(),
+            Store::Host(h) => h.to_tensors(slot.var.as_tensor()).ok()?,
+        };
         let mut out: Vec<(String, Tensor)> = self
             .rule
             .state_names()
             .into_iter()
-            .zip(&slot.state.tensors)
-            .map(|(n, t)| (n.to_string(), t.clone()))
+            .zip(tensors)
+            .map(|(n, t)| (n.to_string(), t))
             .collect();
         out.push(("step".into(), scalar(slot.state.t as f64)));
         if self.config.kind == OptimizerKind::Nadam {
@@ -259,8 +331,13 @@ impl Optimizer for ParamOptimizer {
     fn state_bytes(&self) -> usize {
         self.slots
             .iter()
-            .flat_map(|s| &s.state.tensors)
-            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .map(|s| match &s.store {
+                Store::Tensors(ts) => ts
+                    .iter()
+                    .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                    .sum(),
+                Store::Host(h) => h.bytes(),
+            })
             .sum()
     }
 }

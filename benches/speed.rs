@@ -1,0 +1,171 @@
+//! Timing cases for `scripts/bench.py`, which runs the PyTorch peer on the
+//! same shapes and prints the ratios. Each case prints one JSON line:
+//! `{"case": ..., "threads": n, "median_ms": ..., "runs": k}`.
+//!
+//! Usage: `cargo bench --bench speed -- [CASE ...]` with CASE one of
+//! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256,
+//! transformer, or `all`. Threads follow RAYON_NUM_THREADS (Candle's
+//! setting); the script sets it per case.
+
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
+use sparsity_lab::data::{Batch, Task};
+use sparsity_lab::models::{MlpConfig, ModelConfig, TransformerConfig};
+use sparsity_lab::optim::{self, OptimizerConfig, RawValue};
+use sparsity_lab::rng::Rng;
+
+fn cfg(name: &str, sets: &[(&str, &str)]) -> OptimizerConfig {
+    OptimizerConfig::from_pairs(
+        name,
+        sets.iter()
+            .map(|(k, v)| (*k, RawValue::Text(v.to_string()))),
+    )
+    .unwrap()
+}
+
+fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_vec(
+        (0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(),
+        shape,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// Median wall time of `f` in ms, after warm-up, over at least `min_runs`
+/// runs and about `budget_s` seconds.
+fn time(mut f: impl FnMut(), min_runs: usize, budget_s: f64) -> (f64, usize) {
+    for _ in 0..3 {
+        f();
+    }
+    let start = Instant::now();
+    let mut samples = vec![];
+    while samples.len() < min_runs || start.elapsed().as_secs_f64() < budget_s {
+        let t = Instant::now();
+        f();
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+        if samples.len() >= 10_000 {
+            break;
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    (samples[samples.len() / 2], samples.len())
+}
+
+fn report(case: &str, (ms, runs): (f64, usize)) {
+    let threads = candle_core::utils::get_num_threads();
+    println!(
+        "{{\"case\": \"{case}\", \"threads\": {threads}, \"median_ms\": {ms:.5}, \"runs\": {runs}}}"
+    );
+}
+
+fn opt_case(name: &str, n: usize) -> (f64, usize) {
+    let c = match name {
+        "sgd" => cfg("sgd", &[("lr", "0.01"), ("momentum", "0.9")]),
+        "rmsprop" => cfg("rmsprop", &[("lr", "0.001")]),
+        "adam" => cfg("adam", &[("lr", "0.001")]),
+        "adamw" => cfg("adamw", &[("lr", "0.001"), ("weight_decay", "0.01")]),
+        "amsgrad" => cfg("adam", &[("lr", "0.001"), ("amsgrad", "true")]),
+        _ => panic!("unknown optimizer {name}"),
+    };
+    let mut rng = Rng::new(0);
+    let p = Var::from_tensor(&randn(&[n], &mut rng)).unwrap();
+    let g = (randn(&[n], &mut rng) * 1e-3).unwrap();
+    let mut store = GradStore::default();
+    store.insert(p.as_tensor(), g);
+    let mut opt = optim::build(&c, vec![("p".into(), p.clone())]).unwrap();
+    time(|| opt.step(&store).unwrap(), 20, 2.0)
+}
+
+fn train_case(model: ModelConfig, task: Task, batch: Batch, opt: OptimizerConfig) -> (f64, usize) {
+    let m = model.build(&task, 0, DType::F32, &Device::Cpu).unwrap();
+    let mut o = optim::build(&opt, m.named_params()).unwrap();
+    time(
+        || {
+            let loss = m.loss(&task, &batch).unwrap();
+            o.backward_step(&loss).unwrap();
+        },
+        20,
+        3.0,
+    )
+}
+
+fn mlp_case(b: usize) -> (f64, usize) {
+    let mut rng = Rng::new(1);
+    let x = randn(&[b, 784], &mut rng).affine(0.3, 0.1).unwrap();
+    let y = Tensor::from_vec(
+        (0..b as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        b,
+        &Device::Cpu,
+    )
+    .unwrap();
+    train_case(
+        ModelConfig::Mlp(MlpConfig { hidden: vec![128] }),
+        Task::Classify {
+            inputs: 784,
+            classes: 10,
+        },
+        Batch { x, y },
+        cfg("adam", &[("lr", "0.001")]),
+    )
+}
+
+fn transformer_case() -> (f64, usize) {
+    let (b, t, v) = (32, 128, 65u32);
+    let mut rng = Rng::new(2);
+    let ids: Vec<u32> = (0..b * (t + 1))
+        .map(|_| rng.below(v as usize) as u32)
+        .collect();
+    let x: Vec<u32> = (0..b)
+        .flat_map(|i| ids[i * (t + 1)..i * (t + 1) + t].to_vec())
+        .collect();
+    let y: Vec<u32> = (0..b)
+        .flat_map(|i| ids[i * (t + 1) + 1..(i + 1) * (t + 1)].to_vec())
+        .collect();
+    let batch = Batch {
+        x: Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(),
+        y: Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap(),
+    };
+    train_case(
+        ModelConfig::Transformer(TransformerConfig::default()),
+        Task::NextToken { vocab: v as usize },
+        batch,
+        cfg("adamw", &[("lr", "0.001"), ("weight_decay", "0.1")]),
+    )
+}
+
+fn main() {
+    let mut cases: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if cases.is_empty() || cases.iter().any(|c| c == "all") {
+        cases = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
+            .iter()
+            .flat_map(|o| [format!("opt-{o}-1m"), format!("opt-{o}-10m")])
+            .chain(["mlp-64", "mlp-256", "transformer"].map(String::from))
+            .collect();
+    }
+    for case in cases {
+        let r = if let Some(rest) = case.strip_prefix("opt-") {
+            let (name, size) = rest.rsplit_once('-').expect("opt-<name>-<1m|10m>");
+            let n = match size {
+                "1m" => 1_000_000,
+                "10m" => 10_000_000,
+                _ => panic!("size must be 1m or 10m"),
+            };
+            opt_case(name, n)
+        } else {
+            match case.as_str() {
+                "mlp-64" => mlp_case(64),
+                "mlp-256" => mlp_case(256),
+                "transformer" => transformer_case(),
+                _ => panic!("unknown case {case}"),
+            }
+        };
+        report(&case, r);
+    }
+}

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""One benchmark command: sparsity-lab against PyTorch on this machine, in
+the same run, same shapes, dtypes, threads and kinds of inputs.
+
+    python3 scripts/bench.py            # all cases, writes BENCHMARKS.md
+    python3 scripts/bench.py mlp-64     # some cases, prints only
+
+Installs torch with pip when it is missing. Our side is
+`cargo bench --bench speed` (benches/speed.rs); the peer is below. Each case
+reports the median of many timed repetitions after warm-up. The ratio is
+PyTorch's time over ours: above 1 means sparsity-lab is faster.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+try:
+    import torch
+except ImportError:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", "torch"])
+    import torch
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+OPTS = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
+CASES = [f"opt-{o}-{s}" for o in OPTS for s in ("1m", "10m")] + ["mlp-64", "mlp-256", "transformer"]
+
+
+def threads_of(case):
+    """Threads per case, as in the speed issue: the MLP step on one thread,
+    optimizer steps and the Transformer on two."""
+    return 1 if case.startswith("mlp") else 2
+
+
+def timeit(f, min_runs=20, budget=2.0):
+    for _ in range(3):
+        f()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_runs or time.perf_counter() - start < budget:
+        t = time.perf_counter()
+        f()
+        samples.append((time.perf_counter() - t) * 1e3)
+        if len(samples) >= 10000:
+            break
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def torch_opt(name, n, impl):
+    p = torch.randn(n, requires_grad=True)
+    p.grad = torch.randn(n) * 1e-3
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    if name == "sgd":
+        opt = torch.optim.SGD([p], lr=0.01, momentum=0.9, **kw)
+    elif name == "rmsprop":
+        opt = torch.optim.RMSprop([p], lr=1e-3, **kw)
+    elif name == "adam":
+        opt = torch.optim.Adam([p], lr=1e-3, **kw)
+    elif name == "adamw":
+        opt = torch.optim.AdamW([p], lr=1e-3, weight_decay=0.01, **kw)
+    else:
+        opt = torch.optim.Adam([p], lr=1e-3, amsgrad=True, **kw)
+    return timeit(opt.step)
+
+
+def torch_mlp(b, impl):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, **kw)
+    x = torch.randn(b, 784) * 0.3 + 0.1
+    y = torch.arange(b) % 10
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+
+    return timeit(step, budget=3.0)
+
+
+class Block(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.h = h
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.fc_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.h, d // self.h).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class CharTransformer(nn.Module):
+    def __init__(self, vocab=65, ctx=128, d=128, h=4, layers=2):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(ctx, d)
+        self.blocks = nn.ModuleList(Block(d, h) for _ in range(layers))
+        self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.ln_f(x))
+
+
+def torch_transformer(impl):
+    torch.manual_seed(0)
+    m = CharTransformer()
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1, **kw)
+    ids = torch.randint(0, 65, (32, 129))
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x).reshape(-1, 65), y.reshape(-1)).backward()
+        opt.step()
+
+    return timeit(step, min_runs=10, budget=5.0)
+
+
+def peer(case):
+    """Best PyTorch time over its implementations (fused, foreach, for-loop)."""
+    torch.set_num_threads(threads_of(case))
+    impls = ["fused", "foreach", "forloop"]
+    if case.startswith("opt-rmsprop"):
+        impls = ["foreach", "forloop"]  # no fused RMSprop in torch
+    results = {}
+    for impl in impls:
+        try:
+            if case.startswith("opt-"):
+                _, name, size = case.split("-")
+                results[impl] = torch_opt(name, 1_000_000 if size == "1m" else 10_000_000, impl)
+            elif case.startswith("mlp-"):
+                results[impl] = torch_mlp(int(case.split("-")[1]), impl)
+            else:
+                results[impl] = torch_transformer(impl)
+        except (RuntimeError, TypeError) as e:  # an implementation torch lacks here
+            print(f"  torch {impl} unavailable for {case}: {e}", file=sys.stderr)
+    best = min(results, key=results.get)
+    return results[best], best, results
+
+
+def ours(case):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads_of(case)))
+    out = subprocess.run(
+        ["cargo", "bench", "--quiet", "--bench", "speed", "--", case],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    line = [l for l in out.splitlines() if l.startswith("{")][-1]
+    return json.loads(line)["median_ms"]
+
+
+def machine():
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} cores; {rustc}; PyTorch {torch.__version__}; Python {platform.python_version()}"
+
+
+def main():
+    cases = [a for a in sys.argv[1:] if not a.startswith("-")] or CASES
+    subprocess.run(["cargo", "bench", "--no-run", "--quiet", "--bench", "speed"], cwd=ROOT, check=True)
+    rows = []
+    for case in cases:
+        t_ours = ours(case)
+        t_torch, impl, all_t = peer(case)
+        ratio = t_torch / t_ours
+        rows.append((case, threads_of(case), t_ours, t_torch, impl, ratio, all_t))
+        print(f"{case:18} threads {threads_of(case)}  ours {t_ours:9.3f} ms  torch {t_torch:9.3f} ms ({impl})  "
+              f"ratio {ratio:5.2f}x", flush=True)
+    if len(cases) == len(CASES):
+        lines = [
+            "# Benchmarks",
+            "",
+            f"Machine: {machine()}.",
+            "",
+            "Written by `python3 scripts/bench.py` (benches/speed.rs against the PyTorch peer in the same run).",
+            "Median times per step; ratio = PyTorch / sparsity-lab (above 1: we are faster). PyTorch's best",
+            "implementation (fused, foreach or for-loop) is the one compared.",
+            "",
+            "| case | threads | sparsity-lab ms | PyTorch ms | PyTorch impl | ratio | all PyTorch impls (ms) |",
+            "|---|---:|---:|---:|---|---:|---|",
+        ]
+        for case, th, a, b, impl, r, all_t in rows:
+            others = ", ".join(f"{k} {v:.3f}" for k, v in all_t.items())
+            lines.append(f"| {case} | {th} | {a:.3f} | {b:.3f} | {impl} | {r:.2f}x | {others} |")
+        with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()

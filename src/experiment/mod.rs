@@ -1,0 +1,11 @@
+//! Studies: a grid of runs described by a file, one JSON per run, and a
+//! report built from those files alone (after DeepOBS).
+
+pub mod plots;
+pub mod report;
+pub mod runner;
+pub mod study;
+
+pub use report::write_report;
+pub use runner::{SweepOptions, SweepSummary, parse_shard, run_study};
+pub use study::{Study, list, resolve};

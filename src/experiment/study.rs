@@ -1,0 +1,497 @@
+//! Study files: `experiments/<name>.toml`.
+//!
+//! A study is a grid: tasks (model + data + training settings) x named
+//! optimizer configurations x seeds. Every hyper-parameter of every
+//! optimizer is resolved and written into each run's record.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataConfig;
+use crate::models::ModelConfig;
+use crate::optim::OptimizerConfig;
+use crate::train::{Schedule, TrainConfig};
+use crate::{bail_usage, error::usage};
+
+/// An optimizer configuration with the label it has in tables.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamedOptimizer {
+    pub label: String,
+    /// A learning-rate grid: one configuration per value, labelled
+    /// `<label> lr=<value>` (for tuning studies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lrs: Option<Vec<f64>>,
+    #[serde(flatten)]
+    pub config: OptimizerConfig,
+}
+
+impl NamedOptimizer {
+    /// The configurations this entry stands for, with their labels.
+    pub fn expand(&self) -> Result<Vec<(String, OptimizerConfig)>> {
+        match &self.lrs {
+            None => Ok(vec![(self.label.clone(), self.config.clone())]),
+            Some(lrs) => lrs
+                .iter()
+                .map(|lr| {
+                    let mut c = self.config.clone();
+                    c.set("lr", crate::optim::RawValue::Toml(toml::Value::Float(*lr)))?;
+                    Ok((format!("{} lr={lr}", self.label), c))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One model-and-data setting of a study.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub label: String,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    #[serde(default)]
+    pub steps: Option<usize>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub eval_every: Option<usize>,
+    #[serde(default)]
+    pub eval_windows: Option<usize>,
+    #[serde(default)]
+    pub prune_fracs: Option<Vec<f64>>,
+    /// Optimizers for this task only; otherwise the study's list.
+    #[serde(default)]
+    pub optimizers: Option<Vec<NamedOptimizer>>,
+}
+
+fn default_batch() -> usize {
+    64
+}
+
+/// A whole study file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Study {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub seeds: Vec<u64>,
+    pub tasks: Vec<Task>,
+    #[serde(default)]
+    pub optimizers: Vec<NamedOptimizer>,
+    /// Overrides applied with `--quick`, as `--set` would: `{ "epochs" = 1 }`.
+    #[serde(default)]
+    pub quick: toml::Table,
+}
+
+/// One cell of the grid.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    pub task: String,
+    pub label: String,
+    /// (task index, optimizer index) in the study file, for ordering tables.
+    pub order: (usize, usize),
+    pub seed: u64,
+    pub config: TrainConfig,
+}
+
+impl RunSpec {
+    /// A file name that says what ran and, through a hash of the full
+    /// config, changes when any setting does, so that an edited study never
+    /// reuses a stale result.
+    pub fn file_name(&self) -> String {
+        let text = serde_json::to_string(&self.config).expect("configs serialize");
+        format!(
+            "{}--{}--s{}--{:08x}.json",
+            slug(&self.task),
+            slug(&self.label),
+            self.seed,
+            fnv1a(text.as_bytes()) as u32
+        )
+    }
+}
+
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// FNV-1a 64: a stable hash (std's hasher is not stable across releases).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Top-level keys of a study; any other `--set` key applies to every task.
+const STUDY_KEYS: [&str; 6] = [
+    "name",
+    "description",
+    "seeds",
+    "tasks",
+    "optimizers",
+    "quick",
+];
+
+impl Study {
+    /// Reads a study file, applies `--quick` and `--set` overrides, and
+    /// checks it. Errors name the file and the key.
+    pub fn load(path: &Path, quick: bool, sets: &[(String, String)]) -> Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read study {file}: {e}")))?;
+        let mut doc: toml::Table =
+            toml::from_str(&text).map_err(|e| toml_error(&file, &text, &e))?;
+        if quick {
+            let q = doc
+                .get("quick")
+                .and_then(|q| q.as_table())
+                .cloned()
+                .unwrap_or_default();
+            for (k, v) in q {
+                apply(&mut doc, &k, v).map_err(|e| usage(format!("{file}: [quick] {k}: {e}")))?;
+            }
+        }
+        for (k, v) in sets {
+            let value = parse_value(v);
+            apply(&mut doc, k, value).map_err(|e| usage(format!("{file}: --set {k}={v}: {e}")))?;
+        }
+        let study: Study = if quick || !sets.is_empty() {
+            Study::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                let keys: Vec<_> = sets.iter().map(|(k, _)| k.as_str()).collect();
+                usage(format!(
+                    "{file} (with overrides {}): {}",
+                    keys.join(", "),
+                    e.message().trim()
+                ))
+            })?
+        } else {
+            toml::from_str(&text).map_err(|e| toml_error(&file, &text, &e))?
+        };
+        study.check(&file)?;
+        Ok(study)
+    }
+
+    fn check(&self, file: &str) -> Result<()> {
+        if self.seeds.is_empty() {
+            bail_usage!("{file}: `seeds` is empty; give at least one seed");
+        }
+        if self.tasks.is_empty() {
+            bail_usage!("{file}: no [[tasks]]");
+        }
+        let mut labels = std::collections::BTreeSet::new();
+        for t in &self.tasks {
+            if !labels.insert(&t.label) {
+                bail_usage!("{file}: two tasks are labelled `{}`", t.label);
+            }
+            let opts = self.optimizers_of(t);
+            if opts.is_empty() {
+                bail_usage!(
+                    "{file}: task `{}` has no optimizers ([[optimizers]] or [[tasks.optimizers]])",
+                    t.label
+                );
+            }
+            let mut ol = std::collections::BTreeSet::new();
+            for o in opts {
+                for (label, _) in o
+                    .expand()
+                    .map_err(|e| usage(format!("{file}: optimizer `{}`: {e:#}", o.label)))?
+                {
+                    if !ol.insert(label.clone()) {
+                        bail_usage!(
+                            "{file}: task `{}` has two optimizers labelled `{label}`",
+                            t.label
+                        );
+                    }
+                }
+            }
+        }
+        for spec in self.grid() {
+            spec.config.validate().map_err(|e| {
+                usage(format!(
+                    "{file}: task `{}`, optimizer `{}`: {e:#}",
+                    spec.task, spec.label
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn optimizers_of<'a>(&'a self, t: &'a Task) -> &'a [NamedOptimizer] {
+        t.optimizers.as_deref().unwrap_or(&self.optimizers)
+    }
+
+    /// Every run of the study, in a fixed order: task, optimizer, seed.
+    pub fn grid(&self) -> Vec<RunSpec> {
+        let mut out = vec![];
+        for (ti, t) in self.tasks.iter().enumerate() {
+            let expanded: Vec<(String, OptimizerConfig)> = self
+                .optimizers_of(t)
+                .iter()
+                .flat_map(|o| o.expand().expect("checked when the study was loaded"))
+                .collect();
+            for (oi, (label, opt)) in expanded.into_iter().enumerate() {
+                for &seed in &self.seeds {
+                    let mut c = TrainConfig::new(t.model.clone(), t.data.clone(), opt.clone());
+                    c.epochs = t.epochs;
+                    c.steps = t.steps;
+                    c.batch_size = t.batch_size;
+                    c.schedule = t.schedule.clone();
+                    c.eval_every = t.eval_every;
+                    if let Some(w) = t.eval_windows {
+                        c.eval_windows = w;
+                    }
+                    if let Some(p) = &t.prune_fracs {
+                        c.prune_fracs = p.clone();
+                    }
+                    c.seed = seed;
+                    out.push(RunSpec {
+                        task: t.label.clone(),
+                        label: label.clone(),
+                        order: (ti, oi),
+                        seed,
+                        config: c,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A `--set` value: TOML if it parses (numbers, booleans, arrays, quoted
+/// strings), else a bare string.
+fn parse_value(v: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("x = {v}")) {
+        Ok(mut t) => t.remove("x").expect("parsed key"),
+        Err(_) => toml::Value::String(v.to_string()),
+    }
+}
+
+/// Sets a dotted key (`tasks.0.epochs`, `optimizers.2.lr`). A key that is
+/// not a study-level key applies to every task (`epochs=1`,
+/// `data.train_limit=1000`).
+fn apply(doc: &mut toml::Table, key: &str, value: toml::Value) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err("empty key segment".into());
+    }
+    if STUDY_KEYS.contains(&parts[0]) {
+        return set_path(doc, &parts, value);
+    }
+    let Some(toml::Value::Array(tasks)) = doc.get_mut("tasks") else {
+        return Err("the study has no [[tasks]]".into());
+    };
+    for t in tasks {
+        let toml::Value::Table(t) = t else {
+            return Err("[[tasks]] entries must be tables".into());
+        };
+        set_path(t, &parts, value.clone())?;
+    }
+    Ok(())
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    parts: &[&str],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let (first, rest) = parts.split_first().expect("non-empty");
+    if rest.is_empty() {
+        table.insert(first.to_string(), value);
+        return Ok(());
+    }
+    let entry = table
+        .entry(first.to_string())
+        .or_insert_with(|| toml::Value::Table(Default::default()));
+    match entry {
+        toml::Value::Table(t) => set_path(t, rest, value),
+        toml::Value::Array(items) => {
+            let (idx, rest2) = rest.split_first().expect("non-empty");
+            let i: usize = idx.parse().map_err(|_| {
+                format!("`{first}` is a list; index it with a number, e.g. {first}.0")
+            })?;
+            let len = items.len();
+            let item = items.get_mut(i).ok_or(format!(
+                "`{first}` has {len} entries; index {i} is out of range"
+            ))?;
+            match item {
+                toml::Value::Table(t) if !rest2.is_empty() => set_path(t, rest2, value),
+                _ if rest2.is_empty() => {
+                    *item = value;
+                    Ok(())
+                }
+                _ => Err(format!("`{first}.{i}` is not a table")),
+            }
+        }
+        _ => Err(format!("`{first}` is not a table")),
+    }
+}
+
+/// One line: file, line number and toml's message.
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let line = e
+        .span()
+        .map(|s| {
+            format!(
+                " line {}",
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            )
+        })
+        .unwrap_or_default();
+    usage(format!(
+        "{file}{line}: {}",
+        e.message().trim().replace('\n', " ")
+    ))
+}
+
+/// Resolves `--exp NAME|PATH`: a path to a .toml file, or a name under
+/// `experiments/`. Returns (study file, output folder).
+pub fn resolve(exp: &str, experiments: &Path) -> Result<(PathBuf, PathBuf)> {
+    let as_path = PathBuf::from(exp);
+    let file = if exp.ends_with(".toml") || as_path.is_file() {
+        as_path
+    } else {
+        experiments.join(format!("{exp}.toml"))
+    };
+    if !file.is_file() {
+        let known = list(experiments).unwrap_or_default();
+        bail_usage!(
+            "no study `{exp}`: {} does not exist; shipped studies: {} (or give a path to a .toml file)",
+            file.display(),
+            if known.is_empty() {
+                "none found".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    let stem = file
+        .file_stem()
+        .expect("a file name")
+        .to_string_lossy()
+        .to_string();
+    let dir = file.parent().unwrap_or(Path::new(".")).join(stem);
+    Ok((file, dir))
+}
+
+/// The study names under `experiments/`, sorted.
+pub fn list(experiments: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(experiments)?
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension().is_some_and(|x| x == "toml"))
+                .then(|| p.file_stem().unwrap().to_string_lossy().to_string())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STUDY: &str = r#"
+name = "t"
+seeds = [0, 1]
+[[tasks]]
+label = "teacher"
+epochs = 2
+model = { name = "mlp", hidden = [8] }
+data = { name = "teacher", train_size = 100, test_size = 50 }
+[[optimizers]]
+label = "SGD"
+name = "sgd"
+lr = 0.1
+[[optimizers]]
+label = "Adam"
+name = "adam"
+lr = 0.01
+[quick]
+epochs = 1
+seeds = [0]
+"#;
+
+    fn write(text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "sparsity-lab-study-{}-{}.toml",
+            std::process::id(),
+            fnv1a(text.as_bytes())
+        ));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn grid_is_tasks_by_optimizers_by_seeds_in_file_order() {
+        let s = Study::load(&write(STUDY), false, &[]).unwrap();
+        let g = s.grid();
+        assert_eq!(g.len(), 4);
+        assert_eq!((g[0].label.as_str(), g[0].seed), ("SGD", 0));
+        assert_eq!((g[3].label.as_str(), g[3].seed), ("Adam", 1));
+        assert_eq!(g[0].config.optimizer.get("momentum"), 0.0);
+        // Names differ with the config.
+        assert_ne!(g[0].file_name(), g[1].file_name());
+        assert!(g[0].file_name().starts_with("teacher--sgd--s0--"));
+    }
+
+    #[test]
+    fn quick_and_set_override() {
+        let p = write(STUDY);
+        let q = Study::load(&p, true, &[]).unwrap();
+        assert_eq!((q.seeds.clone(), q.tasks[0].epochs), (vec![0], Some(1)));
+        let s = Study::load(
+            &p,
+            false,
+            &[
+                ("epochs".into(), "3".into()),
+                ("optimizers.1.lr".into(), "0.5".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.tasks[0].epochs, Some(3));
+        assert_eq!(s.optimizers[1].config.lr(), 0.5);
+        let s = Study::load(&p, false, &[("data.train_size".into(), "77".into())]).unwrap();
+        assert!(format!("{:?}", s.tasks[0].data).contains("train_size: 77"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let p = write(STUDY);
+        let f = p.display().to_string();
+        for (k, v, needle) in [
+            ("epocs", "1", "epocs"),
+            ("epochs", "\"many\"", "epochs"),
+            ("optimizers.0.lr", "-1", "`lr`"),
+            ("optimizers.9.lr", "1", "out of range"),
+            ("optimizers.0.rho", "0.5", "rho"),
+        ] {
+            let err = Study::load(&p, false, &[(k.into(), v.into())]).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(crate::error::is_usage(&err), "{msg}");
+            assert!(msg.contains(&f) && msg.contains(needle), "{k}: {msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+        let bad = write(&STUDY.replace("epochs = 2", "epochs = 2\nbatchsize = 3"));
+        let msg = format!("{:#}", Study::load(&bad, false, &[]).unwrap_err());
+        assert!(msg.contains("batchsize") && msg.contains("line"), "{msg}");
+    }
+}
