@@ -85,8 +85,8 @@ fn train_case(model: ModelConfig, task: Task, batch: Batch, opt: OptimizerConfig
     let mut o = optim::build(&opt, m.named_params()).unwrap();
     time(
         || {
-            let loss = m.loss(&task, &batch).unwrap();
-            o.backward_step(&loss).unwrap();
+            let (_, grads) = m.loss_and_grads(&task, &batch).unwrap();
+            o.step(&grads).unwrap();
         },
         20,
         3.0,

@@ -300,14 +300,13 @@ pub fn run_on(
         let lr = cfg.schedule.lr(base_lr, t, total);
         opt.set_learning_rate(lr);
         let batch = batcher.next(&ds.train)?;
-        let loss = model.loss(&ds.task, &batch)?;
-        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (l, grads) = model.loss_and_grads(&ds.task, &batch)?;
         if !l.is_finite() {
             warn!("step {}: loss is {l}; the run diverged", t + 1);
             status = Status::Diverged;
             break;
         }
-        opt.backward_step(&loss)?;
+        opt.step(&grads)?;
         steps_done = t + 1;
         loss_sum += l;
         loss_n += 1;

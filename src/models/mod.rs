@@ -163,6 +163,33 @@ impl Model {
         })
     }
 
+    /// The training loss of a batch and the gradients of every parameter:
+    /// the MLP's hand-written backward on the CPU, autograd otherwise.
+    pub fn loss_and_grads(
+        &self,
+        task: &Task,
+        batch: &Batch,
+    ) -> Result<(f64, candle_core::backprop::GradStore)> {
+        if let Model::Mlp(m) = self
+            && Mlp::manual_backward(&batch.x)
+        {
+            return m.loss_and_grads(&batch.x, &batch.y);
+        }
+        self.loss_and_grads_autograd(task, batch)
+    }
+
+    /// As [`loss_and_grads`](Self::loss_and_grads), always through autograd
+    /// (the reference).
+    pub fn loss_and_grads_autograd(
+        &self,
+        task: &Task,
+        batch: &Batch,
+    ) -> Result<(f64, candle_core::backprop::GradStore)> {
+        let loss = self.loss(task, batch)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        Ok((value, loss.backward()?))
+    }
+
     /// The training loss of a batch (mean cross-entropy).
     pub fn loss(&self, task: &Task, batch: &Batch) -> Result<Tensor> {
         let (logits, y) = self.logits(task, batch, None)?;

@@ -112,9 +112,9 @@ impl Reg {
     };
 }
 
-/// One element of the chain. `st` holds this element's state values.
+/// The coupled terms and decoupled decay, before the rule: (p, g).
 #[inline(always)]
-fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &mut [T; K]) -> T {
+fn pre<T: Real>(reg: &Reg, p0: T, g0: T) -> (T, T) {
     let mut g = g0;
     if reg.l1 != 0.0 {
         g = g + p0.sign() * T::c(reg.l1);
@@ -126,7 +126,150 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
         Some(f) => p0 * T::c(f),
         None => p0,
     };
-    let (p, step) = match *sc {
+    (p, g)
+}
+
+/// The proximal step after the rule, with the rule's step size.
+#[inline(always)]
+fn post<T: Real>(reg: &Reg, p: T, step: T) -> T {
+    if reg.l1_prox != 0.0 {
+        let shrunk = p.abs() - step * T::c(reg.l1_prox);
+        p.sign() * shrunk.max(T::ZERO)
+    } else {
+        p
+    }
+}
+
+/// The loop: `f(p, g, state)` for every element, on contiguous slices.
+#[inline(always)]
+fn each<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T>(
+    p: &mut [T],
+    g: &[T],
+    st: [&mut [T]; K],
+    f: &F,
+) {
+    let n = p.len();
+    assert!(g.len() == n && st.iter().all(|s| s.len() == n));
+    let mut local = [T::ZERO; K];
+    for i in 0..n {
+        for k in 0..K {
+            local[k] = st[k][i];
+        }
+        p[i] = f(p[i], g[i], &mut local);
+        for k in 0..K {
+            st[k][i] = local[k];
+        }
+    }
+}
+
+/// The same loop compiled for AVX2 (chosen at run time): wider vectors, and
+/// no fused multiply-adds, so the results are those of the plain loop.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn each_avx2<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T>(
+    p: &mut [T],
+    g: &[T],
+    st: [&mut [T]; K],
+    f: &F,
+) {
+    each(p, g, st, f)
+}
+
+fn each_best<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T>(
+    p: &mut [T],
+    g: &[T],
+    st: [&mut [T]; K],
+    f: &F,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { each_avx2(p, g, st, f) };
+    }
+    each(p, g, st, f)
+}
+
+/// Runs the kernel over the tensor, on several threads when it is large.
+fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>(
+    p: &mut [T],
+    g: &[T],
+    state: &mut [Vec<T>],
+    f: F,
+) -> Result<()> {
+    let n = p.len();
+    if state.len() != K {
+        bail!(
+            "fused step: expected {K} state vectors, found {}",
+            state.len()
+        );
+    }
+    let threads = if n >= PAR_MIN {
+        candle_core::utils::get_num_threads().clamp(1, 16)
+    } else {
+        1
+    };
+    if threads == 1 {
+        let st: [&mut [T]; K] = views(state, 0, n);
+        each_best(p, g, st, &f);
+        return Ok(());
+    }
+    let chunk = n.div_ceil(threads);
+    let mut rest_p = p;
+    let mut jobs = vec![];
+    let mut start = 0;
+    // Split p and every state vector at the same offsets.
+    let mut rest_st: Vec<&mut [T]> = state.iter_mut().map(|v| v.as_mut_slice()).collect();
+    while start < n {
+        let len = chunk.min(n - start);
+        let (pc, pr) = rest_p.split_at_mut(len);
+        rest_p = pr;
+        let mut stc: Vec<&mut [T]> = Vec::with_capacity(K);
+        let mut next = Vec::with_capacity(K);
+        for s in rest_st {
+            let (a, b) = s.split_at_mut(len);
+            stc.push(a);
+            next.push(b);
+        }
+        rest_st = next;
+        jobs.push((pc, &g[start..start + len], stc));
+        start += len;
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut jobs = jobs.into_iter();
+        let first = jobs.next();
+        for (pc, gc, stc) in jobs {
+            s.spawn(move || each_best(pc, gc, to_array(stc), f));
+        }
+        if let Some((pc, gc, stc)) = first {
+            each_best(pc, gc, to_array(stc), f);
+        }
+    });
+    Ok(())
+}
+
+fn views<T, const K: usize>(state: &mut [Vec<T>], a: usize, b: usize) -> [&mut [T]; K] {
+    to_array(state.iter_mut().map(|v| &mut v[a..b]).collect())
+}
+
+fn to_array<T, const K: usize>(v: Vec<&mut [T]>) -> [&mut [T]; K] {
+    match v.try_into() {
+        Ok(a) => a,
+        Err(_) => unreachable!("state length checked in run()"),
+    }
+}
+
+/// Picks the kernel for the rule once per call; each arm is its own
+/// monomorphic loop.
+fn dispatch<T: Real>(
+    sc: &Scalars,
+    reg: &Reg,
+    p: &mut [T],
+    g: &[T],
+    state: &mut [Vec<T>],
+) -> Result<()> {
+    let reg = *reg;
+    match *sc {
         Scalars::Sgd {
             lr,
             momentum,
@@ -134,29 +277,35 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
             nesterov,
             first,
         } => {
-            let d = if momentum != 0.0 {
+            if momentum == 0.0 {
+                return run::<T, 0, _>(p, g, state, move |p, g, _| {
+                    let (p, g) = pre(&reg, p, g);
+                    post(&reg, p + g * T::c(-lr), T::c(lr))
+                });
+            }
+            run::<T, 1, _>(p, g, state, move |p, g, st| {
+                let (p, g) = pre(&reg, p, g);
                 let buf = if first {
                     g
                 } else {
                     st[0] * T::c(momentum) + g * T::c(1.0 - dampening)
                 };
                 st[0] = buf;
-                if nesterov {
+                let d = if nesterov {
                     g + buf * T::c(momentum)
                 } else {
                     buf
-                }
-            } else {
-                g
-            };
-            (p + d * T::c(-lr), T::c(lr))
+                };
+                post(&reg, p + d * T::c(-lr), T::c(lr))
+            })
         }
-        Scalars::Adagrad { clr, eps } => {
+        Scalars::Adagrad { clr, eps } => run::<T, 1, _>(p, g, state, move |p, g, st| {
+            let (p, g) = pre(&reg, p, g);
             let sum = st[0] + g * g;
             st[0] = sum;
             let std = sum.sqrt() + T::c(eps);
-            (p + (g / std) * T::c(-clr), (T::ONE / std) * T::c(clr))
-        }
+            post(&reg, p + (g / std) * T::c(-clr), (T::ONE / std) * T::c(clr))
+        }),
         Scalars::Rmsprop {
             lr,
             alpha,
@@ -164,35 +313,51 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
             centered,
             momentum,
         } => {
-            let sq = ema_sq(st[0], g, alpha);
-            st[0] = sq;
-            let avg = if centered {
-                let gi = K - 1;
-                let ga = lerp(st[gi], g, 1.0 - alpha);
-                st[gi] = ga;
-                (sq - ga * ga).sqrt()
-            } else {
-                sq.sqrt()
-            };
-            let avg = avg + T::c(eps);
-            let p = if momentum > 0.0 {
-                let buf = st[1] * T::c(momentum) + g / avg;
-                st[1] = buf;
-                p + buf * T::c(-lr)
-            } else {
-                p + (g / avg) * T::c(-lr)
-            };
-            (p, (T::ONE / avg) * T::c(lr))
+            // State order: square_avg, [momentum_buffer], [grad_avg].
+            let with_mom = momentum > 0.0;
+            macro_rules! rms {
+                ($k:literal) => {
+                    run::<T, $k, _>(p, g, state, move |p, g, st| {
+                        let (p, g) = pre(&reg, p, g);
+                        let sq = ema_sq(st[0], g, alpha);
+                        st[0] = sq;
+                        let avg = if centered {
+                            let ga = lerp(st[$k - 1], g, 1.0 - alpha);
+                            st[$k - 1] = ga;
+                            (sq - ga * ga).sqrt()
+                        } else {
+                            sq.sqrt()
+                        };
+                        let avg = avg + T::c(eps);
+                        let p = if with_mom {
+                            // Index 1 exists whenever momentum is on (K >= 2).
+                            let mi = if $k > 1 { 1 } else { 0 };
+                            let buf = st[mi] * T::c(momentum) + g / avg;
+                            st[mi] = buf;
+                            p + buf * T::c(-lr)
+                        } else {
+                            p + (g / avg) * T::c(-lr)
+                        };
+                        post(&reg, p, (T::ONE / avg) * T::c(lr))
+                    })
+                };
+            }
+            match 1 + usize::from(with_mom) + usize::from(centered) {
+                1 => rms!(1),
+                2 => rms!(2),
+                _ => rms!(3),
+            }
         }
-        Scalars::Adadelta { lr, rho, eps } => {
+        Scalars::Adadelta { lr, rho, eps } => run::<T, 2, _>(p, g, state, move |p, g, st| {
+            let (p, g) = pre(&reg, p, g);
             let sq = ema_sq(st[0], g, rho);
             let std = (sq + T::c(eps)).sqrt();
             let ratio = (st[1] + T::c(eps)).sqrt() / std;
             let delta = ratio * g;
             st[0] = sq;
             st[1] = ema_sq(st[1], delta, rho);
-            (p + delta * T::c(-lr), ratio * T::c(lr))
-        }
+            post(&reg, p + delta * T::c(-lr), ratio * T::c(lr))
+        }),
         Scalars::Adam {
             lr,
             b1,
@@ -202,22 +367,31 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
             step_size,
             inv_bc2_sqrt,
         } => {
-            let m = lerp(st[0], g, 1.0 - b1);
-            let v = ema_sq(st[1], g, b2);
-            st[0] = m;
-            st[1] = v;
-            let vu = if amsgrad {
-                let vmax = st[K - 1].max(v);
-                st[K - 1] = vmax;
-                vmax
-            } else {
-                v
-            };
-            let denom = vu.sqrt() * T::c(inv_bc2_sqrt) + T::c(eps);
-            (
-                p + (m / denom) * T::c(-step_size),
-                (T::ONE / denom) * T::c(lr),
-            )
+            macro_rules! adam {
+                ($k:literal) => {
+                    run::<T, $k, _>(p, g, state, move |p, g, st| {
+                        let (p, g) = pre(&reg, p, g);
+                        let m = lerp(st[0], g, 1.0 - b1);
+                        let v = ema_sq(st[1], g, b2);
+                        st[0] = m;
+                        st[1] = v;
+                        let vu = if $k == 3 {
+                            let vmax = st[$k - 1].max(v);
+                            st[$k - 1] = vmax;
+                            vmax
+                        } else {
+                            v
+                        };
+                        let denom = vu.sqrt() * T::c(inv_bc2_sqrt) + T::c(eps);
+                        post(
+                            &reg,
+                            p + (m / denom) * T::c(-step_size),
+                            (T::ONE / denom) * T::c(lr),
+                        )
+                    })
+                };
+            }
+            if amsgrad { adam!(3) } else { adam!(2) }
         }
         Scalars::Nadam {
             lr,
@@ -227,15 +401,20 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
             inv_bc2,
             c_grad,
             c_mom,
-        } => {
+        } => run::<T, 2, _>(p, g, state, move |p, g, st| {
+            let (p, g) = pre(&reg, p, g);
             let m = lerp(st[0], g, 1.0 - b1);
             let v = ema_sq(st[1], g, b2);
             st[0] = m;
             st[1] = v;
             let denom = (v * T::c(inv_bc2)).sqrt() + T::c(eps);
             let p = p + (g / denom) * T::c(c_grad);
-            (p + (m / denom) * T::c(c_mom), (T::ONE / denom) * T::c(lr))
-        }
+            post(
+                &reg,
+                p + (m / denom) * T::c(c_mom),
+                (T::ONE / denom) * T::c(lr),
+            )
+        }),
         Scalars::Radam {
             lr,
             b1,
@@ -244,7 +423,8 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
             inv_bc1,
             rect,
             bc2_sqrt,
-        } => {
+        } => run::<T, 2, _>(p, g, state, move |p, g, st| {
+            let (p, g) = pre(&reg, p, g);
             let m = lerp(st[0], g, 1.0 - b1);
             let v = ema_sq(st[1], g, b2);
             st[0] = m;
@@ -254,103 +434,26 @@ fn element<T: Real, const K: usize>(sc: &Scalars, reg: &Reg, p0: T, g0: T, st: &
                 Some(r) => {
                     let adaptive = (T::ONE / (v.sqrt() + T::c(eps))) * T::c(bc2_sqrt);
                     let upd = ((m_hat * T::c(lr)) * adaptive) * T::c(r);
-                    (p - upd, adaptive * T::c(lr * r))
+                    post(&reg, p - upd, adaptive * T::c(lr * r))
                 }
-                None => (p - m_hat * T::c(lr), T::c(lr)),
+                None => post(&reg, p - m_hat * T::c(lr), T::c(lr)),
             }
-        }
+        }),
         Scalars::Adamax {
             lr,
             b1,
             b2,
             eps,
             clr,
-        } => {
+        } => run::<T, 2, _>(p, g, state, move |p, g, st| {
+            let (p, g) = pre(&reg, p, g);
             let m = lerp(st[0], g, 1.0 - b1);
             let u = (st[1] * T::c(b2)).max(g.abs() + T::c(eps));
             st[0] = m;
             st[1] = u;
-            (p + (m / u) * T::c(-clr), (T::ONE / u) * T::c(lr))
-        }
-    };
-    if reg.l1_prox != 0.0 {
-        let shrunk = p.abs() - step * T::c(reg.l1_prox);
-        p.sign() * shrunk.max(T::ZERO)
-    } else {
-        p
+            post(&reg, p + (m / u) * T::c(-clr), (T::ONE / u) * T::c(lr))
+        }),
     }
-}
-
-/// Runs the chain over a contiguous range. `state` holds K vectors.
-fn run_range<T: Real, const K: usize>(
-    sc: &Scalars,
-    reg: &Reg,
-    p: &mut [T],
-    g: &[T],
-    state: &mut [&mut [T]],
-) {
-    let mut st = [T::ZERO; K];
-    for i in 0..p.len() {
-        for k in 0..K {
-            st[k] = state[k][i];
-        }
-        p[i] = element::<T, K>(sc, reg, p[i], g[i], &mut st);
-        for k in 0..K {
-            state[k][i] = st[k];
-        }
-    }
-}
-
-/// Splits the work in two halves on two threads when the tensor is large.
-fn run_par<T: Real, const K: usize>(
-    sc: &Scalars,
-    reg: &Reg,
-    p: &mut [T],
-    g: &[T],
-    state: &mut [Vec<T>],
-) {
-    let n = p.len();
-    let threads = if n >= PAR_MIN {
-        candle_core::utils::get_num_threads().clamp(1, 8)
-    } else {
-        1
-    };
-    if threads == 1 {
-        let mut views: Vec<&mut [T]> = state.iter_mut().map(|v| v.as_mut_slice()).collect();
-        run_range::<T, K>(sc, reg, p, g, &mut views);
-        return;
-    }
-    let chunk = n.div_ceil(threads);
-    // Per-thread views of p, g and every state vector over the same range.
-    let mut state_chunks: Vec<Vec<&mut [T]>> =
-        (0..threads).map(|_| Vec::with_capacity(K)).collect();
-    for v in state.iter_mut() {
-        for (t, c) in v.chunks_mut(chunk).enumerate() {
-            state_chunks[t].push(c);
-        }
-    }
-    std::thread::scope(|s| {
-        for ((pc, gc), mut sc_views) in p.chunks_mut(chunk).zip(g.chunks(chunk)).zip(state_chunks) {
-            s.spawn(move || run_range::<T, K>(sc, reg, pc, gc, &mut sc_views));
-        }
-    });
-}
-
-fn dispatch<T: Real>(
-    sc: &Scalars,
-    reg: &Reg,
-    p: &mut [T],
-    g: &[T],
-    state: &mut [Vec<T>],
-) -> Result<()> {
-    match state.len() {
-        0 => run_par::<T, 0>(sc, reg, p, g, state),
-        1 => run_par::<T, 1>(sc, reg, p, g, state),
-        2 => run_par::<T, 2>(sc, reg, p, g, state),
-        3 => run_par::<T, 3>(sc, reg, p, g, state),
-        k => bail!("fused step: {k} state vectors are not supported"),
-    }
-    Ok(())
 }
 
 /// Host-side state of one parameter.
