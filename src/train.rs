@@ -158,8 +158,8 @@ pub struct EvalPoint {
     pub step: usize,
     pub epoch: f64,
     pub lr: f64,
-    /// Mean training loss since the previous evaluation.
-    pub train_loss: f64,
+    /// Mean training loss since the previous evaluation (none at step 0).
+    pub train_loss: Option<f64>,
     pub test_loss: f64,
     pub test_acc: f64,
     /// Weight-level sparsity of the weights (tensors with >= 2 dims) now.
@@ -296,6 +296,24 @@ pub fn run_on(
     let mut loss_n = 0usize;
     let mut last_train_loss = f64::NAN;
     let mut steps_done = 0;
+    // The starting point, so that curves show where training began.
+    let point = |step: usize, lr: f64, train_loss: Option<f64>| -> Result<EvalPoint> {
+        let (test_loss, test_acc) = evaluate(&model, &ds.task, &evals, None)?;
+        let m = weight_measures(&model)?;
+        debug!("step {step}: train {train_loss:?}, test {test_loss:.4}, acc {test_acc:.4}");
+        Ok(EvalPoint {
+            step,
+            epoch: step as f64 / per_epoch as f64,
+            lr,
+            train_loss,
+            test_loss,
+            test_acc,
+            weights_exact_zero_frac: m.exact_zero_frac,
+            weights_near_zero_frac: m.near_zero_frac,
+            weights_rel_near_zero_frac: m.rel_near_zero_frac,
+        })
+    };
+    history.push(point(0, cfg.schedule.lr(base_lr, 0, total), None)?);
     for t in 0..total {
         let lr = cfg.schedule.lr(base_lr, t, total);
         opt.set_learning_rate(lr);
@@ -318,25 +336,12 @@ pub fn run_on(
         }
         if steps_done % eval_every == 0 || steps_done == total {
             last_train_loss = loss_sum / loss_n as f64;
-            let (test_loss, test_acc) = evaluate(&model, &ds.task, &evals, None)?;
-            let m = weight_measures(&model)?;
-            debug!(
-                "step {steps_done}: train {last_train_loss:.4}, test {test_loss:.4}, acc {test_acc:.4}"
-            );
-            history.push(EvalPoint {
-                step: steps_done,
-                epoch: steps_done as f64 / per_epoch as f64,
-                lr,
-                train_loss: last_train_loss,
-                test_loss,
-                test_acc,
-                weights_exact_zero_frac: m.exact_zero_frac,
-                weights_near_zero_frac: m.near_zero_frac.clone(),
-                weights_rel_near_zero_frac: m.rel_near_zero_frac,
-            });
+            let p = point(steps_done, lr, Some(last_train_loss))?;
+            let finite = p.test_loss.is_finite();
+            history.push(p);
             loss_sum = 0.0;
             loss_n = 0;
-            if !test_loss.is_finite() {
+            if !finite {
                 status = Status::Diverged;
                 break;
             }

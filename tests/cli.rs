@@ -322,7 +322,7 @@ fn train_writes_a_record_and_a_checkpoint() {
     assert_eq!(rec["config"]["optimizer"]["momentum"], 0.9);
     // Every hyper-parameter is written out, defaults included.
     assert_eq!(rec["config"]["optimizer"]["dampening"], 0.0);
-    assert_eq!(rec["history"].as_array().unwrap().len(), 2);
+    assert_eq!(rec["history"].as_array().unwrap().len(), 3);
     let m = bin(&[
         "measure",
         out.join("model.safetensors").to_str().unwrap(),

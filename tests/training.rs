@@ -221,10 +221,13 @@ fn teacher_task_trains_and_is_measured() {
     .unwrap()
     .record;
     assert_eq!(rec.status, Status::Done);
-    assert_eq!(rec.history.len(), 3);
+    // The starting point, then one evaluation per epoch.
+    assert_eq!(rec.history.len(), 4);
+    assert_eq!(rec.history[0].step, 0);
+    assert!(rec.history[0].train_loss.is_none());
     let f = rec.r#final.as_ref().unwrap();
     assert!(f.test_acc > 0.8, "teacher accuracy {}", f.test_acc);
-    assert!(rec.history[2].train_loss < rec.history[0].train_loss);
+    assert!(rec.history[3].train_loss < rec.history[1].train_loss);
     assert_eq!(f.pruning.len(), 7);
     assert!(f.pruning[0].test_acc > f.pruning[6].test_acc);
     let d = f.dead_units.as_ref().unwrap();

@@ -161,10 +161,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     for h in &rec.history {
         println!(
-            "  step {:>6} (epoch {:>5.2}): train loss {:.4}, test loss {:.4}, test acc {:.2}%, weights <1e-3 {:.2}%",
+            "  step {:>6} (epoch {:>5.2}): train loss {}, test loss {:.4}, test acc {:.2}%, weights <1e-3 {:.2}%",
             h.step,
             h.epoch,
-            h.train_loss,
+            h.train_loss
+                .map(|l| format!("{l:.4}"))
+                .unwrap_or_else(|| "-".into()),
             h.test_loss,
             100.0 * h.test_acc,
             100.0 * h.weights_near_zero_frac["1e-3"]

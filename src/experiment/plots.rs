@@ -192,9 +192,48 @@ fn bounds(lines: &[Line]) -> Option<((f64, f64), (f64, f64))> {
 }
 
 fn draw(lines: &[Line], title: &str, x_desc: &str, y_desc: &str) -> Result<Option<String>> {
+    draw_scaled(lines, title, x_desc, y_desc, false)
+}
+
+/// With `log_y`, the y axis is logarithmic (values below 0.01 are drawn at 0.01).
+fn draw_scaled(
+    lines: &[Line],
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    log_y: bool,
+) -> Result<Option<String>> {
     let Some(((x0, x1), (y0, y1))) = bounds(lines) else {
         return Ok(None);
     };
+    if log_y {
+        let floor = 0.01;
+        let lines: Vec<Line> = lines
+            .iter()
+            .map(|l| Line {
+                label: l.label.clone(),
+                points: l.points.iter().map(|&(x, y)| (x, y.max(floor))).collect(),
+            })
+            .collect();
+        let (lo, hi) = (y0.max(floor) / 1.5, y1.max(floor) * 1.5);
+        return render(&lines, title, x_desc, y_desc, x0..x1, (lo..hi).log_scale());
+    }
+    render(lines, title, x_desc, y_desc, x0..x1, y0..y1)
+}
+
+fn render<Y>(
+    lines: &[Line],
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    xr: std::ops::Range<f64>,
+    yr: Y,
+) -> Result<Option<String>>
+where
+    Y: plotters::coord::ranged1d::AsRangedCoord<Value = f64>,
+    <Y as plotters::coord::ranged1d::AsRangedCoord>::CoordDescType:
+        plotters::coord::ranged1d::ValueFormatter<f64>,
+{
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (960, 600)).into_drawing_area();
@@ -205,7 +244,7 @@ fn draw(lines: &[Line], title: &str, x_desc: &str, y_desc: &str) -> Result<Optio
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(65)
-            .build_cartesian_2d(x0..x1, y0..y1)
+            .build_cartesian_2d(xr, yr)
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
@@ -252,11 +291,12 @@ pub fn write_all(dir: &Path, groups: &[Group]) -> Result<()> {
         let plots = [
             (
                 format!("{s}-near-zero.svg"),
-                draw(
+                draw_scaled(
                     &near_zero_lines(&gs),
                     &format!("{task}: weights with |w| < 1e-3 during training"),
                     "epoch",
-                    "% of weights",
+                    "% of weights (log scale)",
+                    true,
                 )?,
             ),
             (
