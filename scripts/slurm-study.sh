@@ -25,7 +25,8 @@ cargo build --release --quiet "${features[@]}"
 bin="$root/target/release/sparsity-lab"
 "$bin" --list | grep -qx "$study" || { echo "no study '$study' in experiments/ (sparsity-lab --list)" >&2; exit 2; }
 mkdir -p "$root/slurm-logs"
-extra=$(printf ' %q' "$@")
+extra=""
+[ $# -gt 0 ] && extra=$(printf ' %q' "$@")
 array_job=$(sbatch --parsable \
   --job-name="sl-$study" \
   --array="0-$((shards - 1))" \
