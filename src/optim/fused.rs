@@ -67,8 +67,8 @@ macro_rules! real {
             }
             #[inline(always)]
             fn max(self, o: Self) -> Self {
-                // torch.maximum; NaN handling is not needed on finite data.
-                if self >= o { self } else { o }
+                // torch.maximum on finite data (maxps-friendly).
+                <$t>::max(self, o)
             }
         }
     };
@@ -129,11 +129,12 @@ fn pre<T: Real>(reg: &Reg, p0: T, g0: T) -> (T, T) {
     (p, g)
 }
 
-/// The proximal step after the rule, with the rule's step size.
+/// The proximal step after the rule, with the rule's step size (computed
+/// only when the step is on).
 #[inline(always)]
-fn post<T: Real>(reg: &Reg, p: T, step: T) -> T {
+fn post<T: Real>(reg: &Reg, p: T, step: impl FnOnce() -> T) -> T {
     if reg.l1_prox != 0.0 {
-        let shrunk = p.abs() - step * T::c(reg.l1_prox);
+        let shrunk = p.abs() - step() * T::c(reg.l1_prox);
         p.sign() * shrunk.max(T::ZERO)
     } else {
         p
@@ -235,11 +236,13 @@ fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>(
         start += len;
     }
     let f = &f;
-    std::thread::scope(|s| {
+    // rayon's pool (already Candle's dependency) keeps its threads alive;
+    // spawning fresh ones per step cost more than a 1M-element update.
+    rayon::scope(|s| {
         let mut jobs = jobs.into_iter();
         let first = jobs.next();
         for (pc, gc, stc) in jobs {
-            s.spawn(move || each_best(pc, gc, to_array(stc), f));
+            s.spawn(move |_| each_best(pc, gc, to_array(stc), f));
         }
         if let Some((pc, gc, stc)) = first {
             each_best(pc, gc, to_array(stc), f);
@@ -280,7 +283,7 @@ fn dispatch<T: Real>(
             if momentum == 0.0 {
                 return run::<T, 0, _>(p, g, state, move |p, g, _| {
                     let (p, g) = pre(&reg, p, g);
-                    post(&reg, p + g * T::c(-lr), T::c(lr))
+                    post(&reg, p + g * T::c(-lr), || T::c(lr))
                 });
             }
             run::<T, 1, _>(p, g, state, move |p, g, st| {
@@ -296,7 +299,7 @@ fn dispatch<T: Real>(
                 } else {
                     buf
                 };
-                post(&reg, p + d * T::c(-lr), T::c(lr))
+                post(&reg, p + d * T::c(-lr), || T::c(lr))
             })
         }
         Scalars::Adagrad { clr, eps } => run::<T, 1, _>(p, g, state, move |p, g, st| {
@@ -304,7 +307,9 @@ fn dispatch<T: Real>(
             let sum = st[0] + g * g;
             st[0] = sum;
             let std = sum.sqrt() + T::c(eps);
-            post(&reg, p + (g / std) * T::c(-clr), (T::ONE / std) * T::c(clr))
+            post(&reg, p + (g / std) * T::c(-clr), || {
+                (T::ONE / std) * T::c(clr)
+            })
         }),
         Scalars::Rmsprop {
             lr,
@@ -338,7 +343,7 @@ fn dispatch<T: Real>(
                         } else {
                             p + (g / avg) * T::c(-lr)
                         };
-                        post(&reg, p, (T::ONE / avg) * T::c(lr))
+                        post(&reg, p, || (T::ONE / avg) * T::c(lr))
                     })
                 };
             }
@@ -356,7 +361,7 @@ fn dispatch<T: Real>(
             let delta = ratio * g;
             st[0] = sq;
             st[1] = ema_sq(st[1], delta, rho);
-            post(&reg, p + delta * T::c(-lr), ratio * T::c(lr))
+            post(&reg, p + delta * T::c(-lr), || ratio * T::c(lr))
         }),
         Scalars::Adam {
             lr,
@@ -383,11 +388,9 @@ fn dispatch<T: Real>(
                             v
                         };
                         let denom = vu.sqrt() * T::c(inv_bc2_sqrt) + T::c(eps);
-                        post(
-                            &reg,
-                            p + (m / denom) * T::c(-step_size),
-                            (T::ONE / denom) * T::c(lr),
-                        )
+                        post(&reg, p + (m / denom) * T::c(-step_size), || {
+                            (T::ONE / denom) * T::c(lr)
+                        })
                     })
                 };
             }
@@ -409,11 +412,9 @@ fn dispatch<T: Real>(
             st[1] = v;
             let denom = (v * T::c(inv_bc2)).sqrt() + T::c(eps);
             let p = p + (g / denom) * T::c(c_grad);
-            post(
-                &reg,
-                p + (m / denom) * T::c(c_mom),
-                (T::ONE / denom) * T::c(lr),
-            )
+            post(&reg, p + (m / denom) * T::c(c_mom), || {
+                (T::ONE / denom) * T::c(lr)
+            })
         }),
         Scalars::Radam {
             lr,
@@ -434,9 +435,9 @@ fn dispatch<T: Real>(
                 Some(r) => {
                     let adaptive = (T::ONE / (v.sqrt() + T::c(eps))) * T::c(bc2_sqrt);
                     let upd = ((m_hat * T::c(lr)) * adaptive) * T::c(r);
-                    post(&reg, p - upd, adaptive * T::c(lr * r))
+                    post(&reg, p - upd, || adaptive * T::c(lr * r))
                 }
-                None => post(&reg, p - m_hat * T::c(lr), T::c(lr)),
+                None => post(&reg, p - m_hat * T::c(lr), || T::c(lr)),
             }
         }),
         Scalars::Adamax {
@@ -451,7 +452,7 @@ fn dispatch<T: Real>(
             let u = (st[1] * T::c(b2)).max(g.abs() + T::c(eps));
             st[0] = m;
             st[1] = u;
-            post(&reg, p + (m / u) * T::c(-clr), (T::ONE / u) * T::c(lr))
+            post(&reg, p + (m / u) * T::c(-clr), || (T::ONE / u) * T::c(lr))
         }),
     }
 }
