@@ -314,6 +314,7 @@ fn train_writes_a_record_and_a_checkpoint() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("dead units"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("final: train acc"), "{}", stdout(&o));
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert_eq!(rec["status"], "done");

@@ -137,13 +137,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = build_config(&a)?;
     let device = parse_device(&a.device)?;
     let pb = train::progress_bar(0, "train");
-    let trained = train::run(
-        &cfg,
-        &device,
-        &RunOptions {
-            progress: Some(pb.clone()),
-        },
-    )?;
+    let dataset = cfg.data.load(cfg.seed)?;
+    let opts = RunOptions {
+        progress: Some(pb.clone()),
+    };
+    let trained = train::run_on(&cfg, &dataset, &device, &opts)?;
     pb.finish_and_clear();
     let rec = &trained.record;
     write_json(&a.out.join("run.json"), rec)?;
@@ -177,6 +175,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "final: test acc {:.2}%, test loss {:.4}",
             100.0 * f.test_acc,
             f.test_loss
+        );
+        // The training split too (all examples; at most eval_windows windows of text).
+        let context = match &cfg.model {
+            crate::models::ModelConfig::Transformer(t) => t.context,
+            crate::models::ModelConfig::Mlp(_) => 0,
+        };
+        let batches =
+            crate::data::eval_batches(&dataset.train, 1000, context, cfg.eval_windows, &device)?;
+        let (train_loss, train_acc) =
+            train::evaluate(&trained.model, &dataset.task, &batches, None)?;
+        println!(
+            "final: train acc {:.2}%, train loss {:.4}",
+            100.0 * train_acc,
+            train_loss
         );
         println!("{}", super::measure::table(&f.measures));
         if let Some(d) = &f.dead_units {
