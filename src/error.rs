@@ -37,3 +37,32 @@ pub fn is_usage(err: &anyhow::Error) -> bool {
     err.chain()
         .any(|e| e.downcast_ref::<UsageError>().is_some())
 }
+
+/// The error and its causes on one line, `outer: inner: ...`, without the
+/// backtraces some libraries append after a newline (Candle does when
+/// `RUST_BACKTRACE` is set).
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = vec![];
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let first = text.lines().next().unwrap_or("").trim().to_string();
+        // anyhow's context chains repeat the inner message; keep it once.
+        if !first.is_empty() && parts.last() != Some(&first) {
+            parts.push(first);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_keeps_the_chain_and_drops_backtraces() {
+        let inner = anyhow::anyhow!("device error\n   0: some::frame\n   1: other::frame");
+        let err = inner.context("loading the model");
+        assert_eq!(one_line(&err), "loading the model: device error");
+        assert!(is_usage(&usage("bad key").context("in study.toml")));
+    }
+}

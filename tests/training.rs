@@ -19,7 +19,11 @@ fn shared(rel: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        println!(
+        // Written to the stderr handle itself, which the test harness does
+        // not capture, so that the skip shows in `cargo test` output.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: {} is absent (the tests that need ../shared/data skip on a fresh clone)",
             p.display()
         );

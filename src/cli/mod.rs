@@ -127,8 +127,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("error: {}", crate::error::one_line(&e));
             ExitCode::from(if is_usage(&e) { 2 } else { 1 })
         }
     }
@@ -248,8 +247,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
             "--device {s}: this build has no CUDA support; rebuild with `cargo build --release --features cuda` on a machine with the CUDA toolkit"
         );
     }
-    Device::new_cuda(ordinal)
-        .map_err(|e| crate::error::usage(format!("--device {s}: no usable CUDA GPU ({e})")))
+    Device::new_cuda(ordinal).map_err(|e| {
+        let why = e.to_string().lines().next().unwrap_or_default().to_string();
+        crate::error::usage(format!("--device {s}: no usable CUDA GPU ({why})"))
+    })
 }
 
 fn clap_error(e: clap::Error) -> ExitCode {

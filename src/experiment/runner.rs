@@ -212,7 +212,7 @@ fn run_one(
     }));
     let mut record = match outcome {
         Ok(Ok(trained)) => trained.record,
-        Ok(Err(e)) => failed_record(spec, ds, device, format!("{e:#}"), is_usage(&e)),
+        Ok(Err(e)) => failed_record(spec, ds, device, crate::error::one_line(&e), is_usage(&e)),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
