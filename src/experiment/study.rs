@@ -430,11 +430,14 @@ epochs = 1
 seeds = [0]
 "#;
 
+    /// A study file of its own per call: tests run in parallel.
     fn write(text: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
         let p = std::env::temp_dir().join(format!(
             "sparsity-lab-study-{}-{}.toml",
             std::process::id(),
-            fnv1a(text.as_bytes())
+            N.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::write(&p, text).unwrap();
         p
