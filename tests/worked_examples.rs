@@ -328,3 +328,22 @@ fn exempt_1d_skips_biases_and_order_is_by_name() {
         [0.95; 4]
     );
 }
+
+/// A candle-nn VarMap (hash-ordered) gives an optimizer over its variables
+/// in sorted name order.
+#[test]
+fn varmap_parameters_are_sorted_by_name() {
+    let vm = candle_nn::VarMap::new();
+    for name in ["zeta", "alpha", "mid"] {
+        vm.get(
+            2,
+            name,
+            candle_nn::Init::Const(1.0),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+    }
+    let opt = optim::build_for_varmap(&cfg("sgd", &[("lr", "0.1")]), &vm).unwrap();
+    assert_eq!(opt.param_names(), ["alpha", "mid", "zeta"]);
+}

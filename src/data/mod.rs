@@ -11,7 +11,7 @@ pub mod text;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
@@ -325,14 +325,6 @@ pub(crate) fn split_off_last(split: Split, n: usize) -> Result<(Split, Split)> {
             ))
         }
         Split::Stream { .. } => crate::bail_usage!("validation splits are for example datasets"),
-    }
-}
-
-/// The dtype of a split's inputs.
-pub fn input_dtype(split: &Split) -> DType {
-    match split {
-        Split::Examples { x, .. } => x.dtype(),
-        Split::Stream { .. } => DType::U32,
     }
 }
 
