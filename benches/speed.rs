@@ -3,7 +3,8 @@
 //! `{"case": ..., "threads": n, "median_ms": ..., "runs": k}`.
 //!
 //! Usage: `cargo bench --bench speed -- [CASE ...]` with CASE one of
-//! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256,
+//! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256, transformer-fwd
+//! and transformer-fwdbwd (the forward alone, forward and backward: not in `all`),
 //! transformer, or `all`. Threads follow RAYON_NUM_THREADS (Candle's
 //! setting); the script sets it per case.
 
@@ -137,6 +138,33 @@ fn transformer_case() -> (f64, usize) {
     )
 }
 
+/// The Transformer's forward alone, or forward and backward without the
+/// optimizer: where the step's time goes.
+fn transformer_parts(backward: bool) -> (f64, usize) {
+    let (b, t, v) = (32, 128, 65u32);
+    let mut rng = Rng::new(2);
+    let x: Vec<u32> = (0..b * t).map(|_| rng.below(v as usize) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| rng.below(v as usize) as u32).collect();
+    let batch = Batch {
+        x: Tensor::from_vec(x, (b, t), &Device::Cpu).unwrap(),
+        y: Tensor::from_vec(y, (b, t), &Device::Cpu).unwrap(),
+    };
+    let task = Task::NextToken { vocab: v as usize };
+    let m = ModelConfig::Transformer(TransformerConfig::default())
+        .build(&task, 0, DType::F32, &Device::Cpu)
+        .unwrap();
+    time(
+        || {
+            let loss = m.loss(&task, &batch).unwrap();
+            if backward {
+                let _ = loss.backward().unwrap();
+            }
+        },
+        10,
+        3.0,
+    )
+}
+
 fn main() {
     let mut cases: Vec<String> = std::env::args()
         .skip(1)
@@ -163,6 +191,8 @@ fn main() {
                 "mlp-64" => mlp_case(64),
                 "mlp-256" => mlp_case(256),
                 "transformer" => transformer_case(),
+                "transformer-fwd" => transformer_parts(false),
+                "transformer-fwdbwd" => transformer_parts(true),
                 _ => panic!("unknown case {case}"),
             }
         };
