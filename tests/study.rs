@@ -258,3 +258,18 @@ fn list_and_bad_input() {
     }
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// `--jobs 2` trains two runs at once, one thread each, and writes the same
+/// tables and plots as one run at a time.
+#[test]
+fn parallel_jobs_give_the_same_outputs() {
+    let one = fresh("jobs1");
+    exp(&one, &LONGER);
+    let two = fresh("jobs2");
+    let o = exp(&two, &["--set", "epochs=40", "--jobs", "2"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("6 done"));
+    assert_eq!(outputs(&two), outputs(&one));
+    for d in [one, two] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

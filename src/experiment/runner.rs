@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -30,6 +32,9 @@ pub struct SweepOptions {
     pub device: Device,
     /// Show progress bars (when stderr is a terminal).
     pub progress: bool,
+    /// Runs trained at once. With more than one, each run uses one thread
+    /// (the caller sets `RAYON_NUM_THREADS=1` before Candle starts).
+    pub jobs: usize,
 }
 
 /// What a sweep did.
@@ -117,40 +122,78 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         ProgressDrawTarget::hidden()
     });
     let sweep_bar = multi.add(train::progress_bar(todo.len() as u64, "study"));
-    let run_bar = multi.add(train::progress_bar(0, "run  "));
+    // Every dataset the runs need, loaded once, before any run starts.
     let mut data: HashMap<String, Dataset> = HashMap::new();
-    let (mut done, mut diverged, mut failed) = (0, 0, 0);
-    for (spec, path) in &todo {
-        sweep_bar.set_message(format!(
-            "{} / {} / seed {}",
-            spec.task, spec.label, spec.seed
-        ));
-        let ds = dataset(&mut data, &spec.config)?;
-        let record = run_one(
-            spec,
-            ds,
-            &opts.device,
-            &run_bar,
-            &study.name,
-            git_commit.clone(),
-        );
-        match record.status {
-            Status::Done => done += 1,
-            Status::Diverged => diverged += 1,
-            Status::Failed => failed += 1,
-        }
-        if record.status != Status::Done {
-            let why = record.error.as_deref().unwrap_or("non-finite loss");
-            let _ = multi.println(format!(
-                "{} / {} / seed {}: {:?} ({why})",
-                spec.task, spec.label, spec.seed, record.status
+    for (spec, _) in &todo {
+        dataset(&mut data, &spec.config)?;
+    }
+    let jobs = opts.jobs.clamp(1, todo.len().max(1));
+    let next = AtomicUsize::new(0);
+    let counts = Mutex::new((0usize, 0usize, 0usize));
+    let write_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    // Workers take the next unfinished run until none is left; each run is
+    // independent (its own model, optimizer, data order and RNG).
+    let worker = |run_bar: ProgressBar| {
+        loop {
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            let Some((spec, path)) = todo.get(i) else {
+                break;
+            };
+            if write_error.lock().expect("lock").is_some() {
+                break;
+            }
+            sweep_bar.set_message(format!(
+                "{} / {} / seed {}",
+                spec.task, spec.label, spec.seed
             ));
+            let ds = &data[&data_key(&spec.config)];
+            let record = run_one(
+                spec,
+                ds,
+                &opts.device,
+                &run_bar,
+                &study.name,
+                git_commit.clone(),
+            );
+            {
+                let mut c = counts.lock().expect("lock");
+                match record.status {
+                    Status::Done => c.0 += 1,
+                    Status::Diverged => c.1 += 1,
+                    Status::Failed => c.2 += 1,
+                }
+            }
+            if record.status != Status::Done {
+                let why = record.error.as_deref().unwrap_or("non-finite loss");
+                let _ = multi.println(format!(
+                    "{} / {} / seed {}: {:?} ({why})",
+                    spec.task, spec.label, spec.seed, record.status
+                ));
+            }
+            if let Err(e) = write_json(path, &record) {
+                *write_error.lock().expect("lock") = Some(e);
+                break;
+            }
+            sweep_bar.inc(1);
         }
-        write_json(path, &record)?;
-        sweep_bar.inc(1);
+        run_bar.finish_and_clear();
+    };
+    if jobs == 1 {
+        worker(multi.add(train::progress_bar(0, "run  ")));
+    } else {
+        std::thread::scope(|s| {
+            for j in 0..jobs {
+                let bar = multi.add(train::progress_bar(0, &format!("run {j}")));
+                let worker = &worker;
+                s.spawn(move || worker(bar));
+            }
+        });
     }
     sweep_bar.finish_and_clear();
-    run_bar.finish_and_clear();
+    if let Some(e) = write_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    let (done, diverged, failed) = counts.into_inner().expect("lock");
     let summary = SweepSummary {
         dir: dir.clone(),
         total,
@@ -186,8 +229,12 @@ fn is_finished(path: &Path) -> bool {
 
 /// Loads each distinct dataset once per sweep. Missing data stops the sweep
 /// with the loader's error: every run would fail the same way.
+fn data_key(c: &TrainConfig) -> String {
+    serde_json::to_string(&c.data).expect("data configs serialize")
+}
+
 fn dataset<'a>(cache: &'a mut HashMap<String, Dataset>, c: &TrainConfig) -> Result<&'a Dataset> {
-    let key = serde_json::to_string(&c.data)?;
+    let key = data_key(c);
     if !cache.contains_key(&key) {
         let ds = c.data.load(c.seed)?;
         cache.insert(key.clone(), ds);
