@@ -135,8 +135,8 @@ impl TrainConfig {
         self.optimizer.validate()
     }
 
-    /// The context length used to cut text into windows.
-    fn context(&self) -> usize {
+    /// The context length used to cut text into windows (0 for the MLP).
+    pub fn context(&self) -> usize {
         match &self.model {
             ModelConfig::Transformer(t) => t.context,
             ModelConfig::Mlp(_) => 0,

@@ -177,12 +177,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
             f.test_loss
         );
         // The training split too (all examples; at most eval_windows windows of text).
-        let context = match &cfg.model {
-            crate::models::ModelConfig::Transformer(t) => t.context,
-            crate::models::ModelConfig::Mlp(_) => 0,
-        };
-        let batches =
-            crate::data::eval_batches(&dataset.train, 1000, context, cfg.eval_windows, &device)?;
+        let batches = crate::data::eval_batches(
+            &dataset.train,
+            1000,
+            cfg.context(),
+            cfg.eval_windows,
+            &device,
+        )?;
         let (train_loss, train_acc) =
             train::evaluate(&trained.model, &dataset.task, &batches, None)?;
         println!(
