@@ -112,6 +112,18 @@ impl Reg {
     };
 }
 
+/// The Adam-family moment block (Adam, AMSGrad, AdamW, NAdam, RAdam), as in
+/// the reference path: `m <- lerp(m, g, 1 - b1)`, `v <- b2*v + (1 - b2)*g^2`,
+/// stored in the first two state slots.
+#[inline(always)]
+fn moments<T: Real, const K: usize>(st: &mut [T; K], g: T, b1: f64, b2: f64) -> (T, T) {
+    let m = lerp(st[0], g, 1.0 - b1);
+    let v = ema_sq(st[1], g, b2);
+    st[0] = m;
+    st[1] = v;
+    (m, v)
+}
+
 /// The coupled terms and decoupled decay, before the rule: (p, g).
 #[inline(always)]
 fn pre<T: Real>(reg: &Reg, p0: T, g0: T) -> (T, T) {
@@ -376,10 +388,7 @@ fn dispatch<T: Real>(
                 ($k:literal) => {
                     run::<T, $k, _>(p, g, state, move |p, g, st| {
                         let (p, g) = pre(&reg, p, g);
-                        let m = lerp(st[0], g, 1.0 - b1);
-                        let v = ema_sq(st[1], g, b2);
-                        st[0] = m;
-                        st[1] = v;
+                        let (m, v) = moments(st, g, b1, b2);
                         let vu = if $k == 3 {
                             let vmax = st[$k - 1].max(v);
                             st[$k - 1] = vmax;
@@ -406,10 +415,7 @@ fn dispatch<T: Real>(
             c_mom,
         } => run::<T, 2, _>(p, g, state, move |p, g, st| {
             let (p, g) = pre(&reg, p, g);
-            let m = lerp(st[0], g, 1.0 - b1);
-            let v = ema_sq(st[1], g, b2);
-            st[0] = m;
-            st[1] = v;
+            let (m, v) = moments(st, g, b1, b2);
             let denom = (v * T::c(inv_bc2)).sqrt() + T::c(eps);
             let p = p + (g / denom) * T::c(c_grad);
             post(&reg, p + (m / denom) * T::c(c_mom), || {
@@ -426,10 +432,7 @@ fn dispatch<T: Real>(
             bc2_sqrt,
         } => run::<T, 2, _>(p, g, state, move |p, g, st| {
             let (p, g) = pre(&reg, p, g);
-            let m = lerp(st[0], g, 1.0 - b1);
-            let v = ema_sq(st[1], g, b2);
-            st[0] = m;
-            st[1] = v;
+            let (m, v) = moments(st, g, b1, b2);
             let m_hat = m * T::c(inv_bc1);
             match rect {
                 Some(r) => {
