@@ -70,6 +70,8 @@ fn opt_case(name: &str, n: usize) -> (f64, usize) {
         "adam" => cfg("adam", &[("lr", "0.001")]),
         "adamw" => cfg("adamw", &[("lr", "0.001"), ("weight_decay", "0.01")]),
         "amsgrad" => cfg("adam", &[("lr", "0.001"), ("amsgrad", "true")]),
+        "adamax" => cfg("adamax", &[("lr", "0.002")]),
+        "rmsprop-centered" => cfg("rmsprop", &[("lr", "0.001"), ("centered", "true")]),
         _ => panic!("unknown optimizer {name}"),
     };
     let mut rng = Rng::new(0);

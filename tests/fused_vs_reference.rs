@@ -1,7 +1,8 @@
 //! The fused in-place CPU kernels against the reference tensor path, on
 //! tensors large enough to be split across threads, for every optimizer and
-//! regularisation mode. Both paths do the same operations in the same order
-//! on the same scalars, so they must agree bit for bit.
+//! every combination of regularisation blocks. Both paths do the same
+//! operations in the same order on the same scalars, so they must agree bit
+//! for bit.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -19,12 +20,26 @@ fn randn(n: usize, scale: f64, rng: &mut Rng, dtype: DType) -> Tensor {
 #[test]
 fn fused_equals_reference_bit_for_bit_on_large_tensors() {
     let n = 300_001; // above the threading threshold, and odd
-    let regs: [&[(&str, &str)]; 5] = [
+    // Every valid combination of the blocks: {no L1, subgradient, proximal}
+    // x {no decay, coupled, decoupled}.
+    let regs: [&[(&str, &str)]; 9] = [
         &[],
         &[("weight_decay", "0.1")],
         &[("weight_decay", "0.1"), ("decoupled_weight_decay", "true")],
         &[("l1", "0.01")],
+        &[("l1", "0.01"), ("weight_decay", "0.1")],
+        &[
+            ("l1", "0.01"),
+            ("weight_decay", "0.1"),
+            ("decoupled_weight_decay", "true"),
+        ],
         &[("l1_prox", "0.5")],
+        &[("l1_prox", "0.5"), ("weight_decay", "0.1")],
+        &[
+            ("l1_prox", "0.5"),
+            ("weight_decay", "0.1"),
+            ("decoupled_weight_decay", "true"),
+        ],
     ];
     for kind in OptimizerKind::ALL {
         let extra: &[(&str, &str)] = match kind {

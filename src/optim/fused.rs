@@ -124,32 +124,96 @@ fn moments<T: Real, const K: usize>(st: &mut [T; K], g: T, b1: f64, b2: f64) -> 
     (m, v)
 }
 
-/// The coupled terms and decoupled decay, before the rule: (p, g).
-#[inline(always)]
-fn pre<T: Real>(reg: &Reg, p0: T, g0: T) -> (T, T) {
-    let mut g = g0;
-    if reg.l1 != 0.0 {
-        g = g + p0.sign() * T::c(reg.l1);
-    }
-    if reg.wd_coupled != 0.0 {
-        g = g + p0 * T::c(reg.wd_coupled);
-    }
-    let p = match reg.decay {
-        Some(f) => p0 * T::c(f),
-        None => p0,
-    };
-    (p, g)
+/// Regularisation as a type, so that the unregularised loops are compiled
+/// without it: with the flags only known at run time, the compiler kept
+/// every branch of every block in the loop as vector selects, which made
+/// Adamax, AMSGrad and RMSprop three times slower than Adam.
+trait RegMode: Copy + Send + Sync {
+    fn pre<T: Real>(&self, p: T, g: T) -> (T, T);
+    fn post<T: Real>(&self, p: T, step: impl FnOnce() -> T) -> T;
 }
 
-/// The proximal step after the rule, with the rule's step size (computed
-/// only when the step is on).
-#[inline(always)]
-fn post<T: Real>(reg: &Reg, p: T, step: impl FnOnce() -> T) -> T {
-    if reg.l1_prox != 0.0 {
-        let shrunk = p.abs() - step() * T::c(reg.l1_prox);
-        p.sign() * shrunk.max(T::ZERO)
-    } else {
+/// No regularisation (the common case, and exempt tensors).
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl RegMode for Plain {
+    #[inline(always)]
+    fn pre<T: Real>(&self, p: T, g: T) -> (T, T) {
+        (p, g)
+    }
+    #[inline(always)]
+    fn post<T: Real>(&self, p: T, _step: impl FnOnce() -> T) -> T {
         p
+    }
+}
+
+/// Regularisation checked block by block at run time, for combinations
+/// without a loop of their own (none that the config validation allows
+/// today; this keeps a future one correct).
+#[derive(Clone, Copy)]
+struct Dynamic(Reg);
+
+impl RegMode for Dynamic {
+    #[inline(always)]
+    fn pre<T: Real>(&self, p0: T, g0: T) -> (T, T) {
+        let r = &self.0;
+        let mut g = g0;
+        if r.l1 != 0.0 {
+            g = g + p0.sign() * T::c(r.l1);
+        }
+        if r.wd_coupled != 0.0 {
+            g = g + p0 * T::c(r.wd_coupled);
+        }
+        let p = match r.decay {
+            Some(f) => p0 * T::c(f),
+            None => p0,
+        };
+        (p, g)
+    }
+    #[inline(always)]
+    fn post<T: Real>(&self, p: T, step: impl FnOnce() -> T) -> T {
+        if self.0.l1_prox != 0.0 {
+            let shrunk = p.abs() - step() * T::c(self.0.l1_prox);
+            p.sign() * shrunk.max(T::ZERO)
+        } else {
+            p
+        }
+    }
+}
+
+/// Regularisation with each block known to be on or off at compile time
+/// (L1 subgradient, coupled L2, decoupled decay, proximal L1).
+#[derive(Clone, Copy)]
+struct With<const L1: bool, const WD: bool, const DEC: bool, const PROX: bool>(Reg);
+
+impl<const L1: bool, const WD: bool, const DEC: bool, const PROX: bool> RegMode
+    for With<L1, WD, DEC, PROX>
+{
+    #[inline(always)]
+    fn pre<T: Real>(&self, p0: T, g0: T) -> (T, T) {
+        let mut g = g0;
+        if L1 {
+            g = g + p0.sign() * T::c(self.0.l1);
+        }
+        if WD {
+            g = g + p0 * T::c(self.0.wd_coupled);
+        }
+        let p = if DEC {
+            p0 * T::c(self.0.decay.unwrap_or(1.0))
+        } else {
+            p0
+        };
+        (p, g)
+    }
+    #[inline(always)]
+    fn post<T: Real>(&self, p: T, step: impl FnOnce() -> T) -> T {
+        if PROX {
+            let shrunk = p.abs() - step() * T::c(self.0.l1_prox);
+            p.sign() * shrunk.max(T::ZERO)
+        } else {
+            p
+        }
     }
 }
 
@@ -283,7 +347,40 @@ fn dispatch<T: Real>(
     g: &[T],
     state: &mut [Vec<T>],
 ) -> Result<()> {
-    let reg = *reg;
+    let r = *reg;
+    macro_rules! with {
+        ($l1:literal, $wd:literal, $dec:literal, $prox:literal) => {
+            dispatch_with(sc, With::<$l1, $wd, $dec, $prox>(r), p, g, state)
+        };
+    }
+    // Each block on or off; the all-off case is the plain loop.
+    match (
+        r.l1 != 0.0,
+        r.wd_coupled != 0.0,
+        r.decay.is_some(),
+        r.l1_prox != 0.0,
+    ) {
+        (false, false, false, false) => dispatch_with(sc, Plain, p, g, state),
+        (true, false, false, false) => with!(true, false, false, false),
+        (false, true, false, false) => with!(false, true, false, false),
+        (false, false, true, false) => with!(false, false, true, false),
+        (false, false, false, true) => with!(false, false, false, true),
+        (true, true, false, false) => with!(true, true, false, false),
+        (false, true, false, true) => with!(false, true, false, true),
+        (false, false, true, true) => with!(false, false, true, true),
+        (true, false, true, false) => with!(true, false, true, false),
+        // Combinations without a loop of their own check each block at run time.
+        _ => dispatch_with(sc, Dynamic(r), p, g, state),
+    }
+}
+
+fn dispatch_with<T: Real, R: RegMode>(
+    sc: &Scalars,
+    reg: R,
+    p: &mut [T],
+    g: &[T],
+    state: &mut [Vec<T>],
+) -> Result<()> {
     match *sc {
         Scalars::Sgd {
             lr,
@@ -294,12 +391,12 @@ fn dispatch<T: Real>(
         } => {
             if momentum == 0.0 {
                 return run::<T, 0, _>(p, g, state, move |p, g, _| {
-                    let (p, g) = pre(&reg, p, g);
-                    post(&reg, p + g * T::c(-lr), || T::c(lr))
+                    let (p, g) = reg.pre(p, g);
+                    reg.post(p + g * T::c(-lr), || T::c(lr))
                 });
             }
             run::<T, 1, _>(p, g, state, move |p, g, st| {
-                let (p, g) = pre(&reg, p, g);
+                let (p, g) = reg.pre(p, g);
                 let buf = if first {
                     g
                 } else {
@@ -311,17 +408,15 @@ fn dispatch<T: Real>(
                 } else {
                     buf
                 };
-                post(&reg, p + d * T::c(-lr), || T::c(lr))
+                reg.post(p + d * T::c(-lr), || T::c(lr))
             })
         }
         Scalars::Adagrad { clr, eps } => run::<T, 1, _>(p, g, state, move |p, g, st| {
-            let (p, g) = pre(&reg, p, g);
+            let (p, g) = reg.pre(p, g);
             let sum = st[0] + g * g;
             st[0] = sum;
             let std = sum.sqrt() + T::c(eps);
-            post(&reg, p + (g / std) * T::c(-clr), || {
-                (T::ONE / std) * T::c(clr)
-            })
+            reg.post(p + (g / std) * T::c(-clr), || (T::ONE / std) * T::c(clr))
         }),
         Scalars::Rmsprop {
             lr,
@@ -335,7 +430,7 @@ fn dispatch<T: Real>(
             macro_rules! rms {
                 ($k:literal) => {
                     run::<T, $k, _>(p, g, state, move |p, g, st| {
-                        let (p, g) = pre(&reg, p, g);
+                        let (p, g) = reg.pre(p, g);
                         let sq = ema_sq(st[0], g, alpha);
                         st[0] = sq;
                         let avg = if centered {
@@ -355,7 +450,7 @@ fn dispatch<T: Real>(
                         } else {
                             p + (g / avg) * T::c(-lr)
                         };
-                        post(&reg, p, || (T::ONE / avg) * T::c(lr))
+                        reg.post(p, || (T::ONE / avg) * T::c(lr))
                     })
                 };
             }
@@ -366,14 +461,14 @@ fn dispatch<T: Real>(
             }
         }
         Scalars::Adadelta { lr, rho, eps } => run::<T, 2, _>(p, g, state, move |p, g, st| {
-            let (p, g) = pre(&reg, p, g);
+            let (p, g) = reg.pre(p, g);
             let sq = ema_sq(st[0], g, rho);
             let std = (sq + T::c(eps)).sqrt();
             let ratio = (st[1] + T::c(eps)).sqrt() / std;
             let delta = ratio * g;
             st[0] = sq;
             st[1] = ema_sq(st[1], delta, rho);
-            post(&reg, p + delta * T::c(-lr), || ratio * T::c(lr))
+            reg.post(p + delta * T::c(-lr), || ratio * T::c(lr))
         }),
         Scalars::Adam {
             lr,
@@ -387,7 +482,7 @@ fn dispatch<T: Real>(
             macro_rules! adam {
                 ($k:literal) => {
                     run::<T, $k, _>(p, g, state, move |p, g, st| {
-                        let (p, g) = pre(&reg, p, g);
+                        let (p, g) = reg.pre(p, g);
                         let (m, v) = moments(st, g, b1, b2);
                         let vu = if $k == 3 {
                             let vmax = st[$k - 1].max(v);
@@ -397,7 +492,7 @@ fn dispatch<T: Real>(
                             v
                         };
                         let denom = vu.sqrt() * T::c(inv_bc2_sqrt) + T::c(eps);
-                        post(&reg, p + (m / denom) * T::c(-step_size), || {
+                        reg.post(p + (m / denom) * T::c(-step_size), || {
                             (T::ONE / denom) * T::c(lr)
                         })
                     })
@@ -414,11 +509,11 @@ fn dispatch<T: Real>(
             c_grad,
             c_mom,
         } => run::<T, 2, _>(p, g, state, move |p, g, st| {
-            let (p, g) = pre(&reg, p, g);
+            let (p, g) = reg.pre(p, g);
             let (m, v) = moments(st, g, b1, b2);
             let denom = (v * T::c(inv_bc2)).sqrt() + T::c(eps);
             let p = p + (g / denom) * T::c(c_grad);
-            post(&reg, p + (m / denom) * T::c(c_mom), || {
+            reg.post(p + (m / denom) * T::c(c_mom), || {
                 (T::ONE / denom) * T::c(lr)
             })
         }),
@@ -431,16 +526,16 @@ fn dispatch<T: Real>(
             rect,
             bc2_sqrt,
         } => run::<T, 2, _>(p, g, state, move |p, g, st| {
-            let (p, g) = pre(&reg, p, g);
+            let (p, g) = reg.pre(p, g);
             let (m, v) = moments(st, g, b1, b2);
             let m_hat = m * T::c(inv_bc1);
             match rect {
                 Some(r) => {
                     let adaptive = (T::ONE / (v.sqrt() + T::c(eps))) * T::c(bc2_sqrt);
                     let upd = ((m_hat * T::c(lr)) * adaptive) * T::c(r);
-                    post(&reg, p - upd, || adaptive * T::c(lr * r))
+                    reg.post(p - upd, || adaptive * T::c(lr * r))
                 }
-                None => post(&reg, p - m_hat * T::c(lr), || T::c(lr)),
+                None => reg.post(p - m_hat * T::c(lr), || T::c(lr)),
             }
         }),
         Scalars::Adamax {
@@ -450,12 +545,12 @@ fn dispatch<T: Real>(
             eps,
             clr,
         } => run::<T, 2, _>(p, g, state, move |p, g, st| {
-            let (p, g) = pre(&reg, p, g);
+            let (p, g) = reg.pre(p, g);
             let m = lerp(st[0], g, 1.0 - b1);
             let u = (st[1] * T::c(b2)).max(g.abs() + T::c(eps));
             st[0] = m;
             st[1] = u;
-            post(&reg, p + (m / u) * T::c(-clr), || (T::ONE / u) * T::c(lr))
+            reg.post(p + (m / u) * T::c(-clr), || (T::ONE / u) * T::c(lr))
         }),
     }
 }
