@@ -2,8 +2,8 @@
 # Checks that the `cuda` feature builds: installs Debian's CUDA toolkit
 # (it needs the contrib and non-free components) and builds the release
 # binary with --features cuda. No GPU is needed to build; running needs one
-# (`--device cuda`). Too heavy for the normal CI run (about 13 minutes and a
-# few GB here), so it is run by hand:  scripts/check-cuda.sh
+# (`--device cuda`). Too heavy for the normal CI run (a long build, and a few
+# GB of toolkit), so it is run by hand:  scripts/check-cuda.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nvcc >/dev/null 2>&1; then
