@@ -4,7 +4,8 @@
 //!
 //! Usage: `cargo bench --bench speed -- [CASE ...]` with CASE one of
 //! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256, transformer-fwd
-//! and transformer-fwdbwd (the forward alone, forward and backward: not in `all`),
+//! transformer-fwd, transformer-fwdbwd and transformer-matmuls (the forward alone,
+//! forward and backward, the matrix products alone: not in `all`),
 //! transformer, or `all`. Threads follow RAYON_NUM_THREADS (Candle's
 //! setting); the script sets it per case.
 
@@ -140,6 +141,46 @@ fn transformer_case() -> (f64, usize) {
     )
 }
 
+/// Only the matrix products a Transformer step needs (forward, and the two
+/// gradients of each), with Candle's matmul: the floor for any backward.
+fn transformer_matmuls() -> (f64, usize) {
+    let mut rng = Rng::new(3);
+    let n = 32 * 128;
+    let d = 128;
+    let x = randn(&[n, d], &mut rng);
+    let h = randn(&[n, 4 * d], &mut rng);
+    let w_qkv = randn(&[3 * d, d], &mut rng);
+    let w_o = randn(&[d, d], &mut rng);
+    let w_fc = randn(&[4 * d, d], &mut rng);
+    let w_pr = randn(&[d, 4 * d], &mut rng);
+    let q = randn(&[32, 4, 128, 32], &mut rng);
+    let p = randn(&[32, 4, 128, 128], &mut rng);
+    let lin = |x: &Tensor, w: &Tensor| {
+        let y = x.matmul(&w.t().unwrap()).unwrap();
+        let _dx = y.matmul(w).unwrap();
+        let _dw = y.t().unwrap().matmul(x).unwrap();
+    };
+    time(
+        || {
+            for _ in 0..2 {
+                lin(&x, &w_qkv);
+                lin(&x, &w_o);
+                lin(&x, &w_fc);
+                lin(&h, &w_pr);
+                // scores, their two gradients; attention output, its two gradients
+                let s = q.matmul(&q.t().unwrap()).unwrap();
+                let _ = s.matmul(&q).unwrap();
+                let _ = s.t().unwrap().matmul(&q).unwrap();
+                let o = p.matmul(&q).unwrap();
+                let _ = o.matmul(&q.t().unwrap()).unwrap();
+                let _ = p.t().unwrap().matmul(&o).unwrap();
+            }
+        },
+        10,
+        3.0,
+    )
+}
+
 /// The Transformer's forward alone, or forward and backward without the
 /// optimizer: where the step's time goes.
 fn transformer_parts(backward: bool) -> (f64, usize) {
@@ -194,6 +235,7 @@ fn main() {
                 "mlp-256" => mlp_case(256),
                 "transformer" => transformer_case(),
                 "transformer-fwd" => transformer_parts(false),
+                "transformer-matmuls" => transformer_matmuls(),
                 "transformer-fwdbwd" => transformer_parts(true),
                 _ => panic!("unknown case {case}"),
             }
