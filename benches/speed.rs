@@ -6,7 +6,8 @@
 //! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256,
 //! transformer, or `all`; and, for profiling (not in `all`), transformer-fwd,
 //! transformer-fwdbwd and transformer-matmuls (the forward alone, forward and
-//! backward, and the step's matrix products alone), opt-adamax-1m, opt-rmsprop-centered-1m. Threads follow RAYON_NUM_THREADS (Candle's
+//! backward, and the step's matrix products alone), opt-adamax-1m and
+//! opt-rmsprop-centered-1m. Threads follow RAYON_NUM_THREADS (Candle's
 //! setting); the script sets it per case.
 
 use std::time::Instant;
