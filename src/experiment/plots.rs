@@ -9,6 +9,7 @@ use plotters::prelude::*;
 
 use super::report::{Group, mean_std};
 use crate::io::write_atomic;
+use crate::train::RunRecord;
 
 pub fn slug(s: &str) -> String {
     s.chars()
@@ -71,46 +72,37 @@ fn mean_series(series: Vec<Vec<(f64, f64)>>) -> Vec<(f64, f64)> {
         .collect()
 }
 
-fn near_zero_lines(groups: &[&Group]) -> Vec<Line> {
+/// One line per group: the mean over its finished runs of `series(run)`.
+fn lines_of(groups: &[&Group], series: impl Fn(&RunRecord) -> Vec<(f64, f64)>) -> Vec<Line> {
     groups
         .iter()
         .map(|g| Line {
             label: g.label.clone(),
-            points: mean_series(
-                g.done()
-                    .map(|r| {
-                        r.history
-                            .iter()
-                            .map(|h| (h.epoch, 100.0 * h.weights_near_zero_frac["1e-3"]))
-                            .collect()
-                    })
-                    .collect(),
-            ),
+            points: mean_series(g.done().map(&series).collect()),
         })
         .collect()
 }
 
+fn near_zero_lines(groups: &[&Group]) -> Vec<Line> {
+    lines_of(groups, |r| {
+        r.history
+            .iter()
+            .map(|h| (h.epoch, 100.0 * h.weights_near_zero_frac["1e-3"]))
+            .collect()
+    })
+}
+
 fn pruning_lines(groups: &[&Group]) -> Vec<Line> {
-    groups
-        .iter()
-        .map(|g| Line {
-            label: g.label.clone(),
-            points: mean_series(
-                g.done()
-                    .map(|r| {
-                        let f = r.r#final.as_ref().unwrap();
-                        let mut pts = vec![(0.0, 100.0 * f.test_acc)];
-                        pts.extend(
-                            f.pruning
-                                .iter()
-                                .map(|p| (100.0 * p.frac, 100.0 * p.test_acc)),
-                        );
-                        pts
-                    })
-                    .collect(),
-            ),
-        })
-        .collect()
+    lines_of(groups, |r| {
+        let f = r.r#final.as_ref().expect("done runs have final measures");
+        let mut pts = vec![(0.0, 100.0 * f.test_acc)];
+        pts.extend(
+            f.pruning
+                .iter()
+                .map(|p| (100.0 * p.frac, 100.0 * p.test_acc)),
+        );
+        pts
+    })
 }
 
 fn magnitude_lines(groups: &[&Group]) -> Vec<Line> {

@@ -102,6 +102,20 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
     Ok(normed.broadcast_mul(w)?.broadcast_add(b)?)
 }
 
+/// `[t, t]`: 0 on and below the diagonal, -inf above (query row i sees keys 0..=i).
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
+}
+
 /// Softmax over the last dimension, from differentiable ops.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
@@ -165,17 +179,7 @@ impl Transformer {
         }
         let ln_f = LayerNorm::new(&mut p, "ln_f", d)?;
         let head = Linear::new(&mut p, "head", d, vocab)?;
-        let t = cfg.context;
-        let mask: Vec<f32> = (0..t * t)
-            .map(|i| {
-                if i % t > i / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), device)?.to_dtype(dtype)?;
+        let mask = causal_mask(cfg.context, device)?.to_dtype(dtype)?;
         Ok(Self {
             params: p,
             cfg: cfg.clone(),
@@ -309,16 +313,7 @@ mod tests {
                 .as_tensor()
                 .apply_op1(ops::CausalSoftmax { scale: 0.5 })
                 .unwrap();
-            let mask: Vec<f32> = (0..t * t)
-                .map(|i| {
-                    if i % t > i / t {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+            let mask = causal_mask(t, &Device::Cpu).unwrap();
             let comp = softmax_last(&(s.as_tensor() * 0.5).unwrap().broadcast_add(&mask).unwrap())
                 .unwrap();
             assert!(max_diff(&fused, &comp) < 1e-6);

@@ -96,43 +96,90 @@ pub(crate) enum Scalars {
     },
 }
 
+/// The rule's hyper-parameters, resolved once from the configuration so that
+/// a step reads plain fields (keys the optimizer lacks are 0 / false).
+#[derive(Clone, Copy, Debug, Default)]
+struct Hyper {
+    momentum: f64,
+    dampening: f64,
+    nesterov: bool,
+    lr_decay: f64,
+    initial_accumulator_value: f64,
+    eps: f64,
+    alpha: f64,
+    centered: bool,
+    rho: f64,
+    beta1: f64,
+    beta2: f64,
+    amsgrad: bool,
+    momentum_decay: f64,
+}
+
+impl Hyper {
+    fn of(cfg: &OptimizerConfig) -> Self {
+        use super::config::Value;
+        let values = cfg.values();
+        let f = |key: &str| match values.iter().find(|(k, _)| *k == key) {
+            Some((_, Value::F(x))) => *x,
+            _ => 0.0,
+        };
+        let b = |key: &str| {
+            matches!(
+                values.iter().find(|(k, _)| *k == key),
+                Some((_, Value::B(true)))
+            )
+        };
+        Self {
+            momentum: f("momentum"),
+            dampening: f("dampening"),
+            nesterov: b("nesterov"),
+            lr_decay: f("lr_decay"),
+            initial_accumulator_value: f("initial_accumulator_value"),
+            eps: f("eps"),
+            alpha: f("alpha"),
+            centered: b("centered"),
+            rho: f("rho"),
+            beta1: f("beta1"),
+            beta2: f("beta2"),
+            amsgrad: b("amsgrad"),
+            momentum_decay: f("momentum_decay"),
+        }
+    }
+}
+
 /// An optimizer's update rule: its configuration, without regularisation.
 pub(crate) struct Rule {
     kind: OptimizerKind,
-    cfg: OptimizerConfig,
+    h: Hyper,
 }
 
 impl Rule {
     pub fn new(cfg: &OptimizerConfig) -> Self {
         Self {
             kind: cfg.kind,
-            cfg: cfg.clone(),
+            h: Hyper::of(cfg),
         }
-    }
-
-    fn f(&self, key: &str) -> f64 {
-        self.cfg.get(key)
     }
 
     /// torch's names of the state tensors, in the order `init` makes them.
     pub fn state_names(&self) -> Vec<&'static str> {
         use OptimizerKind::*;
         match self.kind {
-            Sgd if self.f("momentum") != 0.0 => vec!["momentum_buffer"],
+            Sgd if self.h.momentum != 0.0 => vec!["momentum_buffer"],
             Sgd => vec![],
             Adagrad => vec!["sum"],
             Rmsprop => {
                 let mut n = vec!["square_avg"];
-                if self.f("momentum") > 0.0 {
+                if self.h.momentum > 0.0 {
                     n.push("momentum_buffer");
                 }
-                if self.cfg.flag("centered") {
+                if self.h.centered {
                     n.push("grad_avg");
                 }
                 n
             }
             Adadelta => vec!["square_avg", "acc_delta"],
-            Adam | Adamw if self.cfg.flag("amsgrad") => {
+            Adam | Adamw if self.h.amsgrad => {
                 vec!["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
             }
             Adam | Adamw | Nadam | Radam => vec!["exp_avg", "exp_avg_sq"],
@@ -147,7 +194,7 @@ impl Rule {
             .map(|_| {
                 let z = p.zeros_like()?;
                 Ok(if self.kind == OptimizerKind::Adagrad {
-                    (z + self.f("initial_accumulator_value"))?
+                    (z + self.h.initial_accumulator_value)?
                 } else {
                     z
                 })
@@ -162,9 +209,7 @@ impl Rule {
         use OptimizerKind::*;
         let t = st.t as f64;
         let (b1, b2, eps) = match self.kind {
-            Adam | Adamw | Nadam | Radam | Adamax => {
-                (self.f("beta1"), self.f("beta2"), self.f("eps"))
-            }
+            Adam | Adamw | Nadam | Radam | Adamax => (self.h.beta1, self.h.beta2, self.h.eps),
             _ => (0.0, 0.0, 0.0),
         };
         // Python's `1 - beta**step`.
@@ -172,39 +217,39 @@ impl Rule {
         match self.kind {
             Sgd => Scalars::Sgd {
                 lr,
-                momentum: self.f("momentum"),
-                dampening: self.f("dampening"),
-                nesterov: self.cfg.flag("nesterov"),
+                momentum: self.h.momentum,
+                dampening: self.h.dampening,
+                nesterov: self.h.nesterov,
                 // torch: the first step copies the gradient into the buffer.
                 first: st.t == 1,
             },
             Adagrad => Scalars::Adagrad {
-                clr: lr / (1.0 + (t - 1.0) * self.f("lr_decay")),
-                eps: self.f("eps"),
+                clr: lr / (1.0 + (t - 1.0) * self.h.lr_decay),
+                eps: self.h.eps,
             },
             Rmsprop => Scalars::Rmsprop {
                 lr,
-                alpha: self.f("alpha"),
-                eps: self.f("eps"),
-                centered: self.cfg.flag("centered"),
-                momentum: self.f("momentum"),
+                alpha: self.h.alpha,
+                eps: self.h.eps,
+                centered: self.h.centered,
+                momentum: self.h.momentum,
             },
             Adadelta => Scalars::Adadelta {
                 lr,
-                rho: self.f("rho"),
-                eps: self.f("eps"),
+                rho: self.h.rho,
+                eps: self.h.eps,
             },
             Adam | Adamw => Scalars::Adam {
                 lr,
                 b1,
                 b2,
                 eps,
-                amsgrad: self.cfg.flag("amsgrad"),
+                amsgrad: self.h.amsgrad,
                 step_size: lr / bc1,
                 inv_bc2_sqrt: 1.0 / bc2.sqrt(),
             },
             Nadam => {
-                let psi = self.f("momentum_decay");
+                let psi = self.h.momentum_decay;
                 let mu = b1 * (1.0 - 0.5 * 0.96f64.powf(t * psi));
                 let mu_next = b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * psi));
                 st.mu_product = match dtype {
