@@ -126,8 +126,8 @@ fn moments<T: Real, const K: usize>(st: &mut [T; K], g: T, b1: f64, b2: f64) -> 
 
 /// Regularisation as a type, so that the unregularised loops are compiled
 /// without it: with the flags only known at run time, the compiler kept
-/// every branch of every block in the loop as vector selects, which made
-/// Adamax, AMSGrad and RMSprop three times slower than Adam.
+/// every branch of every block in the loop as vector selects, and Adamax,
+/// AMSGrad and RMSprop steps took 3.6-5x longer (see the README).
 trait RegMode: Copy + Send + Sync {
     fn pre<T: Real>(&self, p: T, g: T) -> (T, T);
     fn post<T: Real>(&self, p: T, step: impl FnOnce() -> T) -> T;
