@@ -1,6 +1,7 @@
 //! The models: an MLP and a small decoder-only Transformer, both built on a
 //! [`Params`] store whose initial values come from the project's seeded RNG.
 
+pub mod kernels;
 pub mod mlp;
 pub mod ops;
 pub mod params;
@@ -79,7 +80,9 @@ impl ModelConfig {
                         c.context
                     );
                 }
-                Model::Transformer(Transformer::new(c, *vocab, params, device, dtype)?)
+                Model::Transformer(Box::new(Transformer::new(
+                    c, *vocab, params, device, dtype,
+                )?))
             }
             (m, t) => bail_usage!(
                 "model `{}` cannot learn this task ({t:?}); use mlp for mnist, fashion-mnist and teacher, transformer for text and modadd",
@@ -91,7 +94,7 @@ impl ModelConfig {
 
 pub enum Model {
     Mlp(Mlp),
-    Transformer(Transformer),
+    Transformer(Box<Transformer>),
 }
 
 /// Loss, accuracy and (for ReLU models) the hidden activations of a batch.
@@ -164,7 +167,8 @@ impl Model {
     }
 
     /// The training loss of a batch and the gradients of every parameter:
-    /// the MLP's hand-written backward on the CPU, autograd otherwise.
+    /// the hand-written backward passes on the CPU in f32, autograd
+    /// otherwise.
     pub fn loss_and_grads(
         &self,
         task: &Task,
@@ -174,6 +178,12 @@ impl Model {
             && Mlp::manual_backward(&batch.x)
         {
             return m.loss_and_grads(&batch.x, &batch.y);
+        }
+        if let Model::Transformer(t) = self
+            && t.manual_backward()
+        {
+            let last_only = matches!(task, Task::LastToken { .. });
+            return t.loss_and_grads_cpu(&batch.x, &batch.y, last_only);
         }
         self.loss_and_grads_autograd(task, batch)
     }

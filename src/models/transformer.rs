@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::ops;
 use super::params::{Init, Params};
 
+mod manual;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransformerConfig {
@@ -142,6 +144,8 @@ pub struct Transformer {
     head: Linear,
     /// `[context, context]`: 0 on and below the diagonal, -inf above.
     mask: Tensor,
+    /// Buffers of the hand-written CPU step, kept across steps.
+    workspace: std::sync::Mutex<Option<manual::Workspace>>,
 }
 
 impl Transformer {
@@ -189,6 +193,7 @@ impl Transformer {
             ln_f,
             head,
             mask,
+            workspace: Default::default(),
         })
     }
 

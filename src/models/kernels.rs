@@ -1,0 +1,474 @@
+//! CPU kernels for the hand-written Transformer step (`transformer/manual.rs`):
+//! a matrix product over strided views (the `gemm` crate, which Candle's
+//! own matmul uses), and vectorisable f32 loops for exp, GELU, causal
+//! softmax, LayerNorm and cross-entropy.
+//!
+//! Every loop is compiled twice, plainly and for AVX2+FMA, and the CPU
+//! picks at run time ([`simd_fn!`]). Neither version contracts `a * b + c`
+//! into a fused multiply-add, so both give the same bits. Reductions keep
+//! eight partial sums in a fixed order (so they vectorise without
+//! reassociation, and are deterministic).
+
+use gemm::Parallelism;
+
+/// Defines `pub fn $name` that runs its body compiled for AVX2+FMA when the
+/// CPU has them, and plainly otherwise.
+macro_rules! simd_fn {
+    ($(#[$m:meta])* pub fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name($($a: $t),*) $(-> $r)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn imp($($a: $t),*) $(-> $r)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn fast($($a: $t),*) $(-> $r)? {
+                    imp($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    return unsafe { fast($($a),*) };
+                }
+            }
+            imp($($a),*)
+        }
+    };
+}
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn combine(acc: [f32; LANES], rest: f32) -> f32 {
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + rest
+}
+
+/// Sum of `x` in a fixed order.
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += c[i];
+        }
+    }
+    combine(acc, rest)
+}
+
+/// Dot product of `a` and `b` in a fixed order.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let tail = n - n % LANES;
+    let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
+    for (ca, cb) in a[..tail]
+        .chunks_exact(LANES)
+        .zip(b[..tail].chunks_exact(LANES))
+    {
+        for i in 0..LANES {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    combine(acc, rest)
+}
+
+/// `e^x` within 2 ulp for x in [-87, 88] (Cephes' expf: x = n ln2 + r,
+/// a degree-6 polynomial for e^r, 2^n from the exponent bits). Inputs
+/// below -87 give about 1.6e-38 instead of a smaller number or 0.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest by the 1.5 * 2^23 trick (vectorises, unlike round()).
+    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
+    let z = r * r;
+    let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
+        * r
+        + 0.166_666_65)
+        * r
+        + 0.5)
+        * z
+        + r
+        + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// GELU (the erf form, torch's default) and its derivative:
+/// `(u Φ(u), Φ(u) + u φ(u))`. Φ comes from erfc by Numerical Recipes'
+/// Chebyshev fit (relative error below 1.2e-7 everywhere, so the negative
+/// tail is as accurate as the rest).
+#[inline(always)]
+pub fn gelu_and_grad(u: f32) -> (f32, f32) {
+    let z = u.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_204
+                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    // erfc(z) = t e^(-z^2 + poly); Φ(-|u|) = erfc(z) / 2.
+    let lower = 0.5 * t * exp(-z * z + poly);
+    let cdf = if u >= 0.0 { 1.0 - lower } else { lower };
+    // φ(u) = e^(-u^2/2) / sqrt(2π)
+    let pdf = exp(-0.5 * u * u) * 0.398_942_3;
+    (u * cdf, cdf + u * pdf)
+}
+
+simd_fn! {
+    /// In place: `u <- gelu(u)`, and `du <- gelu'(u)` (kept for the backward).
+    pub fn gelu_rows(u: &mut [f32], du: &mut [f32]) {
+        for (u, du) in u.iter_mut().zip(du.iter_mut()) {
+            let (y, d) = gelu_and_grad(*u);
+            *u = y;
+            *du = d;
+        }
+    }
+}
+
+simd_fn! {
+    /// `a <- a * b`, elementwise.
+    pub fn mul_rows(a: &mut [f32], b: &[f32]) {
+        for (a, b) in a.iter_mut().zip(b) {
+            *a *= b;
+        }
+    }
+}
+
+simd_fn! {
+    /// LayerNorm of rows of `x` (width `w.len()`, torch's biased variance):
+    /// writes `out`, and each row's mean and 1/sqrt(var + eps).
+    pub fn layer_norm_rows(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+    ) {
+        let d = w.len();
+        let inv_d = 1.0 / d as f32;
+        for (((xr, yr), m), r) in x
+            .chunks_exact(d)
+            .zip(out.chunks_exact_mut(d))
+            .zip(mean.iter_mut())
+            .zip(rstd.iter_mut())
+        {
+            let mu = sum(xr) * inv_d;
+            let mut acc = [0f32; LANES];
+            for c in xr.chunks_exact(LANES) {
+                for i in 0..LANES {
+                    acc[i] += (c[i] - mu) * (c[i] - mu);
+                }
+            }
+            let rest: f32 = xr.chunks_exact(LANES).remainder().iter().map(|v| (v - mu) * (v - mu)).sum();
+            let rs = 1.0 / (combine(acc, rest) * inv_d + eps).sqrt();
+            for j in 0..d {
+                yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+            }
+            *m = mu;
+            *r = rs;
+        }
+    }
+}
+
+simd_fn! {
+    /// The backward of [`layer_norm_rows`]: adds the input gradient to `dx`
+    /// (the residual stream's gradient), and this block of rows' weight and
+    /// bias gradients to `dw` and `db`. `scratch` holds one row.
+    pub fn layer_norm_bwd_rows(
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        let d = w.len();
+        let inv_d = 1.0 / d as f32;
+        for ((((xr, dyr), dxr), &mu), &rs) in x
+            .chunks_exact(d)
+            .zip(dy.chunks_exact(d))
+            .zip(dx.chunks_exact_mut(d))
+            .zip(mean)
+            .zip(rstd)
+        {
+            let xhat = &mut scratch[..d];
+            for j in 0..d {
+                xhat[j] = (xr[j] - mu) * rs;
+                dw[j] += dyr[j] * xhat[j];
+                db[j] += dyr[j];
+            }
+            let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
+            let full = d - d % LANES;
+            for j0 in (0..full).step_by(LANES) {
+                for i in 0..LANES {
+                    let g = dyr[j0 + i] * w[j0 + i];
+                    s1[i] += g;
+                    s2[i] += g * xhat[j0 + i];
+                }
+            }
+            let (mut r1, mut r2) = (0f32, 0f32);
+            for j in full..d {
+                let g = dyr[j] * w[j];
+                r1 += g;
+                r2 += g * xhat[j];
+            }
+            let m1 = combine(s1, r1) * inv_d;
+            let m2 = combine(s2, r2) * inv_d;
+            for j in 0..d {
+                dxr[j] += rs * (dyr[j] * w[j] - m1 - xhat[j] * m2);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// In place over one `[t, t]` block of scores: `softmax(scale * s)` per
+    /// row with a causal mask (row i sees columns 0..=i; the rest become 0).
+    pub fn causal_softmax_block(s: &mut [f32], t: usize, scale: f32) {
+        for (i, row) in s.chunks_exact_mut(t).enumerate() {
+            let (seen, masked) = row.split_at_mut(i + 1);
+            let max = seen.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
+            for v in seen.iter_mut() {
+                *v = exp(*v * scale - max);
+            }
+            let inv = 1.0 / sum(seen);
+            for v in seen.iter_mut() {
+                *v *= inv;
+            }
+            masked.fill(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// The backward of [`causal_softmax_block`], in place over `dp`:
+    /// `ds = scale * p * (dp - sum(dp * p))` per row (0 where masked).
+    pub fn causal_softmax_bwd_block(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
+        for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+            let n = i + 1;
+            let d = dot(&pr[..n], &dr[..n]);
+            for j in 0..n {
+                dr[j] = scale * pr[j] * (dr[j] - d);
+            }
+            dr[n..].fill(0.0);
+        }
+    }
+}
+
+simd_fn! {
+    /// Softmax cross-entropy of one row of logits against `target`, in place:
+    /// the row becomes `weight * (softmax - onehot)`. Returns the loss.
+    pub fn cross_entropy_row(row: &mut [f32], target: usize, weight: f32) -> f64 {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+        let picked = row[target] - max;
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+        }
+        let s = sum(row);
+        let scale = weight / s;
+        for v in row.iter_mut() {
+            *v *= scale;
+        }
+        row[target] -= weight;
+        (s.ln() - picked) as f64
+    }
+}
+
+/// A matrix operand: a pointer to element (0, 0) and its row and column
+/// strides, in elements.
+#[derive(Clone, Copy)]
+pub struct View {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl View {
+    /// A row-major `[rows, cols]` matrix starting at `data[offset]`, with
+    /// row stride `rs`; `.t()` gives its transpose.
+    pub fn rows(data: &[f32], offset: usize, rs: usize) -> Self {
+        assert!(offset <= data.len());
+        Self {
+            ptr: data[offset..].as_ptr(),
+            rs,
+            cs: 1,
+        }
+    }
+    pub fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// Whether to split a matrix product across threads (Candle's setting:
+/// RAYON_NUM_THREADS, else all cores).
+pub fn parallelism() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `dst[m, n] (+)= a[m, k] · b[k, n]`, with `dst` row-major at row stride
+/// `dst_rs`; adds to `dst` when `accumulate`.
+///
+/// # Safety
+/// `dst` must be valid for writes, and `a` and `b` for reads, at every
+/// element the shapes and strides address, and `dst` must not overlap them
+/// or be written by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: View,
+    b: View,
+    par: Parallelism,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.ptr,
+            a.cs as isize,
+            a.rs as isize,
+            b.ptr,
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, e) = (exp(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - e) / e).abs());
+            x += 0.0137;
+        }
+        // 2 ulp of f32 is 2.4e-7 relative.
+        assert!(worst < 2.4e-7, "worst relative error {worst}");
+    }
+
+    /// GELU and its derivative against f64 evaluations of the definition
+    /// (erfc by its Taylor series and continued fraction). The bound: the
+    /// fit's 1.2e-7 plus rounding, and, in the tails, f32's rounding of the
+    /// exponent -u^2/2 (3 ulp of it, relative), which no f32 formula avoids.
+    #[test]
+    fn gelu_matches_erf_definition() {
+        fn erfc64(x: f64) -> f64 {
+            if x < 0.0 {
+                return 2.0 - erfc64(-x);
+            }
+            // Numerical integration would be slow; use the continued
+            // fraction for x > 2 and the Taylor series below.
+            if x < 2.0 {
+                let mut sum = 0.0;
+                let mut term = x;
+                let mut k = 0.0;
+                while term.abs() > 1e-17 {
+                    sum += term / (2.0 * k + 1.0);
+                    k += 1.0;
+                    term *= -x * x / k;
+                }
+                1.0 - 2.0 / std::f64::consts::PI.sqrt() * sum
+            } else {
+                let mut f = 0.0;
+                for n in (1..60).rev() {
+                    f = (n as f64 / 2.0) / (x + f);
+                }
+                (-x * x).exp() / std::f64::consts::PI.sqrt() / (x + f)
+            }
+        }
+        let cdf = |u: f64| 0.5 * erfc64(-u / std::f64::consts::SQRT_2);
+        let mut u = -9.0f32;
+        while u < 9.0 {
+            let (g, dg) = gelu_and_grad(u);
+            let u64 = u as f64;
+            let want = u64 * cdf(u64);
+            let rel = 3e-7 + 3.6e-7 * u64 * u64 / 2.0;
+            assert!(
+                (g as f64 - want).abs() <= rel * want.abs(),
+                "gelu({u}) = {g}, want {want}"
+            );
+            let pdf = (-0.5 * u64 * u64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let dwant = cdf(u64) + u64 * pdf;
+            // A sum of two terms that cancel near u = -0.75: relative to
+            // their sizes.
+            let size = cdf(u64) + (u64 * pdf).abs();
+            assert!(
+                (dg as f64 - dwant).abs() <= rel * size,
+                "gelu'({u}) = {dg}, want {dwant}"
+            );
+            u += 0.0173;
+        }
+    }
+
+    #[test]
+    fn matmul_of_strided_views_matches_naive() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        // a is [m, k] row-major; b is stored as [n, k], used transposed.
+        let mut dst = vec![1f32; m * n];
+        unsafe {
+            matmul(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                n,
+                true,
+                View::rows(&a, 0, k),
+                View::rows(&b, 0, k).t(),
+                Parallelism::None,
+            )
+        };
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = 1.0 + (0..k).map(|l| a[i * k + l] * b[j * k + l]).sum::<f32>();
+                assert!((dst[i * n + j] - want).abs() < 1e-6);
+            }
+        }
+    }
+}
