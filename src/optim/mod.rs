@@ -20,6 +20,7 @@
 //! Parameters are always visited in sorted name order.
 
 pub mod config;
+mod cuda;
 mod fused;
 mod rule;
 
@@ -105,7 +106,7 @@ pub fn build_for_varmap(config: &OptimizerConfig, varmap: &VarMap) -> Result<Box
 
 /// The regularisation blocks of a configuration.
 #[derive(Clone, Copy, Debug)]
-struct Regularization {
+pub(crate) struct Regularization {
     weight_decay: f64,
     decoupled: bool,
     l1: f64,
@@ -114,7 +115,7 @@ struct Regularization {
 }
 
 impl Regularization {
-    fn of(cfg: &OptimizerConfig) -> Self {
+    pub(crate) fn of(cfg: &OptimizerConfig) -> Self {
         Self {
             weight_decay: cfg.get("weight_decay"),
             decoupled: cfg.flag("decoupled_weight_decay"),
@@ -151,7 +152,7 @@ impl Regularization {
     }
 
     /// The same blocks as constants for the fused kernels.
-    fn fused(&self, lr: f64) -> fused::Reg {
+    pub(crate) fn fused(&self, lr: f64) -> fused::Reg {
         fused::Reg {
             l1: self.l1,
             wd_coupled: if self.decoupled {
@@ -185,6 +186,9 @@ enum Store {
     Tensors(Vec<Tensor>),
     /// Host vectors, updated in place by the fused kernels.
     Host(fused::HostState),
+    /// Device tensors, updated in place by the fused CUDA kernels (only
+    /// with the `cuda` feature).
+    Device(Vec<Tensor>),
 }
 
 struct Slot {
@@ -222,8 +226,15 @@ impl ParamOptimizer {
             .filter(|(_, v)| v.dtype().is_float())
             .map(|(name, var)| {
                 let tensors = rule.init(var.as_tensor())?;
-                let store = if backend == Backend::Auto && fused::applies(var.as_tensor()) {
+                let auto = backend == Backend::Auto;
+                #[cfg(feature = "cuda")]
+                let on_cuda = cuda::applies(var.as_tensor());
+                #[cfg(not(feature = "cuda"))]
+                let on_cuda = false;
+                let store = if auto && fused::applies(var.as_tensor()) {
                     Store::Host(fused::HostState::from_tensors(&tensors, var.dtype())?)
+                } else if auto && on_cuda {
+                    Store::Device(tensors)
                 } else {
                     Store::Tensors(tensors)
                 };
@@ -267,6 +278,20 @@ impl Optimizer for ParamOptimizer {
                         fused::Reg::NONE
                     };
                     fused::step(slot.var.as_tensor(), g, sc, reg, host)?;
+                }
+                Store::Device(state) => {
+                    let reg = if slot.regularized {
+                        self.reg.fused(self.lr)
+                    } else {
+                        fused::Reg::NONE
+                    };
+                    #[cfg(feature = "cuda")]
+                    cuda::step(slot.var.as_tensor(), g, sc, reg, state)?;
+                    #[cfg(not(feature = "cuda"))]
+                    {
+                        let _ = (state, reg, sc);
+                        unreachable!("device state is only made with the cuda feature");
+                    }
                 }
                 Store::Tensors(tensors) => {
                     let p = slot.var.as_detached_tensor();
@@ -313,6 +338,8 @@ impl Optimizer for ParamOptimizer {
         let tensors = match &slot.store {
             Store::Tensors(t) => t.clone(),
             Store::Host(h) => h.to_tensors(slot.var.as_tensor()).ok()?,
+            // Copies: the kernels update these in place.
+            Store::Device(t) => t.iter().map(|t| t.copy()).collect::<Result<_, _>>().ok()?,
         };
         let mut out: Vec<(String, Tensor)> = self
             .rule
@@ -332,7 +359,7 @@ impl Optimizer for ParamOptimizer {
         self.slots
             .iter()
             .map(|s| match &s.store {
-                Store::Tensors(ts) => ts
+                Store::Tensors(ts) | Store::Device(ts) => ts
                     .iter()
                     .map(|t| t.elem_count() * t.dtype().size_in_bytes())
                     .sum(),

@@ -1,0 +1,619 @@
+//! Fused optimizer steps on CUDA: the kernels of `fused.cu` (one thread per
+//! element, one pass over p, g and the state), compiled at run time by
+//! NVRTC and launched through Candle's in-place custom op on the parameter.
+//! The state stays in device tensors, which the kernel updates in place.
+//!
+//! [`plan`] turns a step's [`Scalars`] and regularisation into a kernel
+//! name and argument list; it is compiled on every build, so that the unit
+//! test below can run the same kernels, compiled as C++ for the host,
+//! against the CPU kernels without a GPU.
+
+// Without the `cuda` feature only the test uses the plan.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+use super::fused::Reg;
+use super::rule::Scalars;
+
+/// The kernels' source (CUDA C++).
+pub(crate) const SOURCE: &str = include_str!("fused.cu");
+
+/// One scalar argument: a real (rounded to the parameter's precision at
+/// launch, as the CPU kernels round theirs) or an int flag.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Arg {
+    Real(f64),
+    Int(i32),
+}
+
+/// A kernel launch: its name without the dtype suffix, which state slot
+/// each of the three state pointers takes (None: null), and the scalars,
+/// regularisation last.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Plan {
+    pub kernel: &'static str,
+    pub state: [Option<usize>; 3],
+    pub args: Vec<Arg>,
+}
+
+/// torch's lerp weights as the CPU kernels use them: w, 1 - w (in f64, as
+/// `fused::lerp`) and which branch applies.
+fn lerp_args(w: f64) -> [Arg; 3] {
+    [
+        Arg::Real(w),
+        Arg::Real(1.0 - w),
+        Arg::Int(i32::from(w < 0.5)),
+    ]
+}
+
+/// The launch for one step. `slots` is the number of state tensors (the
+/// rule's `state_names()`, in that order).
+pub(crate) fn plan(sc: &Scalars, reg: &Reg, slots: usize) -> Plan {
+    use Arg::{Int, Real};
+    let all = |k: usize| {
+        [
+            (k > 0).then_some(0),
+            (k > 1).then_some(1),
+            (k > 2).then_some(2),
+        ]
+    };
+    let (kernel, state, mut args): (&'static str, [Option<usize>; 3], Vec<Arg>) = match *sc {
+        Scalars::Sgd {
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            first,
+        } => (
+            "sgd",
+            all(usize::from(momentum != 0.0)),
+            vec![
+                Real(lr),
+                Real(momentum),
+                Real(1.0 - dampening),
+                Int(nesterov.into()),
+                Int(first.into()),
+            ],
+        ),
+        Scalars::Adagrad { clr, eps } => ("adagrad", all(1), vec![Real(clr), Real(eps)]),
+        Scalars::Rmsprop {
+            lr,
+            alpha,
+            eps,
+            centered,
+            momentum,
+        } => {
+            // State order: square_avg, [momentum_buffer], [grad_avg].
+            let mom = (momentum > 0.0).then_some(1);
+            let avg = centered.then_some(slots - 1);
+            let mut a = vec![Real(lr), Real(alpha), Real(1.0 - alpha)];
+            a.extend(lerp_args(1.0 - alpha));
+            a.extend([Real(eps), Real(momentum)]);
+            ("rmsprop", [Some(0), mom, avg], a)
+        }
+        Scalars::Adadelta { lr, rho, eps } => (
+            "adadelta",
+            all(2),
+            vec![Real(lr), Real(rho), Real(1.0 - rho), Real(eps)],
+        ),
+        Scalars::Adam {
+            lr,
+            b1,
+            b2,
+            eps,
+            amsgrad,
+            step_size,
+            inv_bc2_sqrt,
+        } => {
+            let mut a = lerp_args(1.0 - b1).to_vec();
+            a.extend([
+                Real(b2),
+                Real(1.0 - b2),
+                Real(eps),
+                Real(step_size),
+                Real(inv_bc2_sqrt),
+                Real(lr),
+            ]);
+            ("adam", all(if amsgrad { 3 } else { 2 }), a)
+        }
+        Scalars::Nadam {
+            lr,
+            b1,
+            b2,
+            eps,
+            inv_bc2,
+            c_grad,
+            c_mom,
+        } => {
+            let mut a = lerp_args(1.0 - b1).to_vec();
+            a.extend([
+                Real(b2),
+                Real(1.0 - b2),
+                Real(eps),
+                Real(inv_bc2),
+                Real(c_grad),
+                Real(c_mom),
+                Real(lr),
+            ]);
+            ("nadam", all(2), a)
+        }
+        Scalars::Radam {
+            lr,
+            b1,
+            b2,
+            eps,
+            inv_bc1,
+            rect,
+            bc2_sqrt,
+        } => {
+            let mut a = lerp_args(1.0 - b1).to_vec();
+            a.extend([
+                Real(b2),
+                Real(1.0 - b2),
+                Real(eps),
+                Real(inv_bc1),
+                Int(rect.is_some().into()),
+                Real(rect.unwrap_or(0.0)),
+                Real(bc2_sqrt),
+                Real(lr),
+                Real(lr * rect.unwrap_or(0.0)),
+            ]);
+            ("radam", all(2), a)
+        }
+        Scalars::Adamax {
+            lr,
+            b1,
+            b2,
+            eps,
+            clr,
+        } => {
+            let mut a = lerp_args(1.0 - b1).to_vec();
+            a.extend([Real(b2), Real(eps), Real(clr), Real(lr)]);
+            ("adamax", all(2), a)
+        }
+    };
+    args.extend([
+        Real(reg.l1),
+        Real(reg.wd_coupled),
+        Real(reg.decay.unwrap_or(1.0)),
+        Real(reg.l1_prox),
+    ]);
+    Plan {
+        kernel,
+        state,
+        args,
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) use device::{applies, step};
+
+#[cfg(feature = "cuda")]
+mod device {
+    use anyhow::{Result, bail};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDType, WrapErr};
+    use candle_core::{CudaStorage, DType, InplaceOp2, Layout, Storage, Tensor};
+
+    use super::{Arg, Plan, SOURCE, plan};
+    use crate::optim::fused::Reg;
+    use crate::optim::rule::Scalars;
+
+    const MODULE: &str = "sparsity_lab_fused_optim";
+
+    /// Whether a parameter takes the fused CUDA path.
+    pub(crate) fn applies(p: &Tensor) -> bool {
+        p.device().is_cuda() && matches!(p.dtype(), DType::F32 | DType::F64)
+    }
+
+    /// PTX for the kernels, compiled once per process, without contracting
+    /// multiply-adds (as the CPU kernels).
+    fn ptx() -> Result<&'static str> {
+        static PTX: std::sync::OnceLock<std::result::Result<String, String>> =
+            std::sync::OnceLock::new();
+        let r = PTX.get_or_init(|| {
+            let opts = candle_core::cuda_backend::cudarc::nvrtc::CompileOptions {
+                fmad: Some(false),
+                ..Default::default()
+            };
+            candle_core::cuda_backend::cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts)
+                .map(|p| p.to_src())
+                .map_err(|e| format!("compiling the fused optimizer kernels: {e:?}"))
+        });
+        match r {
+            Ok(s) => Ok(s.as_str()),
+            Err(e) => bail!("{e}"),
+        }
+    }
+
+    struct Step<'a> {
+        plan: Plan,
+        state: &'a [Tensor],
+    }
+
+    fn launch<T: CudaDType + candle_core::cuda_backend::cudarc::driver::DeviceRepr>(
+        op: &Step<'_>,
+        p: &mut CudaStorage,
+        lp: &Layout,
+        g: &CudaStorage,
+        lg: &Layout,
+        cast: impl Fn(f64) -> T,
+        suffix: &str,
+    ) -> candle_core::Result<()> {
+        let n = lp.shape().elem_count();
+        let contiguous = |l: &Layout| l.is_contiguous() && l.start_offset() == 0;
+        if !contiguous(lp) || !contiguous(lg) || lg.shape().elem_count() != n {
+            candle_core::bail!("fused CUDA step: p and g must be contiguous, same size");
+        }
+        let dev = p.device().clone();
+        let ptx = ptx().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let func =
+            dev.get_or_load_custom_func(&format!("{}_{suffix}", op.plan.kernel), MODULE, ptx)?;
+        // Read guards on the state tensors: the kernel writes through their
+        // device pointers (nothing else touches them during the step).
+        let guards: Vec<_> = op.state.iter().map(|t| t.storage_and_layout()).collect();
+        let mut slices = vec![];
+        for (s, l) in &guards {
+            let Storage::Cuda(cs) = &**s else {
+                candle_core::bail!("fused CUDA step: state not on the GPU")
+            };
+            if !contiguous(l) || l.shape().elem_count() != n {
+                candle_core::bail!("fused CUDA step: state must be contiguous, same size");
+            }
+            slices.push(cs.as_cuda_slice::<T>()?);
+        }
+        let scalars: Vec<Arg> = op.plan.args.clone();
+        let reals: Vec<T> = scalars
+            .iter()
+            .map(|a| match a {
+                Arg::Real(x) => cast(*x),
+                Arg::Int(_) => cast(0.0),
+            })
+            .collect();
+        let ints: Vec<i32> = scalars
+            .iter()
+            .map(|a| match a {
+                Arg::Int(i) => *i,
+                Arg::Real(_) => 0,
+            })
+            .collect();
+        let null = 0u64;
+        let n64 = n as u64;
+        let gs = g.as_cuda_slice::<T>()?;
+        let ps = p.as_cuda_slice_mut::<T>()?;
+        let mut b = func.builder();
+        b.arg(&n64);
+        b.arg(ps);
+        b.arg(gs);
+        for slot in op.plan.state {
+            match slot {
+                Some(i) => {
+                    b.arg(slices[i]);
+                }
+                None => {
+                    b.arg(&null);
+                }
+            }
+        }
+        for (i, a) in scalars.iter().enumerate() {
+            match a {
+                Arg::Real(_) => b.arg(&reals[i]),
+                Arg::Int(_) => b.arg(&ints[i]),
+            };
+        }
+        let cfg = LaunchConfig::for_num_elems(n as u32);
+        // SAFETY: the argument list matches the kernel's signature (built
+        // by `plan`, checked against the kernels by the host test), and
+        // every pointer covers n elements.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    }
+
+    impl InplaceOp2 for Step<'_> {
+        fn name(&self) -> &'static str {
+            "fused-optimizer-step-cuda"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &mut candle_core::CpuStorage,
+            _: &Layout,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<()> {
+            candle_core::bail!("the fused CUDA step runs on CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            p: &mut CudaStorage,
+            lp: &Layout,
+            g: &CudaStorage,
+            lg: &Layout,
+        ) -> candle_core::Result<()> {
+            match p.dtype() {
+                DType::F32 => launch::<f32>(self, p, lp, g, lg, |x| x as f32, "f32"),
+                DType::F64 => launch::<f64>(self, p, lp, g, lg, |x| x, "f64"),
+                d => candle_core::bail!("fused CUDA step: no kernel for {d:?}"),
+            }
+        }
+    }
+
+    /// Updates `p` and its `state` tensors in place on the GPU.
+    pub(crate) fn step(
+        p: &Tensor,
+        g: &Tensor,
+        sc: Scalars,
+        reg: Reg,
+        state: &[Tensor],
+    ) -> Result<()> {
+        let g = g.contiguous()?;
+        let g = if g.layout().start_offset() != 0 {
+            g.copy()?
+        } else {
+            g
+        };
+        let op = Step {
+            plan: plan(&sc, &reg, state.len()),
+            state,
+        };
+        p.inplace_op2(&g, &op)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The CUDA kernels compiled as C++ for the host (`fused_host.cpp`) and
+    //! driven by [`plan`], against the optimizer's CPU path, bit for bit:
+    //! the same formulas in the same order, without contracted
+    //! multiply-adds. This checks the kernels' formulas and every argument
+    //! list without a GPU; what it cannot check is the launch itself.
+
+    use std::io::Write;
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+
+    use candle_core::backprop::GradStore;
+    use candle_core::{DType, Device, Tensor, Var};
+
+    use super::*;
+    use crate::optim::rule::{ParamState, Rule};
+    use crate::optim::{OptimizerConfig, OptimizerKind, RawValue, Regularization};
+    use crate::rng::Rng;
+
+    /// Compiles the host harness; None (with a SKIPPED line) without g++.
+    fn harness() -> Option<PathBuf> {
+        let dir =
+            std::env::temp_dir().join(format!("sparsity-lab-cuda-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/optim");
+        let exe = dir.join("fused_host");
+        let out = Command::new("g++")
+            .args(["-std=c++17", "-O1", "-ffp-contract=off", "-I"])
+            .arg(&here)
+            .arg(here.join("fused_host.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(exe),
+            Ok(o) => panic!(
+                "g++ failed on fused_host.cpp:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(_) => {
+                println!("SKIPPED: no g++ here, so the CUDA kernels were not checked on the host");
+                None
+            }
+        }
+    }
+
+    /// One kernel run in the harness: returns p and the state.
+    fn run_host(
+        exe: &PathBuf,
+        plan: &Plan,
+        suffix: &str,
+        p: &[f64],
+        g: &[f64],
+        state: &[Vec<f64>],
+        f32_: bool,
+    ) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let bits = |v: &[f64]| -> String {
+            v.iter()
+                .map(|x| {
+                    if f32_ {
+                        format!("{:x}", (*x as f32).to_bits())
+                    } else {
+                        format!("{:x}", x.to_bits())
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut input = format!("{}_{suffix} {} {}\n", plan.kernel, p.len(), plan.args.len());
+        for a in &plan.args {
+            match a {
+                Arg::Real(x) => input.push_str(&format!("{x:e} ")),
+                Arg::Int(i) => input.push_str(&format!("{i} ")),
+            }
+        }
+        input.push('\n');
+        for slot in plan.state {
+            input.push_str(if slot.is_some() { "1 " } else { "0 " });
+        }
+        input.push('\n');
+        input.push_str(&bits(p));
+        input.push('\n');
+        input.push_str(&bits(g));
+        input.push('\n');
+        for i in plan.state.iter().flatten() {
+            input.push_str(&bits(&state[*i]));
+            input.push('\n');
+        }
+        let mut child = Command::new(exe)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "harness: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines().map(|l| {
+            l.split_whitespace()
+                .map(|h| {
+                    if f32_ {
+                        f32::from_bits(u32::from_str_radix(h, 16).unwrap()) as f64
+                    } else {
+                        f64::from_bits(u64::from_str_radix(h, 16).unwrap())
+                    }
+                })
+                .collect::<Vec<f64>>()
+        });
+        let new_p = lines.next().unwrap();
+        let mut new_state = state.to_vec();
+        for i in plan.state.iter().flatten() {
+            new_state[*i] = lines.next().unwrap();
+        }
+        (new_p, new_state)
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        t.flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn cuda_kernels_on_the_host_equal_the_cpu_path_bit_for_bit() {
+        let Some(exe) = harness() else { return };
+        let regs: [&[(&str, &str)]; 6] = [
+            &[],
+            &[("weight_decay", "0.1")],
+            &[("weight_decay", "0.1"), ("decoupled_weight_decay", "true")],
+            &[("l1", "0.01")],
+            &[("l1_prox", "0.5")],
+            &[
+                ("l1_prox", "0.5"),
+                ("weight_decay", "0.1"),
+                ("decoupled_weight_decay", "true"),
+            ],
+        ];
+        let n = 37;
+        for kind in OptimizerKind::ALL {
+            let extras: &[&[(&str, &str)]] = match kind {
+                OptimizerKind::Sgd => &[
+                    &[],
+                    &[("momentum", "0.9"), ("nesterov", "true")],
+                    &[("momentum", "0.9"), ("dampening", "0.3")],
+                ],
+                OptimizerKind::Rmsprop => &[
+                    &[],
+                    &[("centered", "true")],
+                    &[("momentum", "0.5")],
+                    &[("centered", "true"), ("momentum", "0.5")],
+                ],
+                OptimizerKind::Adam => &[&[], &[("amsgrad", "true")]],
+                OptimizerKind::Adagrad => {
+                    &[&[("lr_decay", "0.1"), ("initial_accumulator_value", "0.2")]]
+                }
+                _ => &[&[]],
+            };
+            for extra in extras {
+                for reg in regs {
+                    if kind == OptimizerKind::Adamw
+                        && reg.iter().any(|(k, _)| *k == "decoupled_weight_decay")
+                    {
+                        continue;
+                    }
+                    let pairs = extra
+                        .iter()
+                        .chain(reg.iter())
+                        .chain(&[("lr", "0.01")])
+                        .map(|(k, v)| (*k, RawValue::Text(v.to_string())));
+                    let cfg = OptimizerConfig::from_pairs(kind.name(), pairs).unwrap();
+                    for dtype in [DType::F32, DType::F64] {
+                        check(&exe, &cfg, dtype, n);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Eight steps (RAdam's rectification starts at step 6) of the public
+    /// optimizer and of the host kernels, compared after every step.
+    fn check(exe: &PathBuf, cfg: &OptimizerConfig, dtype: DType, n: usize) {
+        let mut rng = Rng::new(5);
+        let mut draw = |scale: f64| -> Vec<f64> {
+            let mut v: Vec<f64> = (0..n).map(|_| rng.normal() * scale).collect();
+            v[0] = 0.0; // sign(0) in the L1 blocks
+            v
+        };
+        let p0 = draw(1.0);
+        let tensor = |v: &[f64]| {
+            Tensor::from_vec(v.to_vec(), v.len(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let var = Var::from_tensor(&tensor(&p0)).unwrap();
+        let mut opt = crate::optim::build(cfg, vec![("p".into(), var.clone())]).unwrap();
+
+        let rule = Rule::new(cfg);
+        let reg = Regularization::of(cfg).fused(cfg.lr());
+        let mut st = ParamState {
+            t: 0,
+            mu_product: 1.0,
+        };
+        let mut p = values(&tensor(&p0));
+        let mut state: Vec<Vec<f64>> = rule
+            .init(&tensor(&p0))
+            .unwrap()
+            .iter()
+            .map(values)
+            .collect();
+        let suffix = if dtype == DType::F32 { "f32" } else { "f64" };
+        for step in 1..=8 {
+            let g = values(&tensor(&draw(0.3)));
+            let mut store = GradStore::default();
+            store.insert(var.as_tensor(), tensor(&g));
+            opt.step(&store).unwrap();
+
+            st.t += 1;
+            let sc = rule.scalars(cfg.lr(), &mut st, dtype);
+            let plan = plan(&sc, &reg, state.len());
+            (p, state) = run_host(exe, &plan, suffix, &p, &g, &state, dtype == DType::F32);
+
+            let same = |a: &[f64], b: &[f64]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            };
+            assert!(
+                same(&p, &values(var.as_tensor())),
+                "{} {dtype:?} step {step}: parameters differ",
+                cfg.short()
+            );
+            // The state tensors; then come step (and NAdam's mu_product).
+            for (i, (name, t)) in opt.state("p").unwrap().iter().take(state.len()).enumerate() {
+                assert!(
+                    same(&state[i], &values(t)),
+                    "{} {dtype:?} step {step}: {name} differs",
+                    cfg.short()
+                );
+            }
+        }
+    }
+}
