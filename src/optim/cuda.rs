@@ -45,6 +45,14 @@ fn lerp_args(w: f64) -> [Arg; 3] {
     ]
 }
 
+/// The Adam-family moment block's scalars (Adam, AMSGrad, AdamW, NAdam,
+/// RAdam share it, as on the CPU): m's lerp weights, b2, 1 - b2, eps.
+fn moment_args(b1: f64, b2: f64, eps: f64) -> Vec<Arg> {
+    let mut a = lerp_args(1.0 - b1).to_vec();
+    a.extend([Arg::Real(b2), Arg::Real(1.0 - b2), Arg::Real(eps)]);
+    a
+}
+
 /// The launch for one step. `slots` is the number of state tensors (the
 /// rule's `state_names()`, in that order).
 pub(crate) fn plan(sc: &Scalars, reg: &Reg, slots: usize) -> Plan {
@@ -104,15 +112,8 @@ pub(crate) fn plan(sc: &Scalars, reg: &Reg, slots: usize) -> Plan {
             step_size,
             inv_bc2_sqrt,
         } => {
-            let mut a = lerp_args(1.0 - b1).to_vec();
-            a.extend([
-                Real(b2),
-                Real(1.0 - b2),
-                Real(eps),
-                Real(step_size),
-                Real(inv_bc2_sqrt),
-                Real(lr),
-            ]);
+            let mut a = moment_args(b1, b2, eps);
+            a.extend([Real(step_size), Real(inv_bc2_sqrt), Real(lr)]);
             ("adam", all(if amsgrad { 3 } else { 2 }), a)
         }
         Scalars::Nadam {
@@ -124,16 +125,8 @@ pub(crate) fn plan(sc: &Scalars, reg: &Reg, slots: usize) -> Plan {
             c_grad,
             c_mom,
         } => {
-            let mut a = lerp_args(1.0 - b1).to_vec();
-            a.extend([
-                Real(b2),
-                Real(1.0 - b2),
-                Real(eps),
-                Real(inv_bc2),
-                Real(c_grad),
-                Real(c_mom),
-                Real(lr),
-            ]);
+            let mut a = moment_args(b1, b2, eps);
+            a.extend([Real(inv_bc2), Real(c_grad), Real(c_mom), Real(lr)]);
             ("nadam", all(2), a)
         }
         Scalars::Radam {
@@ -145,11 +138,8 @@ pub(crate) fn plan(sc: &Scalars, reg: &Reg, slots: usize) -> Plan {
             rect,
             bc2_sqrt,
         } => {
-            let mut a = lerp_args(1.0 - b1).to_vec();
+            let mut a = moment_args(b1, b2, eps);
             a.extend([
-                Real(b2),
-                Real(1.0 - b2),
-                Real(eps),
                 Real(inv_bc1),
                 Int(rect.is_some().into()),
                 Real(rect.unwrap_or(0.0)),

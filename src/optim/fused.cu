@@ -48,6 +48,17 @@ template <typename T> __device__ __forceinline__ T ema_sq(T a, T g, T d, T d1) {
   return a * d + (g * d1) * g;
 }
 
+// The Adam-family moment block (Adam, AMSGrad, AdamW, NAdam, RAdam), as
+// `moments` in fused.rs: m <- lerp(m, g, 1 - b1), v <- b2 v + (1 - b2) g^2.
+template <typename T>
+__device__ __forceinline__ void moments(T* m, T* v, unsigned long long i, T g, T w, T w1,
+                                        int lo, T b2, T one_minus_b2, T& mi, T& vi) {
+  mi = lerp(m[i], g, w, w1, lo);
+  vi = ema_sq(v[i], g, b2, one_minus_b2);
+  m[i] = mi;
+  v[i] = vi;
+}
+
 #define GRID_LOOP(i, n) \
   for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < (n); \
        i += (unsigned long long)blockDim.x * gridDim.x)
@@ -138,10 +149,8 @@ template <typename T> __device__ __forceinline__ T ema_sq(T a, T g, T d, T d1) {
     GRID_LOOP(i, n) {                                                          \
       T gi = g[i];                                                             \
       T pi = pre(r, p[i], gi);                                                 \
-      T mi = lerp(m[i], gi, w, w1, lo);                                        \
-      T vi = ema_sq(v[i], gi, b2, one_minus_b2);                               \
-      m[i] = mi;                                                               \
-      v[i] = vi;                                                               \
+      T mi, vi;                                                                \
+      moments(m, v, i, gi, w, w1, lo, b2, one_minus_b2, mi, vi);              \
       if (vmax) {                                                              \
         T vm = fmax(vmax[i], vi);                                              \
         vmax[i] = vm;                                                          \
@@ -158,10 +167,8 @@ template <typename T> __device__ __forceinline__ T ema_sq(T a, T g, T d, T d1) {
     GRID_LOOP(i, n) {                                                          \
       T gi = g[i];                                                             \
       T pi = pre(r, p[i], gi);                                                 \
-      T mi = lerp(m[i], gi, w, w1, lo);                                        \
-      T vi = ema_sq(v[i], gi, b2, one_minus_b2);                               \
-      m[i] = mi;                                                               \
-      v[i] = vi;                                                               \
+      T mi, vi;                                                                \
+      moments(m, v, i, gi, w, w1, lo, b2, one_minus_b2, mi, vi);              \
       T denom = sqrt(vi * inv_bc2) + eps;                                      \
       pi = pi + (gi / denom) * c_grad;                                         \
       p[i] = post(r, pi + (mi / denom) * c_mom, (T(1) / denom) * lr);          \
@@ -175,10 +182,8 @@ template <typename T> __device__ __forceinline__ T ema_sq(T a, T g, T d, T d1) {
     GRID_LOOP(i, n) {                                                          \
       T gi = g[i];                                                             \
       T pi = pre(r, p[i], gi);                                                 \
-      T mi = lerp(m[i], gi, w, w1, lo);                                        \
-      T vi = ema_sq(v[i], gi, b2, one_minus_b2);                               \
-      m[i] = mi;                                                               \
-      v[i] = vi;                                                               \
+      T mi, vi;                                                                \
+      moments(m, v, i, gi, w, w1, lo, b2, one_minus_b2, mi, vi);              \
       T m_hat = mi * inv_bc1;                                                  \
       if (has_rect) {                                                          \
         T adaptive = (T(1) / (sqrt(vi) + eps)) * bc2_sqrt;                     \

@@ -114,11 +114,30 @@ struct SharedMut(*mut f32);
 // SAFETY: only used where the tasks write disjoint elements (see above).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 #[derive(Clone, Copy)]
 struct Shared(View);
 // SAFETY: read-only views of buffers nobody writes meanwhile.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The same view moved `off` elements along its buffer; callers pass
+    /// offsets from [`Heads`], which stay inside the buffers it checked.
+    fn at(self, off: usize) -> View {
+        View {
+            // SAFETY: see above; `add` stays inside the allocation.
+            ptr: unsafe { self.0.ptr.add(off) },
+            ..self.0
+        }
+    }
+}
 
 /// One parameter's index in [`Transformer::ordered_vars`].
 struct Ix;
@@ -335,6 +354,12 @@ impl Heads {
     fn out(&self, bi: usize, hi: usize) -> usize {
         bi * self.t * self.d + hi * self.hd
     }
+    /// Views of head `hi` of sequence `bi`'s queries, keys and values in
+    /// the `[N, 3D]` buffer `src`.
+    fn heads_of(&self, src: Shared, bi: usize, hi: usize) -> (View, View, View) {
+        let at = |part| src.at(self.qkv(bi, hi, part));
+        (at(0), at(1), at(2))
+    }
     fn check(&self, qkv: usize, att: usize, out: usize) {
         let (n, t) = (self.b * self.t, self.t);
         assert!(qkv == n * 3 * self.d && att == self.b * self.h * t * t && out == n * self.d);
@@ -351,17 +376,7 @@ fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     let src = Shared(View::rows(qkv, 0, 3 * s.d));
     att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
         let (bi, hi) = (i / s.h, i % s.h);
-        let (y_ptr, src) = (y_ptr, src);
-        let at = |off: usize| View {
-            // SAFETY: offsets from `Heads` stay inside `qkv` (checked sizes).
-            ptr: unsafe { src.0.ptr.add(off) },
-            ..src.0
-        };
-        let (q, kk, v) = (
-            at(s.qkv(bi, hi, 0)),
-            at(s.qkv(bi, hi, 1)),
-            at(s.qkv(bi, hi, 2)),
-        );
+        let (q, kk, v) = s.heads_of(src, bi, hi);
         // SAFETY: `p` is this task's own block; the y block (rows of
         // sequence bi, columns of head hi) is written by this task only.
         unsafe {
@@ -381,7 +396,7 @@ fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
                 t,
                 hd,
                 t,
-                y_ptr.0.add(s.out(bi, hi)),
+                y_ptr.get().add(s.out(bi, hi)),
                 s.d,
                 false,
                 View::rows(p, 0, t),
@@ -405,27 +420,14 @@ fn attention_bwd(s: Heads, qkv: &[f32], att: &[f32], dy: &[f32], dqkv: &mut [f32
         || vec![0f32; t * t],
         |dp, (i, p)| {
             let (bi, hi) = (i / s.h, i % s.h);
-            let (dst, src, dsrc) = (dst, src, dsrc);
-            // SAFETY (all offsets): from `Heads`, inside the checked sizes.
-            let at = |off: usize| View {
-                ptr: unsafe { src.0.ptr.add(off) },
-                ..src.0
-            };
-            let (q, kk, v) = (
-                at(s.qkv(bi, hi, 0)),
-                at(s.qkv(bi, hi, 1)),
-                at(s.qkv(bi, hi, 2)),
-            );
-            let dyv = View {
-                ptr: unsafe { dsrc.0.ptr.add(s.out(bi, hi)) },
-                ..dsrc.0
-            };
+            let (q, kk, v) = s.heads_of(src, bi, hi);
+            let dyv = dsrc.at(s.out(bi, hi));
             let pv = View::rows(p, 0, t);
             let none = gemm::Parallelism::None;
             // SAFETY: this task alone writes head hi's columns of
             // sequence bi's rows in dqkv, and its own `dp`.
             unsafe {
-                let out = |part: usize| dst.0.add(s.qkv(bi, hi, part));
+                let out = |part: usize| dst.get().add(s.qkv(bi, hi, part));
                 // dV = P^T dY
                 matmul(t, hd, t, out(2), 3 * s.d, false, pv.t(), dyv, none);
                 // dP = dY V^T, then through the softmax
