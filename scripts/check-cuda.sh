@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks that the `cuda` feature builds: installs Debian's CUDA toolkit
+# Checks that the `cuda` feature builds, and tests what can be tested without
+# a GPU: installs Debian's CUDA toolkit
 # (it needs the contrib and non-free components) and builds the release
 # binary with --features cuda. No GPU is needed to build; running needs one
 # (`--device cuda`). Too heavy for the normal CI run (a long build, and a few
@@ -23,3 +24,6 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 time cargo build --release --features cuda
 echo "cuda build ok: $CARGO_TARGET_DIR/release/sparsity-lab (run with --device cuda on a GPU machine)"
+# The fused CUDA optimizer kernels: NVRTC compiles them (no GPU needed) and
+# every entry point is there; their host build equals the CPU path bit for bit.
+cargo test --release --features cuda --lib optim::cuda

@@ -198,7 +198,7 @@ mod device {
 
     /// PTX for the kernels, compiled once per process, without contracting
     /// multiply-adds (as the CPU kernels).
-    fn ptx() -> Result<&'static str> {
+    pub(super) fn ptx() -> Result<&'static str> {
         static PTX: std::sync::OnceLock<std::result::Result<String, String>> =
             std::sync::OnceLock::new();
         let r = PTX.get_or_init(|| {
@@ -349,6 +349,24 @@ mod device {
         };
         p.inplace_op2(&g, &op)?;
         Ok(())
+    }
+}
+
+/// Needs the CUDA toolkit's NVRTC library, not a GPU.
+#[cfg(all(test, feature = "cuda"))]
+mod nvrtc_tests {
+    #[test]
+    fn kernels_compile_with_nvrtc_and_export_every_entry() {
+        let ptx = super::device::ptx().unwrap();
+        for k in [
+            "sgd", "adagrad", "rmsprop", "adadelta", "adam", "nadam", "radam", "adamax",
+        ] {
+            for t in ["f32", "f64"] {
+                assert!(ptx.contains(&format!(".entry {k}_{t}(")), "{k}_{t} missing");
+            }
+        }
+        // No contracted multiply-adds, as on the CPU.
+        assert!(!ptx.contains("fma.rn.f32") && !ptx.contains("fma.rn.f64"));
     }
 }
 

@@ -64,7 +64,16 @@ __device__ __forceinline__ void moments(T* m, T* v, unsigned long long i, T g, T
        i += (unsigned long long)blockDim.x * gridDim.x)
 
 #define REG_ARGS(T) T l1, T wd, T decay, T prox
-#define REG(T) Reg<T>{l1, wd, decay, prox}
+// No braced initialisation: NVRTC's default dialect predates C++11.
+template <typename T> __device__ __forceinline__ Reg<T> make_reg(T l1, T wd, T decay, T prox) {
+  Reg<T> r;
+  r.l1 = l1;
+  r.wd = wd;
+  r.decay = decay;
+  r.prox = prox;
+  return r;
+}
+#define REG(T) make_reg<T>(l1, wd, decay, prox)
 
 #define KERNELS(T, S)                                                          \
   extern "C" __global__ void sgd_##S(unsigned long long n, T* p, const T* g, T* s0, T* s1, T* s2,      \
