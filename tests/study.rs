@@ -242,6 +242,14 @@ fn list_and_bad_input() {
             "--shard".into(),
         ),
         (
+            vec!["--exp".into(), f.clone(), "--jobs".into(), "0".into()],
+            "--jobs".into(),
+        ),
+        (
+            vec!["--exp".into(), f.clone(), "--jobs".into(), "many".into()],
+            "or auto".into(),
+        ),
+        (
             vec!["report".into(), d.display().to_string()],
             "runs/".into(),
         ),
@@ -260,16 +268,20 @@ fn list_and_bad_input() {
 }
 
 /// `--jobs 2` trains two runs at once, one thread each, and writes the same
-/// tables and plots as one run at a time.
+/// tables and plots as one run at a time on all cores (`--jobs 1`) and as
+/// the default (`auto`).
 #[test]
 fn parallel_jobs_give_the_same_outputs() {
     let one = fresh("jobs1");
-    exp(&one, &LONGER);
+    exp(&one, &["--set", "epochs=40", "--jobs", "1"]);
+    let auto = fresh("jobsauto");
+    exp(&auto, &LONGER);
+    assert_eq!(outputs(&auto), outputs(&one));
     let two = fresh("jobs2");
     let o = exp(&two, &["--set", "epochs=40", "--jobs", "2"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("6 done"));
     assert_eq!(outputs(&two), outputs(&one));
-    for d in [one, two] {
+    for d in [one, auto, two] {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
