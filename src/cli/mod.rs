@@ -61,9 +61,11 @@ struct Cli {
 
     /// How many runs of a study to train at once, each on one thread; 1
     /// trains one run at a time on all cores. `auto` (the default): one run
-    /// per core on the CPU (more runs finish per second than with threads
-    /// inside a run: `sparsity` takes 29 s against 131 s here), one at a
-    /// time on a GPU. The results do not depend on it.
+    /// per core when every run is a small model that trains fastest on one
+    /// thread (the MLP at batch <= 256: `sparsity` takes 29 s this way
+    /// against 131 s one at a time), else one at a time on all cores (the
+    /// Transformer), and one at a time on a GPU. The results do not depend
+    /// on it.
     #[arg(long, default_value = "auto", value_name = "N|auto", requires = "exp")]
     jobs: String,
 
@@ -195,8 +197,14 @@ fn run_exp(
 ) -> Result<()> {
     use std::io::IsTerminal;
     let device = parse_device(device)?;
+    let sets: Vec<(String, String)> = parse_sets(sets)?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let jobs = match jobs {
-        "auto" if device.is_cpu() => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "auto" if device.is_cpu() => {
+            crate::experiment::auto_jobs(exp, &experiments_dir(), quick, &sets)?
+        }
         "auto" => 1,
         n => match n.parse::<usize>() {
             Ok(n) if n >= 1 => n,
@@ -209,10 +217,6 @@ fn run_exp(
         // read it when their thread pools first start, later.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
-    let sets = parse_sets(sets)?
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let opts = crate::experiment::SweepOptions {
         quick,
         sets,

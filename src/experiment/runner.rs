@@ -73,6 +73,26 @@ pub fn output_dir(study_dir: &Path, quick: bool) -> PathBuf {
 }
 
 /// Runs `--exp NAME|PATH` and, unless sharded, writes the report.
+/// `--jobs auto` on the CPU: one run per core when every run of the study
+/// trains fastest on one thread ([`TrainConfig::prefers_one_thread`]),
+/// otherwise one run at a time on all cores. Reads only the study file.
+pub fn auto_jobs(
+    exp: &str,
+    experiments: &Path,
+    quick: bool,
+    sets: &[(String, String)],
+) -> Result<usize> {
+    let (file, _) = resolve(exp, experiments)?;
+    let study = Study::load(&file, quick, sets)?;
+    Ok(
+        if study.grid().iter().all(|r| r.config.prefers_one_thread()) {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        },
+    )
+}
+
 pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepSummary> {
     let start = Instant::now();
     let (file, study_dir) = resolve(exp, experiments)?;
@@ -105,8 +125,9 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         todo.len(),
         dir.display()
     );
+    let jobs = opts.jobs.clamp(1, todo.len().max(1));
     eprintln!(
-        "study {}: {} runs{}, {} already done, {} to run -> {}",
+        "study {}: {} runs{}, {} already done, {} to run ({}) -> {}",
         study.name,
         total,
         opts.shard
@@ -114,6 +135,11 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
             .unwrap_or_default(),
         skipped,
         todo.len(),
+        if jobs == 1 {
+            "one at a time".to_string()
+        } else {
+            format!("{jobs} at a time, one thread each")
+        },
         dir.display()
     );
     let multi = MultiProgress::with_draw_target(if opts.progress {
@@ -127,7 +153,6 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
     for (spec, _) in &todo {
         dataset(&mut data, &spec.config)?;
     }
-    let jobs = opts.jobs.clamp(1, todo.len().max(1));
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize, 0usize));
     let write_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
