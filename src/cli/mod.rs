@@ -59,13 +59,12 @@ struct Cli {
     #[arg(long, value_name = "i/n", requires = "exp")]
     shard: Option<String>,
 
-    /// How many runs of a study to train at once, each on one thread; 1
-    /// trains one run at a time on all cores. `auto` (the default): one run
-    /// per core when every run is a small model that trains fastest on one
-    /// thread (the MLP at batch <= 256: `sparsity` takes 29 s this way
-    /// against 131 s one at a time), else one at a time on all cores (the
-    /// Transformer), and one at a time on a GPU. The results do not depend
-    /// on it.
+    /// How many runs of a study to train at once. `auto` (the default): one
+    /// run per core when every run is a small model that trains fastest on
+    /// one thread (the MLP at batch <= 256: `sparsity` takes 29 s this way),
+    /// else one at a time on all cores (the Transformer), and one at a time
+    /// on a GPU. Small models always get one thread per run. The results do
+    /// not depend on it.
     #[arg(long, default_value = "auto", value_name = "N|auto", requires = "exp")]
     jobs: String,
 
@@ -201,17 +200,19 @@ fn run_exp(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    // Small models train fastest on one thread, so their runs each get one
+    // (and by default run one per core).
+    let small = device.is_cpu()
+        && crate::experiment::small_models_only(exp, &experiments_dir(), quick, &sets)?;
     let jobs = match jobs {
-        "auto" if device.is_cpu() => {
-            crate::experiment::auto_jobs(exp, &experiments_dir(), quick, &sets)?
-        }
+        "auto" if small => std::thread::available_parallelism().map_or(1, |n| n.get()),
         "auto" => 1,
         n => match n.parse::<usize>() {
             Ok(n) if n >= 1 => n,
             _ => bail_usage!("--jobs must be a number of at least 1, or auto; got `{n}`"),
         },
     };
-    if jobs > 1 {
+    if (jobs > 1 || small) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: no other thread exists yet (argument parsing and logging
         // start none), and nothing has read the variable: Candle and rayon
         // read it when their thread pools first start, later.

@@ -7,5 +7,5 @@ pub mod runner;
 pub mod study;
 
 pub use report::write_report;
-pub use runner::{SweepOptions, SweepSummary, auto_jobs, parse_shard, run_study};
+pub use runner::{SweepOptions, SweepSummary, parse_shard, run_study, small_models_only};
 pub use study::{Study, list, resolve};

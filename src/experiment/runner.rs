@@ -73,24 +73,18 @@ pub fn output_dir(study_dir: &Path, quick: bool) -> PathBuf {
 }
 
 /// Runs `--exp NAME|PATH` and, unless sharded, writes the report.
-/// `--jobs auto` on the CPU: one run per core when every run of the study
-/// trains fastest on one thread ([`TrainConfig::prefers_one_thread`]),
-/// otherwise one run at a time on all cores. Reads only the study file.
-pub fn auto_jobs(
+/// Whether every run of the study trains fastest on one thread
+/// ([`TrainConfig::prefers_one_thread`]): then `--jobs auto` runs one per
+/// core. Reads only the study file.
+pub fn small_models_only(
     exp: &str,
     experiments: &Path,
     quick: bool,
     sets: &[(String, String)],
-) -> Result<usize> {
+) -> Result<bool> {
     let (file, _) = resolve(exp, experiments)?;
     let study = Study::load(&file, quick, sets)?;
-    Ok(
-        if study.grid().iter().all(|r| r.config.prefers_one_thread()) {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            1
-        },
-    )
+    Ok(study.grid().iter().all(|r| r.config.prefers_one_thread()))
 }
 
 pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepSummary> {
