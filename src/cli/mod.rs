@@ -186,6 +186,17 @@ fn experiments_dir() -> std::path::PathBuf {
     }
 }
 
+/// Gives each run one thread (Candle's and rayon's pools read
+/// RAYON_NUM_THREADS when they start), unless the user set it. Call before
+/// anything starts a thread or a pool: argument parsing and logging start
+/// none.
+pub(crate) fn one_thread_per_run() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet (see above).
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    }
+}
+
 fn run_exp(
     exp: &str,
     quick: bool,
@@ -212,11 +223,8 @@ fn run_exp(
             _ => bail_usage!("--jobs must be a number of at least 1, or auto; got `{n}`"),
         },
     };
-    if (jobs > 1 || small) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // SAFETY: no other thread exists yet (argument parsing and logging
-        // start none), and nothing has read the variable: Candle and rayon
-        // read it when their thread pools first start, later.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    if jobs > 1 || small {
+        one_thread_per_run();
     }
     let opts = crate::experiment::SweepOptions {
         quick,

@@ -136,13 +136,8 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = build_config(&a)?;
     let device = parse_device(&a.device)?;
-    if device.is_cpu()
-        && cfg.prefers_one_thread()
-        && std::env::var_os("RAYON_NUM_THREADS").is_none()
-    {
-        // SAFETY: no other thread exists yet, and Candle and rayon read the
-        // variable when their thread pools first start, later.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    if device.is_cpu() && cfg.prefers_one_thread() {
+        super::one_thread_per_run();
     }
     let pb = train::progress_bar(0, "train");
     let dataset = cfg.data.load(cfg.seed)?;

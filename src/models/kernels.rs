@@ -145,6 +145,31 @@ simd_fn! {
     }
 }
 
+/// Mean and 1/sqrt(var + eps) of a row (torch's biased variance).
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let inv_d = 1.0 / x.len() as f32;
+    let mu = sum(x) * inv_d;
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().map(|v| (v - mu) * (v - mu)).sum();
+    for c in chunks {
+        for i in 0..LANES {
+            acc[i] += (c[i] - mu) * (c[i] - mu);
+        }
+    }
+    (mu, 1.0 / (combine(acc, rest) * inv_d + eps).sqrt())
+}
+
+simd_fn! {
+    /// [`row_stats`] of every row of `x` (width `d`).
+    pub fn layer_norm_stats(x: &[f32], d: usize, eps: f32, mean: &mut [f32], rstd: &mut [f32]) {
+        for ((xr, m), r) in x.chunks_exact(d).zip(mean.iter_mut()).zip(rstd.iter_mut()) {
+            (*m, *r) = row_stats(xr, eps);
+        }
+    }
+}
+
 simd_fn! {
     /// LayerNorm of rows of `x` (width `w.len()`, torch's biased variance):
     /// writes `out`, and each row's mean and 1/sqrt(var + eps).
@@ -158,22 +183,13 @@ simd_fn! {
         rstd: &mut [f32],
     ) {
         let d = w.len();
-        let inv_d = 1.0 / d as f32;
         for (((xr, yr), m), r) in x
             .chunks_exact(d)
             .zip(out.chunks_exact_mut(d))
             .zip(mean.iter_mut())
             .zip(rstd.iter_mut())
         {
-            let mu = sum(xr) * inv_d;
-            let mut acc = [0f32; LANES];
-            for c in xr.chunks_exact(LANES) {
-                for i in 0..LANES {
-                    acc[i] += (c[i] - mu) * (c[i] - mu);
-                }
-            }
-            let rest: f32 = xr.chunks_exact(LANES).remainder().iter().map(|v| (v - mu) * (v - mu)).sum();
-            let rs = 1.0 / (combine(acc, rest) * inv_d + eps).sqrt();
+            let (mu, rs) = row_stats(xr, eps);
             for j in 0..d {
                 yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
             }
@@ -319,10 +335,11 @@ impl View {
     }
 }
 
-/// Whether to split a matrix product across threads (Candle's setting:
-/// RAYON_NUM_THREADS, else all cores).
+/// Whether to split a matrix product across threads: over the current rayon
+/// pool's threads (RAYON_NUM_THREADS, else all cores), like Candle's own
+/// products, without reading the environment each time.
 pub fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
+    match rayon::current_num_threads() {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     }

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use candle_core::{Tensor, Var};
 
+use super::ops::f32_slice;
 use super::params::{Init, Params};
 
 pub struct Mlp {
@@ -71,8 +72,8 @@ impl candle_core::CustomOp2 for BiasRelu {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let z = cpu_f32(s1, l1)?;
-        let b = cpu_f32(s2, l2)?;
+        let z = f32_slice(s1, l1, self.name())?;
+        let b = f32_slice(s2, l2, self.name())?;
         let mut h = Vec::with_capacity(z.len());
         for row in z.chunks_exact(b.len()) {
             h.extend(row.iter().zip(b).map(|(z, b)| (z + b).max(0.0)));
@@ -96,8 +97,8 @@ impl candle_core::CustomOp2 for ReluBwd {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let dh = cpu_f32(s1, l1)?;
-        let h = cpu_f32(s2, l2)?;
+        let dh = f32_slice(s1, l1, self.name())?;
+        let h = f32_slice(s2, l2, self.name())?;
         let (rows, cols) = l1.shape().dims2()?;
         let mut out = vec![0f32; (rows + 1) * cols];
         let (dz, db) = out.split_at_mut(rows * cols);
@@ -116,16 +117,6 @@ impl candle_core::CustomOp2 for ReluBwd {
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((rows + 1, cols)),
         ))
-    }
-}
-
-fn cpu_f32<'a>(
-    s: &'a candle_core::CpuStorage,
-    l: &candle_core::Layout,
-) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("expected a contiguous f32 tensor"),
     }
 }
 

@@ -1,17 +1,21 @@
-//! Fused CPU kernels, with their backward passes, for the Transformer's
-//! memory-bound parts: causal softmax and LayerNorm.
+//! Causal softmax and LayerNorm as Candle ops with backward passes, for
+//! autograd over the Transformer on the CPU (its evaluation forward, and
+//! the reference the hand-written step is tested against).
 //!
 //! Written as ops over differentiable tensors, these each make several
 //! full-size temporaries per call (the attention scores are B x H x T x T);
-//! here each is one pass forward and one pass backward. The composite
+//! here each is one pass forward and one pass backward, through the same
+//! row kernels as the hand-written step (`kernels.rs`). The composite
 //! versions in `transformer.rs` stay the reference (and the path on other
 //! devices and dtypes); tests check that both agree, values and gradients.
 
+use super::kernels;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail,
 };
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The f32 contents of a contiguous CPU tensor.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("{what}: only f32 is fused");
     };
@@ -40,20 +44,9 @@ impl CustomOp1 for CausalSoftmax {
         if dims.len() < 2 || dims[dims.len() - 2] != t {
             bail!("causal-softmax: the last two dims must be equal, got {dims:?}");
         }
-        let mut y = vec![0f32; x.len()];
-        for (r, (xr, yr)) in x.chunks_exact(t).zip(y.chunks_exact_mut(t)).enumerate() {
-            let n = r % t + 1;
-            let max = xr[..n].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * self.scale;
-            let mut sum = 0f32;
-            for j in 0..n {
-                let e = (xr[j] * self.scale - max).exp();
-                yr[j] = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            for v in &mut yr[..n] {
-                *v *= inv;
-            }
+        let mut y = x.to_vec();
+        for block in y.chunks_exact_mut(t * t) {
+            kernels::causal_softmax_block(block, t, self.scale);
         }
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -86,16 +79,9 @@ impl CustomOp2 for SoftmaxBwd {
         let y = f32_slice(s1, l1, self.name())?;
         let dy = f32_slice(s2, l2, self.name())?;
         let t = *l1.shape().dims().last().expect("rank >= 2");
-        let mut dx = vec![0f32; y.len()];
-        for ((yr, dyr), dxr) in y
-            .chunks_exact(t)
-            .zip(dy.chunks_exact(t))
-            .zip(dx.chunks_exact_mut(t))
-        {
-            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
-            for j in 0..t {
-                dxr[j] = self.scale * yr[j] * (dyr[j] - dot);
-            }
+        let mut dx = dy.to_vec();
+        for (yb, db) in y.chunks_exact(t * t).zip(dx.chunks_exact_mut(t * t)) {
+            kernels::causal_softmax_bwd_block(yb, db, t, self.scale);
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -105,14 +91,6 @@ impl CustomOp2 for SoftmaxBwd {
 #[derive(Clone, Copy)]
 pub struct LayerNormOp {
     pub eps: f32,
-}
-
-/// Mean and 1/sqrt(var + eps) of a row (biased variance, as torch).
-fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let d = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / d;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
-    (mean, 1.0 / (var + eps).sqrt())
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -132,14 +110,10 @@ impl CustomOp3 for LayerNormOp {
         let x = f32_slice(s1, l1, self.name())?;
         let w = f32_slice(s2, l2, self.name())?;
         let b = f32_slice(s3, l3, self.name())?;
-        let d = w.len();
+        let rows = x.len() / w.len();
         let mut y = vec![0f32; x.len()];
-        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for j in 0..d {
-                yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
-            }
-        }
+        let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+        kernels::layer_norm_rows(x, w, b, self.eps, &mut y, &mut mean, &mut rstd);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -188,27 +162,11 @@ impl CustomOp3 for LayerNormBwd {
         let mut out = vec![0f32; (rows + 2) * d];
         let (dx, acc) = out.split_at_mut(rows * d);
         let (dw, db) = acc.split_at_mut(d);
-        let mut xhat = vec![0f32; d];
-        for ((xr, dyr), dxr) in x
-            .chunks_exact(d)
-            .zip(dy.chunks_exact(d))
-            .zip(dx.chunks_exact_mut(d))
-        {
-            let (mean, rstd) = row_stats(xr, self.eps);
-            let (mut s1, mut s2) = (0f32, 0f32);
-            for j in 0..d {
-                xhat[j] = (xr[j] - mean) * rstd;
-                let g = dyr[j] * w[j];
-                s1 += g;
-                s2 += g * xhat[j];
-                dw[j] += dyr[j] * xhat[j];
-                db[j] += dyr[j];
-            }
-            let (m1, m2) = (s1 / d as f32, s2 / d as f32);
-            for j in 0..d {
-                dxr[j] = rstd * (dyr[j] * w[j] - m1 - xhat[j] * m2);
-            }
-        }
+        let mut stats = vec![0f32; 2 * rows + d];
+        let (mean, rest) = stats.split_at_mut(rows);
+        let (rstd, scratch) = rest.split_at_mut(rows);
+        kernels::layer_norm_stats(x, d, self.eps, mean, rstd);
+        kernels::layer_norm_bwd_rows(x, mean, rstd, w, dy, dx, dw, db, scratch);
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, d))))
     }
 }

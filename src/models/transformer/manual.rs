@@ -73,6 +73,12 @@ pub(super) struct Workspace {
     dy: Vec<f32>,
     dqkv: Vec<f32>,
     da: Vec<f32>,
+    /// `[B, H, T, T]`: gradients of one layer's attention scores.
+    datt: Vec<f32>,
+    /// Each row's loss.
+    row_loss: Vec<f64>,
+    /// Partial sums per block of rows (bias, LayerNorm weight gradients).
+    parts: Vec<f32>,
 }
 
 impl Workspace {
@@ -103,6 +109,9 @@ impl Workspace {
             dy: vec![0.0; n * d],
             dqkv: vec![0.0; n * 3 * d],
             da: vec![0.0; n * f],
+            datt: vec![0.0; b * c.heads * t * t],
+            row_loss: vec![0.0; n],
+            parts: vec![],
         }
     }
 }
@@ -222,6 +231,7 @@ fn linear_bwd(
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<&mut [f32]>,
+    parts: &mut Vec<f32>,
 ) {
     assert!(dout.len() == rows * fout && x.len() == rows * fin && dw.len() == fout * fin);
     let par = k::parallelism();
@@ -239,7 +249,7 @@ fn linear_bwd(
             par,
         );
     }
-    col_sums(dout, fout, db);
+    col_sums(dout, fout, db, parts);
     if let Some(dx) = dx {
         assert!(dx.len() == rows * fin);
         // SAFETY: as above.
@@ -260,19 +270,20 @@ fn linear_bwd(
 }
 
 /// Column sums of a row-major matrix with `cols` columns, in a fixed order.
-fn col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
-    let parts: Vec<Vec<f32>> = x
-        .par_chunks(ROWS * cols)
-        .map(|chunk| {
-            let mut s = vec![0f32; cols];
+fn col_sums(x: &[f32], cols: usize, out: &mut [f32], parts: &mut Vec<f32>) {
+    // One partial sum per block of rows, in `parts` (kept across calls).
+    parts.clear();
+    parts.resize(x.len().div_ceil(ROWS * cols) * cols, 0.0);
+    parts
+        .par_chunks_mut(cols)
+        .zip(x.par_chunks(ROWS * cols))
+        .for_each(|(s, chunk)| {
             for row in chunk.chunks_exact(cols) {
-                add_to(&mut s, row);
+                add_to(s, row);
             }
-            s
-        })
-        .collect();
+        });
     out.fill(0.0);
-    for p in &parts {
+    for p in parts.chunks_exact(cols) {
         add_to(out, p);
     }
 }
@@ -295,6 +306,7 @@ fn layer_norm(x: &[f32], w: &[f32], b: &[f32], out: &mut Norm) {
 
 /// Adds LayerNorm's input gradient to `dx`; writes its weight and bias
 /// gradients.
+#[allow(clippy::too_many_arguments)]
 fn layer_norm_bwd(
     x: &[f32],
     norm: &Norm,
@@ -303,28 +315,28 @@ fn layer_norm_bwd(
     dx: &mut [f32],
     dw: &mut [f32],
     db: &mut [f32],
+    parts: &mut Vec<f32>,
 ) {
     let d = w.len();
-    let parts: Vec<Vec<f32>> = x
-        .par_chunks(ROWS * d)
+    // Per block of rows: partial dw, partial db, one scratch row.
+    parts.clear();
+    parts.resize(x.len().div_ceil(ROWS * d) * 3 * d, 0.0);
+    x.par_chunks(ROWS * d)
         .zip(dy.par_chunks(ROWS * d))
         .zip(dx.par_chunks_mut(ROWS * d))
         .zip(norm.mean.par_chunks(ROWS))
         .zip(norm.rstd.par_chunks(ROWS))
-        .map(|((((x, dy), dx), m), r)| {
-            let mut acc = vec![0f32; 3 * d];
-            let (dwb, scratch) = acc.split_at_mut(2 * d);
-            let (pw, pb) = dwb.split_at_mut(d);
+        .zip(parts.par_chunks_mut(3 * d))
+        .for_each(|(((((x, dy), dx), m), r), acc)| {
+            let (pw, rest) = acc.split_at_mut(d);
+            let (pb, scratch) = rest.split_at_mut(d);
             k::layer_norm_bwd_rows(x, m, r, w, dy, dx, pw, pb, scratch);
-            acc.truncate(2 * d);
-            acc
-        })
-        .collect();
+        });
     dw.fill(0.0);
     db.fill(0.0);
-    for p in &parts {
+    for p in parts.chunks_exact(3 * d) {
         add_to(dw, &p[..d]);
-        add_to(db, &p[d..]);
+        add_to(db, &p[d..2 * d]);
     }
 }
 
@@ -408,7 +420,15 @@ fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
 }
 
 /// The backward of [`attention`]: from `dy` (`[N, D]`) to `dqkv`.
-fn attention_bwd(s: Heads, qkv: &[f32], att: &[f32], dy: &[f32], dqkv: &mut [f32]) {
+/// `datt` (the size of `att`) holds the gradients of the scores.
+fn attention_bwd(
+    s: Heads,
+    qkv: &[f32],
+    att: &[f32],
+    dy: &[f32],
+    dqkv: &mut [f32],
+    datt: &mut [f32],
+) {
     s.check(qkv.len(), att.len(), dy.len());
     assert!(dqkv.len() == qkv.len());
     let (t, hd) = (s.t, s.hd);
@@ -416,16 +436,17 @@ fn attention_bwd(s: Heads, qkv: &[f32], att: &[f32], dy: &[f32], dqkv: &mut [f32
     let dst = SharedMut(dqkv.as_mut_ptr());
     let src = Shared(View::rows(qkv, 0, 3 * s.d));
     let dsrc = Shared(View::rows(dy, 0, s.d));
-    att.par_chunks(t * t).enumerate().for_each_init(
-        || vec![0f32; t * t],
-        |dp, (i, p)| {
+    att.par_chunks(t * t)
+        .zip(datt.par_chunks_mut(t * t))
+        .enumerate()
+        .for_each(|(i, (p, dp))| {
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
             let dyv = dsrc.at(s.out(bi, hi));
             let pv = View::rows(p, 0, t);
             let none = gemm::Parallelism::None;
             // SAFETY: this task alone writes head hi's columns of
-            // sequence bi's rows in dqkv, and its own `dp`.
+            // sequence bi's rows in dqkv, and its own block `dp` of datt.
             unsafe {
                 let out = |part: usize| dst.get().add(s.qkv(bi, hi, part));
                 // dV = P^T dY
@@ -438,8 +459,7 @@ fn attention_bwd(s: Heads, qkv: &[f32], att: &[f32], dy: &[f32], dqkv: &mut [f32
                 matmul(t, hd, t, out(0), 3 * s.d, false, ds, kk, none);
                 matmul(t, hd, t, out(1), 3 * s.d, false, ds.t(), q, none);
             }
-        },
-    );
+        });
 }
 
 /// The f32 contents of a contiguous CPU tensor.
@@ -586,26 +606,26 @@ impl Transformer {
         // Loss; the logits become their gradient (0 on rows without a target).
         let counted = y.len();
         let weight = 1.0 / counted as f32;
-        let losses: Vec<f64> = ws
-            .logits
+        ws.logits
             .par_chunks_mut(vocab)
+            .zip(ws.row_loss.par_iter_mut())
             .enumerate()
-            .map(|(r, row)| {
+            .for_each(|(r, (row, out))| {
                 let target = if last_only {
                     (r % t == t - 1).then(|| y[r / t])
                 } else {
                     Some(y[r])
                 };
-                match target {
+                *out = match target {
                     Some(tg) => k::cross_entropy_row(row, tg as usize, weight),
                     None => {
                         row.fill(0.0);
                         0.0
                     }
-                }
-            })
-            .collect();
-        let loss = losses.iter().sum::<f64>() / counted as f64;
+                };
+            });
+        // Summed in row order, whatever the threads.
+        let loss = ws.row_loss.iter().sum::<f64>() / counted as f64;
 
         // Backward.
         let mut g: Vec<Vec<f32>> = p.iter().map(|s| vec![0f32; s.len()]).collect();
@@ -620,17 +640,38 @@ impl Transformer {
             gw,
             gb,
             Some(&mut ws.dn),
+            &mut ws.parts,
         );
         ws.dx.fill(0.0);
         let (gw, gb) = pair(&mut g, top);
-        layer_norm_bwd(&ws.x[nl], &ws.lnf, lnf_w, &ws.dn, &mut ws.dx, gw, gb);
+        layer_norm_bwd(
+            &ws.x[nl],
+            &ws.lnf,
+            lnf_w,
+            &ws.dn,
+            &mut ws.dx,
+            gw,
+            gb,
+            &mut ws.parts,
+        );
         for l in (0..nl).rev() {
             let w = |j: usize| p[Ix::block(l, j)];
             let gi = |j: usize| Ix::block(l, j);
             let a = &ws.layers[l];
             // MLP: x_out = mid + fc_proj(gelu(fc(ln2(mid)))); dx holds d x_out.
             let (gw, gb) = pair(&mut g, gi(FCP_W));
-            linear_bwd(&ws.dx, &a.act, w(FCP_W), n, f, d, gw, gb, Some(&mut ws.da));
+            linear_bwd(
+                &ws.dx,
+                &a.act,
+                w(FCP_W),
+                n,
+                f,
+                d,
+                gw,
+                gb,
+                Some(&mut ws.da),
+                &mut ws.parts,
+            );
             ws.da
                 .par_chunks_mut(ROWS * f)
                 .zip(a.dact.par_chunks(ROWS * f))
@@ -646,13 +687,34 @@ impl Transformer {
                 gw,
                 gb,
                 Some(&mut ws.dn),
+                &mut ws.parts,
             );
             let (gw, gb) = pair(&mut g, gi(LN2_W));
-            layer_norm_bwd(&a.mid, &a.ln2, w(LN2_W), &ws.dn, &mut ws.dx, gw, gb);
+            layer_norm_bwd(
+                &a.mid,
+                &a.ln2,
+                w(LN2_W),
+                &ws.dn,
+                &mut ws.dx,
+                gw,
+                gb,
+                &mut ws.parts,
+            );
             // Attention: mid = x_in + proj(attention(ln1(x_in))); dx holds d mid.
             let (gw, gb) = pair(&mut g, gi(PROJ_W));
-            linear_bwd(&ws.dx, &a.y, w(PROJ_W), n, d, d, gw, gb, Some(&mut ws.dy));
-            attention_bwd(heads, &a.qkv, &a.att, &ws.dy, &mut ws.dqkv);
+            linear_bwd(
+                &ws.dx,
+                &a.y,
+                w(PROJ_W),
+                n,
+                d,
+                d,
+                gw,
+                gb,
+                Some(&mut ws.dy),
+                &mut ws.parts,
+            );
+            attention_bwd(heads, &a.qkv, &a.att, &ws.dy, &mut ws.dqkv, &mut ws.datt);
             let (gw, gb) = pair(&mut g, gi(QKV_W));
             linear_bwd(
                 &ws.dqkv,
@@ -664,9 +726,19 @@ impl Transformer {
                 gw,
                 gb,
                 Some(&mut ws.dn),
+                &mut ws.parts,
             );
             let (gw, gb) = pair(&mut g, gi(LN1_W));
-            layer_norm_bwd(&ws.x[l], &a.ln1, w(LN1_W), &ws.dn, &mut ws.dx, gw, gb);
+            layer_norm_bwd(
+                &ws.x[l],
+                &a.ln1,
+                w(LN1_W),
+                &ws.dn,
+                &mut ws.dx,
+                gw,
+                gb,
+                &mut ws.parts,
+            );
         }
         // Embeddings, in row order.
         for (r, row) in ws.dx.chunks_exact(d).enumerate() {
