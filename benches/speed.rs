@@ -16,16 +16,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use sparsity_lab::data::{Batch, Task};
 use sparsity_lab::models::{MlpConfig, ModelConfig, TransformerConfig};
-use sparsity_lab::optim::{self, OptimizerConfig, RawValue};
+use sparsity_lab::optim::{self, OptimizerConfig};
 use sparsity_lab::rng::Rng;
 
 fn cfg(name: &str, sets: &[(&str, &str)]) -> OptimizerConfig {
-    OptimizerConfig::from_pairs(
-        name,
-        sets.iter()
-            .map(|(k, v)| (*k, RawValue::Text(v.to_string()))),
-    )
-    .unwrap()
+    OptimizerConfig::from_text(name, sets.iter().copied()).unwrap()
 }
 
 fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {

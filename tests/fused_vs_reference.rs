@@ -6,7 +6,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use sparsity_lab::optim::{self, Backend, OptimizerConfig, OptimizerKind, RawValue};
+use sparsity_lab::optim::{self, Backend, OptimizerConfig, OptimizerKind};
 use sparsity_lab::rng::Rng;
 
 fn randn(n: usize, scale: f64, rng: &mut Rng, dtype: DType) -> Tensor {
@@ -58,8 +58,8 @@ fn fused_equals_reference_bit_for_bit_on_large_tensors() {
                 .iter()
                 .chain(reg.iter())
                 .chain(&[("lr", "0.01")])
-                .map(|(k, v)| (*k, RawValue::Text(v.to_string())));
-            let cfg = OptimizerConfig::from_pairs(kind.name(), pairs).unwrap();
+                .copied();
+            let cfg = OptimizerConfig::from_text(kind.name(), pairs).unwrap();
             for dtype in [DType::F32, DType::F64] {
                 let mut rng = Rng::new(9);
                 let init = randn(n, 1.0, &mut rng, dtype);

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use sparsity_lab::data::synthetic::{ModAddConfig, TeacherConfig};
 use sparsity_lab::data::{self, Batch, DataConfig, ImageConfig, Split, Task};
 use sparsity_lab::models::{MlpConfig, ModelConfig, TransformerConfig};
-use sparsity_lab::optim::{OptimizerConfig, RawValue};
+use sparsity_lab::optim::OptimizerConfig;
 use sparsity_lab::train::{self, RunOptions, Status, TrainConfig};
 
 fn shared(rel: &str) -> Option<PathBuf> {
@@ -32,12 +32,7 @@ fn shared(rel: &str) -> Option<PathBuf> {
 }
 
 fn opt(name: &str, sets: &[(&str, &str)]) -> OptimizerConfig {
-    OptimizerConfig::from_pairs(
-        name,
-        sets.iter()
-            .map(|(k, v)| (*k, RawValue::Text(v.to_string()))),
-    )
-    .unwrap()
+    OptimizerConfig::from_text(name, sets.iter().copied()).unwrap()
 }
 
 fn small_teacher() -> DataConfig {

@@ -3,17 +3,12 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use sparsity_lab::optim::{self, OptimizerConfig, OptimizerKind, RawValue};
+use sparsity_lab::optim::{self, OptimizerConfig, OptimizerKind};
 use sparsity_lab::rng::Rng;
 use sparsity_lab::trace::{self, Problem};
 
 fn cfg(name: &str, sets: &[(&str, &str)]) -> OptimizerConfig {
-    OptimizerConfig::from_pairs(
-        name,
-        sets.iter()
-            .map(|(k, v)| (*k, RawValue::Text(v.to_string()))),
-    )
-    .unwrap()
+    OptimizerConfig::from_text(name, sets.iter().copied()).unwrap()
 }
 
 fn trace_lines(

@@ -254,66 +254,49 @@ fn be_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// An IDX3 image file: (count, rows*cols, pixels).
-pub fn read_idx_images(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+/// An IDX file of unsigned bytes whose magic number is `magic` and which has
+/// `ndims` dimensions: the dimensions and the payload. `what` names the kind
+/// of file in errors.
+fn read_idx(path: &Path, what: &str, magic: u32, ndims: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let b = read_maybe_gz(path)?;
     let bad = |why: String| {
         usage(format!(
-            "{} is not an IDX image file: {why}",
+            "{} is not an IDX {what} file: {why}",
             path.display()
         ))
     };
-    if b.len() < 16 {
+    let header = 4 + 4 * ndims;
+    if b.len() < header {
         return Err(bad(format!("only {} bytes", b.len())));
     }
-    if be_u32(&b, 0) != 2051 {
+    if be_u32(&b, 0) != magic {
         return Err(bad(format!(
-            "magic number {} (expected 2051)",
+            "magic number {} (expected {magic})",
             be_u32(&b, 0)
         )));
     }
-    let (n, r, c) = (
-        be_u32(&b, 4) as usize,
-        be_u32(&b, 8) as usize,
-        be_u32(&b, 12) as usize,
-    );
-    if b.len() != 16 + n * r * c {
+    let dims: Vec<usize> = (0..ndims).map(|k| be_u32(&b, 4 + 4 * k) as usize).collect();
+    let need = header + dims.iter().product::<usize>();
+    if b.len() != need {
+        let shape: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
         return Err(bad(format!(
-            "{n}x{r}x{c} images need {} bytes, found {}",
-            16 + n * r * c,
+            "a {} {what} payload needs {need} bytes, found {}",
+            shape.join("x"),
             b.len()
         )));
     }
-    Ok((n, r * c, b[16..].to_vec()))
+    Ok((dims, b[header..].to_vec()))
+}
+
+/// An IDX3 image file: (count, rows*cols, pixels).
+pub fn read_idx_images(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let (d, pixels) = read_idx(path, "image", 2051, 3)?;
+    Ok((d[0], d[1] * d[2], pixels))
 }
 
 /// An IDX1 label file.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    let b = read_maybe_gz(path)?;
-    let bad = |why: String| {
-        usage(format!(
-            "{} is not an IDX label file: {why}",
-            path.display()
-        ))
-    };
-    if b.len() < 8 {
-        return Err(bad(format!("only {} bytes", b.len())));
-    }
-    if be_u32(&b, 0) != 2049 {
-        return Err(bad(format!(
-            "magic number {} (expected 2049)",
-            be_u32(&b, 0)
-        )));
-    }
-    let n = be_u32(&b, 4) as usize;
-    if b.len() != 8 + n {
-        return Err(bad(format!(
-            "{n} labels need {} bytes, found {}",
-            8 + n,
-            b.len()
-        )));
-    }
-    Ok(b[8..].to_vec())
+    Ok(read_idx(path, "label", 2049, 1)?.1)
 }
 
 #[cfg(test)]

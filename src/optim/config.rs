@@ -326,6 +326,20 @@ impl OptimizerConfig {
         Ok(cfg)
     }
 
+    /// As [`from_pairs`](Self::from_pairs), with every value written as
+    /// text (`("lr", "1e-3")`, `("amsgrad", "true")`), as on the command line.
+    pub fn from_text<'a>(
+        name: &str,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        Self::from_pairs(
+            name,
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k, RawValue::Text(v.to_string()))),
+        )
+    }
+
     /// Sets one key. Unknown keys, wrong types and out-of-range values are
     /// usage errors that name the key, the value and what is allowed.
     /// Cross-key rules are checked by [`validate`](Self::validate).

@@ -387,7 +387,7 @@ mod tests {
 
     use super::*;
     use crate::optim::rule::{ParamState, Rule};
-    use crate::optim::{OptimizerConfig, OptimizerKind, RawValue, Regularization};
+    use crate::optim::{OptimizerConfig, OptimizerKind, Regularization};
     use crate::rng::Rng;
 
     /// Compiles the host harness; None (with a SKIPPED line) without g++.
@@ -552,8 +552,8 @@ mod tests {
                         .iter()
                         .chain(reg.iter())
                         .chain(&[("lr", "0.01")])
-                        .map(|(k, v)| (*k, RawValue::Text(v.to_string())));
-                    let cfg = OptimizerConfig::from_pairs(kind.name(), pairs).unwrap();
+                        .copied();
+                    let cfg = OptimizerConfig::from_text(kind.name(), pairs).unwrap();
                     for dtype in [DType::F32, DType::F64] {
                         check(&exe, &cfg, dtype, n);
                     }
