@@ -316,12 +316,11 @@ pub struct View {
 }
 
 impl View {
-    /// A row-major `[rows, cols]` matrix starting at `data[offset]`, with
-    /// row stride `rs`; `.t()` gives its transpose.
-    pub fn rows(data: &[f32], offset: usize, rs: usize) -> Self {
-        assert!(offset <= data.len());
+    /// A row-major matrix starting at `data[0]`, with row stride `rs`;
+    /// `.t()` gives its transpose.
+    pub fn rows(data: &[f32], rs: usize) -> Self {
         Self {
-            ptr: data[offset..].as_ptr(),
+            ptr: data.as_ptr(),
             rs,
             cs: 1,
         }
@@ -476,8 +475,8 @@ mod tests {
                 dst.as_mut_ptr(),
                 n,
                 true,
-                View::rows(&a, 0, k),
-                View::rows(&b, 0, k).t(),
+                View::rows(&a, k),
+                View::rows(&b, k).t(),
                 Parallelism::None,
             )
         };

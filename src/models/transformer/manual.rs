@@ -210,8 +210,8 @@ fn linear(
             out.as_mut_ptr(),
             fout,
             true,
-            View::rows(x, 0, fin),
-            View::rows(w, 0, fin).t(),
+            View::rows(x, fin),
+            View::rows(w, fin).t(),
             k::parallelism(),
         )
     }
@@ -244,8 +244,8 @@ fn linear_bwd(
             dw.as_mut_ptr(),
             fin,
             false,
-            View::rows(dout, 0, fout).t(),
-            View::rows(x, 0, fin),
+            View::rows(dout, fout).t(),
+            View::rows(x, fin),
             par,
         );
     }
@@ -261,8 +261,8 @@ fn linear_bwd(
                 dx.as_mut_ptr(),
                 fin,
                 false,
-                View::rows(dout, 0, fout),
-                View::rows(w, 0, fin),
+                View::rows(dout, fout),
+                View::rows(w, fin),
                 par,
             )
         }
@@ -385,7 +385,7 @@ fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     let (t, hd) = (s.t, s.hd);
     let scale = 1.0 / (hd as f32).sqrt();
     let y_ptr = SharedMut(y.as_mut_ptr());
-    let src = Shared(View::rows(qkv, 0, 3 * s.d));
+    let src = Shared(View::rows(qkv, 3 * s.d));
     att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
         let (bi, hi) = (i / s.h, i % s.h);
         let (q, kk, v) = s.heads_of(src, bi, hi);
@@ -411,7 +411,7 @@ fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
                 y_ptr.get().add(s.out(bi, hi)),
                 s.d,
                 false,
-                View::rows(p, 0, t),
+                View::rows(p, t),
                 v,
                 gemm::Parallelism::None,
             );
@@ -434,8 +434,8 @@ fn attention_bwd(
     let (t, hd) = (s.t, s.hd);
     let scale = 1.0 / (hd as f32).sqrt();
     let dst = SharedMut(dqkv.as_mut_ptr());
-    let src = Shared(View::rows(qkv, 0, 3 * s.d));
-    let dsrc = Shared(View::rows(dy, 0, s.d));
+    let src = Shared(View::rows(qkv, 3 * s.d));
+    let dsrc = Shared(View::rows(dy, s.d));
     att.par_chunks(t * t)
         .zip(datt.par_chunks_mut(t * t))
         .enumerate()
@@ -443,7 +443,7 @@ fn attention_bwd(
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
             let dyv = dsrc.at(s.out(bi, hi));
-            let pv = View::rows(p, 0, t);
+            let pv = View::rows(p, t);
             let none = gemm::Parallelism::None;
             // SAFETY: this task alone writes head hi's columns of
             // sequence bi's rows in dqkv, and its own block `dp` of datt.
@@ -454,7 +454,7 @@ fn attention_bwd(
                 // dP = dY V^T, then through the softmax
                 matmul(t, t, hd, dp.as_mut_ptr(), t, false, dyv, v.t(), none);
                 k::causal_softmax_bwd_block(p, dp, t, scale);
-                let ds = View::rows(dp, 0, t);
+                let ds = View::rows(dp, t);
                 // dQ = dS K, dK = dS^T Q
                 matmul(t, hd, t, out(0), 3 * s.d, false, ds, kk, none);
                 matmul(t, hd, t, out(1), 3 * s.d, false, ds.t(), q, none);
