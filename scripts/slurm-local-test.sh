@@ -3,7 +3,8 @@
 # localhost, from Debian's packages: installs slurm-wlm and munge if needed,
 # starts munged, slurmctld and slurmd, runs the `smoke` study as a 3-task
 # job array plus the report job, and checks that the tables equal those of a
-# plain single-machine run. Needs root (it writes /etc/slurm). Usage:
+# plain single-machine run; then the quick version, whose report must land in
+# its own folder. Needs root (it writes /etc/slurm). Usage:
 #   scripts/slurm-local-test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,19 +39,23 @@ pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 30); do sinfo -h -o %T 2>/dev/null | grep -qE "idle|mixed" && break; sleep 1; done
 sinfo
-# The reference: a plain run into a scratch copy of the study.
+# The reference: a plain run into a scratch folder.
 scratch=$(mktemp -d)
-rm -rf "$root/experiments/smoke"
 cargo build --release --quiet
-"$root/target/release/sparsity-lab" --exp smoke >/dev/null
-cp -r "$root/experiments/smoke" "$scratch/plain"
-rm -rf "$root/experiments/smoke"
-# The same study through Slurm: 3 shards and the report job.
+bin="${CARGO_TARGET_DIR:-$root/target}/release/sparsity-lab"
+"$bin" --exp smoke --out "$scratch/plain" >/dev/null
+# The same study through Slurm: 3 shards and the report job, into results/smoke.
+rm -rf "$root/results/smoke"
 scripts/slurm-study.sh smoke 3
 for _ in $(seq 300); do [ -z "$(squeue -h)" ] && break; sleep 1; done
 squeue
-ls "$root/experiments/smoke/runs" | wc -l | xargs echo "run files:"
-for f in results.md results.csv; do
-  cmp "$scratch/plain/$f" "$root/experiments/smoke/$f" && echo "$f: identical to the plain run"
+ls "$root/results/smoke/runs"/*.json | wc -l | xargs echo "run files:"
+for f in results.md results.csv metrics.csv; do
+  cmp "$scratch/plain/$f" "$root/results/smoke/$f" && echo "$f: identical to the plain run"
 done
+grep -h "reproduction:" "$root"/slurm-logs/sl-smoke-report-*.out | tail -1
+# The quick version goes to its own folder, and so does its report.
+scripts/slurm-study.sh smoke 2 --quick
+for _ in $(seq 300); do [ -z "$(squeue -h)" ] && break; sleep 1; done
+test -f "$root/results/smoke/quick/results.md" && echo "quick: report written to results/smoke/quick"
 echo "slurm: ok"

@@ -13,6 +13,7 @@ pub mod io;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod provenance;
 pub mod rng;
 pub mod trace;
 pub mod train;

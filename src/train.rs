@@ -15,6 +15,7 @@ use crate::data::{self, Batch, Batcher, DataConfig, Dataset, Task};
 use crate::metrics::{self, DeadUnits, DeadUnitsReport, LogHistogram, ModelMeasures};
 use crate::models::{Model, ModelConfig};
 use crate::optim::{self, OptimizerConfig};
+use crate::provenance::Provenance;
 
 /// The learning rate over the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -207,7 +208,10 @@ pub struct RunRecord {
     pub config: TrainConfig,
     pub seed: u64,
     pub device: String,
-    pub data_source: String,
+    /// The data by dataset and split, e.g. `mnist: 60000 training examples,
+    /// held out: test split (10000 examples)`; never a path.
+    #[serde(default)]
+    pub data: String,
     pub params: usize,
     pub optimizer_state_bytes: usize,
     pub steps_done: usize,
@@ -219,6 +223,13 @@ pub struct RunRecord {
     /// Where the run belongs, when it is part of a study.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub study: Option<StudyRun>,
+    /// The code, machine, overrides and data the numbers came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
+    /// The file, beside the record, that holds the final weights
+    /// (safetensors, torch's names, the config in its metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 /// A run's place in a study, so that reports can be rebuilt from the run
@@ -230,8 +241,6 @@ pub struct StudyRun {
     pub label: String,
     /// (task index, optimizer index) in the study file.
     pub order: (usize, usize),
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub git_commit: Option<String>,
 }
 
 /// Options of a run that do not change its numbers.
@@ -372,7 +381,7 @@ pub fn run_on(
         config: cfg.clone(),
         seed: cfg.seed,
         device: device_name(device),
-        data_source: ds.source.clone(),
+        data: ds.description.clone(),
         params: model.params().count(),
         optimizer_state_bytes: opt.state_bytes(),
         steps_done,
@@ -380,8 +389,36 @@ pub fn run_on(
         r#final: final_,
         wall_seconds: start.elapsed().as_secs_f64(),
         study: None,
+        provenance: None,
+        checkpoint: None,
     };
     Ok(Trained { record, model })
+}
+
+/// A run's final weights as a safetensors file: torch's parameter names,
+/// and in the header's metadata the resolved config (`config`, JSON), the
+/// seed, the status, and the run's place in its study.
+pub fn checkpoint_bytes(model: &Model, record: &RunRecord) -> Result<Vec<u8>> {
+    let mut meta = std::collections::HashMap::new();
+    meta.insert(
+        "format".to_string(),
+        "sparsity-lab run checkpoint".to_string(),
+    );
+    meta.insert("config".to_string(), serde_json::to_string(&record.config)?);
+    meta.insert("seed".to_string(), record.seed.to_string());
+    meta.insert(
+        "status".to_string(),
+        serde_json::to_string(&record.status)?
+            .trim_matches('"')
+            .to_string(),
+    );
+    meta.insert("steps_done".to_string(), record.steps_done.to_string());
+    if let Some(s) = &record.study {
+        meta.insert("study".to_string(), s.study.clone());
+        meta.insert("task".to_string(), s.task.clone());
+        meta.insert("label".to_string(), s.label.clone());
+    }
+    model.params().safetensors_bytes(meta)
 }
 
 pub fn device_name(d: &Device) -> String {
@@ -430,6 +467,20 @@ fn weight_measures(model: &Model) -> Result<metrics::Measures> {
     Ok(metrics::Measures::of(&w))
 }
 
+/// The final weight measures of named tensors (in name order) and the
+/// histogram of log10 |w| of the weights (tensors with two or more
+/// dimensions). From a live model or a checkpoint alike.
+pub fn weight_measures_of(named: &[(String, Tensor)]) -> Result<(ModelMeasures, LogHistogram)> {
+    let measures = metrics::measure_tensors(named)?;
+    let weights: Vec<f64> = named
+        .iter()
+        .filter(|(_, t)| t.rank() >= 2)
+        .map(|(_, t)| metrics::values(t))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
+    Ok((measures, LogHistogram::of(&weights, -10.0, 1.0, 0.25)))
+}
+
 fn final_measures(
     cfg: &TrainConfig,
     model: &Model,
@@ -444,14 +495,7 @@ fn final_measures(
         .into_iter()
         .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect();
-    let measures = metrics::measure_tensors(&named)?;
-    let weights: Vec<f64> = named
-        .iter()
-        .filter(|(_, t)| t.rank() >= 2)
-        .map(|(_, t)| metrics::values(t))
-        .collect::<Result<Vec<_>>>()?
-        .concat();
-    let weight_histogram = LogHistogram::of(&weights, -10.0, 1.0, 0.25);
+    let (measures, weight_histogram) = weight_measures_of(&named)?;
     let pruning = prune_curve(model, task, evals, &cfg.prune_fracs)?;
     Ok(Final {
         train_loss,

@@ -1,6 +1,9 @@
 //! Studies end to end: the `smoke` study run twice gives byte-identical
 //! tables; killed half-way and restarted, it redoes only unfinished runs and
-//! ends with the same tables; shards merge; errors are one line.
+//! ends with the same tables; shards merge; two processes share a folder;
+//! the main command reproduces the committed reference without touching it;
+//! overrides keep apart; every run keeps its provenance and checkpoint;
+//! errors are one line.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -8,24 +11,36 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sparsity-lab");
 const SMOKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/smoke.toml");
-/// Longer runs than the shipped smoke study, so that a kill lands between runs.
-const LONGER: [&str; 2] = ["--set", "epochs=40"];
-
-fn fresh(name: &str) -> PathBuf {
+/// A scratch folder with a copy of the smoke study whose runs are `epochs`
+/// long (40: long enough that a kill lands between runs, and that two
+/// processes overlap). Results go to `DIR/smoke/` (see [`exp`]).
+fn fresh_with(name: &str, epochs: usize) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sparsity-lab-study-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(SMOKE, d.join("smoke.toml")).unwrap();
+    let text = std::fs::read_to_string(SMOKE).unwrap();
+    assert!(text.contains("\nepochs = 3\n"));
+    let text = text.replace("\nepochs = 3\n", &format!("\nepochs = {epochs}\n"));
+    std::fs::write(d.join("smoke.toml"), text).unwrap();
     d
 }
 
-fn exp(dir: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(BIN)
-        .arg("--exp")
+fn fresh(name: &str) -> PathBuf {
+    fresh_with(name, 3)
+}
+
+fn exp_command(dir: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--exp")
         .arg(dir.join("smoke.toml"))
-        .args(extra)
-        .output()
-        .unwrap();
+        .arg("--out")
+        .arg(dir.join("smoke"))
+        .args(extra);
+    c
+}
+
+fn exp(dir: &Path, extra: &[&str]) -> Output {
+    let o = exp_command(dir, extra).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o
 }
@@ -45,7 +60,11 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
 /// Every output the report writes, by relative path.
 fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let base = dir.join("smoke");
-    let mut files = vec![base.join("results.md"), base.join("results.csv")];
+    let mut files = vec![
+        base.join("results.md"),
+        base.join("results.csv"),
+        base.join("metrics.csv"),
+    ];
     let mut plots: Vec<PathBuf> = std::fs::read_dir(base.join("plots"))
         .unwrap()
         .flatten()
@@ -65,32 +84,36 @@ fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 /// A run record without the fields that legitimately differ between runs
-/// (wall time, the commit).
+/// (wall time, the provenance: threads and the dirty flag may differ).
 fn measured(path: &Path) -> serde_json::Value {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("wall_seconds");
-    v["study"].as_object_mut().unwrap().remove("git_commit");
+    v.as_object_mut().unwrap().remove("provenance");
     v
 }
 
 #[test]
 fn smoke_twice_is_identical_and_a_killed_sweep_resumes() {
     // Uninterrupted, twice.
-    let a = fresh("a");
-    let first = exp(&a, &LONGER);
+    let a = fresh_with("a", 40);
+    let first = exp(&a, &[]);
     assert!(String::from_utf8_lossy(&first.stdout).contains("6 runs: 0 skipped"));
     let out_a = outputs(&a);
-    assert_eq!(out_a.len(), 5, "results.md, results.csv and three plots");
-    let again = exp(&a, &LONGER);
+    assert_eq!(
+        out_a.len(),
+        6,
+        "results.md, results.csv, metrics.csv and three plots"
+    );
+    let again = exp(&a, &[]);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("6 runs: 6 skipped"),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
     // Rerun from scratch in a second folder: byte-identical tables and plots.
-    let b = fresh("b");
-    exp(&b, &LONGER);
+    let b = fresh_with("b", 40);
+    exp(&b, &[]);
     assert_eq!(
         outputs(&b),
         out_a,
@@ -98,11 +121,8 @@ fn smoke_twice_is_identical_and_a_killed_sweep_resumes() {
     );
 
     // Killed after the first run file appears, then restarted.
-    let c = fresh("c");
-    let mut child = Command::new(BIN)
-        .arg("--exp")
-        .arg(c.join("smoke.toml"))
-        .args(LONGER)
+    let c = fresh_with("c", 40);
+    let mut child = exp_command(&c, &[])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,7 +144,7 @@ fn smoke_twice_is_identical_and_a_killed_sweep_resumes() {
         .iter()
         .map(|p| (p.clone(), std::fs::read(p).unwrap()))
         .collect();
-    let resumed = exp(&c, &LONGER);
+    let resumed = exp(&c, &[]);
     let text = String::from_utf8_lossy(&resumed.stdout);
     assert!(
         text.contains(&format!("6 runs: {} skipped", before.len())),
@@ -272,16 +292,336 @@ fn list_and_bad_input() {
 /// the default (`auto`).
 #[test]
 fn parallel_jobs_give_the_same_outputs() {
-    let one = fresh("jobs1");
-    exp(&one, &["--set", "epochs=40", "--jobs", "1"]);
-    let auto = fresh("jobsauto");
-    exp(&auto, &LONGER);
+    let one = fresh_with("jobs1", 40);
+    exp(&one, &["--jobs", "1"]);
+    let auto = fresh_with("jobsauto", 40);
+    exp(&auto, &[]);
     assert_eq!(outputs(&auto), outputs(&one));
-    let two = fresh("jobs2");
-    let o = exp(&two, &["--set", "epochs=40", "--jobs", "2"]);
+    let two = fresh_with("jobs2", 40);
+    let o = exp(&two, &["--jobs", "2"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("6 done"));
     assert_eq!(outputs(&two), outputs(&one));
     for d in [one, auto, two] {
         std::fs::remove_dir_all(d).unwrap();
     }
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The CPU features recorded in the committed smoke runs, and this machine's
+/// (from a fresh run): the reference is bit-identical only on the same kind
+/// of CPU.
+fn cpu_features(record: &Path) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(record).unwrap()).unwrap();
+    v["provenance"]["cpu_features"].clone()
+}
+
+/// The README's main command, as a new user runs it: `--exp smoke` from a
+/// folder that has no experiments/ of its own uses the shipped study,
+/// trains every run into results/smoke/, prints the reproduction verdict,
+/// and leaves the committed reference untouched; a `--set` run goes to a
+/// folder of its own, named by the overrides, and is not compared.
+#[test]
+fn main_command_trains_compares_and_leaves_the_reference_alone() {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/smoke");
+    let before = tree(&reference);
+    let cwd = fresh("main-command");
+    let o = Command::new(BIN)
+        .args(["--exp", "smoke", "--jobs", "1"])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("6 runs: 0 skipped"), "{out}");
+    let results = cwd.join("results/smoke");
+    let records: Vec<PathBuf> = std::fs::read_dir(results.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(records.len(), 6, "new run files appear");
+    assert!(out.contains("reproduction: "), "{out}");
+    let committed = std::fs::read_dir(reference.join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    if cpu_features(&committed) == cpu_features(&records[0]) {
+        assert!(
+            out.contains("reproduction: identical to the reference"),
+            "same CPU features as the reference, so the tables must be byte-identical: {out}"
+        );
+    } else {
+        eprintln!("NOTE: this CPU's features differ from the reference's; identity not asserted");
+    }
+    // Overrides: their own folder, listed in its study.json; no comparison.
+    let o = Command::new(BIN)
+        .args(["--exp", "smoke", "--set", "epochs=1", "--jobs", "1"])
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("6 runs: 0 skipped"), "{out}");
+    assert!(out.contains("no committed reference"), "{out}");
+    let set_dirs: Vec<PathBuf> = std::fs::read_dir(&results)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("set-epochs-1-")
+        })
+        .collect();
+    assert_eq!(set_dirs.len(), 1, "one folder for the overrides");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(set_dirs[0].join("study.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["set"], serde_json::json!(["epochs=1"]));
+    let set_name = set_dirs[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    assert!(
+        out.contains(&set_name),
+        "the output names the folder: {out}"
+    );
+    // The plain folder's tables were not touched by the --set run.
+    assert_eq!(
+        std::fs::read_dir(results.join("runs")).unwrap().count(),
+        12,
+        "6 records and 6 checkpoints"
+    );
+    assert_eq!(
+        tree(&reference),
+        before,
+        "the committed reference is untouched"
+    );
+    std::fs::remove_dir_all(cwd).unwrap();
+}
+
+/// Each run record has the provenance keys, and a checkpoint beside it that
+/// `measure` reads, with torch's names and the config in its metadata; the
+/// tidy metrics have one row per run and evaluation; `report --remeasure`
+/// recomputes the weight measures from the checkpoints.
+#[test]
+fn runs_keep_provenance_and_checkpoints_and_report_remeasures() {
+    let d = fresh("provenance");
+    exp(&d, &[]);
+    let records = run_files(&d);
+    assert_eq!(records.len(), 6);
+    let mut evaluations = 0;
+    for r in &records {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+        let p = &v["provenance"];
+        for key in [
+            "git_commit",
+            "git_dirty",
+            "rustc",
+            "candle",
+            "cpu",
+            "cpu_features",
+            "threads",
+            "device",
+            "overrides",
+            "data_sha256",
+        ] {
+            assert!(p.get(key).is_some(), "{}: no provenance.{key}", r.display());
+        }
+        assert!(p["rustc"].as_str().unwrap().starts_with("rustc "));
+        assert_eq!(p["data_sha256"].as_str().unwrap().len(), 64);
+        assert!(p["threads"].as_u64().unwrap() >= 1);
+        let text = std::fs::read_to_string(r).unwrap();
+        assert!(
+            !text.contains("/tmp/"),
+            "no absolute path in {}",
+            r.display()
+        );
+        evaluations += v["history"].as_array().unwrap().len();
+        // The checkpoint.
+        let ckpt = r.with_extension("safetensors");
+        assert_eq!(
+            v["checkpoint"].as_str().unwrap(),
+            ckpt.file_name().unwrap().to_str().unwrap()
+        );
+        let bytes = std::fs::read(&ckpt).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(header["__metadata__"]["config"].as_str().unwrap()).unwrap();
+        assert_eq!(config, v["config"]);
+        for name in ["fc0.weight", "fc0.bias", "fc1.weight", "fc1.bias"] {
+            assert!(header.get(name).is_some(), "no {name} in the checkpoint");
+        }
+        let o = Command::new(BIN)
+            .args(["measure", "--json"])
+            .arg(&ckpt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(m["total"]["numel"], v["params"]);
+        assert_eq!(
+            m["total"]["gini"], v["final"]["measures"]["total"]["gini"],
+            "measure on the checkpoint equals the run's own final measure"
+        );
+    }
+    let metrics = std::fs::read_to_string(d.join("smoke/metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + evaluations);
+    assert!(metrics.starts_with("task,optimizer,seed,status,step,"));
+    // Spoil one record's measures; --remeasure restores them from the checkpoint.
+    let tables = outputs(&d);
+    let original = std::fs::read_to_string(&records[0]).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+    v["final"]["measures"]["weights"]["gini"] = serde_json::json!(0.5);
+    v["final"]["measures"]["total"]["l1"] = serde_json::json!(1.0);
+    std::fs::write(
+        &records[0],
+        serde_json::to_string_pretty(&v).unwrap() + "\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .arg("report")
+        .arg(d.join("smoke"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_ne!(outputs(&d), tables, "the spoiled record changes the tables");
+    let o = Command::new(BIN)
+        .args(["report", "--remeasure"])
+        .arg(d.join("smoke"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("of 6 runs"));
+    assert_eq!(std::fs::read_to_string(&records[0]).unwrap(), original);
+    assert_eq!(outputs(&d), tables);
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A folder whose runs of one row differ in a setting is refused, naming
+/// the setting; a foreign JSON in runs/ is skipped with a warning; a
+/// `report --compare` names the cells that differ.
+#[test]
+fn report_refuses_mixed_rows_and_skips_foreign_files() {
+    let d = fresh("mixed");
+    exp(&d, &[]);
+    let tables = outputs(&d);
+    std::fs::write(d.join("smoke/runs/notes.json"), "{\"hello\": 1}\n").unwrap();
+    let o = Command::new(BIN)
+        .arg("report")
+        .arg(d.join("smoke"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("notes.json"));
+    assert_eq!(outputs(&d), tables);
+    // A second 3-epoch folder compared with a 2-epoch one.
+    let e = fresh_with("mixed-2", 2);
+    exp(&e, &[]);
+    let o = Command::new(BIN)
+        .arg("report")
+        .arg(e.join("smoke"))
+        .arg("--compare")
+        .arg(d.join("smoke"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(text.contains("cells differ from the reference"), "{text}");
+    assert!(text.contains("train_loss_mean"), "{text}");
+    // Mix one 2-epoch run into the 3-epoch folder: refused.
+    let two_epoch = run_files(&e)[0].clone();
+    std::fs::copy(
+        &two_epoch,
+        d.join("smoke/runs").join(format!(
+            "x{}",
+            two_epoch.file_name().unwrap().to_string_lossy()
+        )),
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .arg("report")
+        .arg(d.join("smoke"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("mixes configurations") && err.contains("`epochs`"),
+        "{err}"
+    );
+    for dir in [d, e] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Two processes started a second apart on one folder train each run once
+/// between them (a claim per run), and the tables equal a single process's;
+/// temporary files left by a killed process are removed at the next start.
+#[test]
+fn two_processes_share_a_folder() {
+    // Long enough (about 2 s a run) that the second process starts while
+    // the first is still busy.
+    let single = fresh_with("single", 150);
+    exp(&single, &[]);
+    let d = fresh_with("shared", 150);
+    std::fs::create_dir_all(d.join("smoke/runs")).unwrap();
+    // A leftover of a killed process (no process has this pid).
+    let stale = d.join("smoke/.tmp.4000000.results.md");
+    std::fs::write(&stale, "half").unwrap();
+    let first = exp_command(&d, &["--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = exp_command(&d, &["--jobs", "1"]).output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    for o in [&first, &second] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // "6 runs: S skipped (already done), D done, ..."
+    let trained = |o: &Output| -> usize {
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let at = text.find(" done, ").expect("a summary line");
+        text[..at].rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (a, b) = (trained(&first), trained(&second));
+    assert_eq!(a + b, 6, "each run trained once: {a} + {b}");
+    assert!(a > 0 && b > 0, "both processes trained: {a} + {b}");
+    assert!(!stale.exists(), "the stale temporary file is removed");
+    assert_eq!(run_files(&d).len(), 6);
+    // The last to finish wrote the complete tables.
+    assert_eq!(outputs(&d), outputs(&single));
+    std::fs::remove_dir_all(d).unwrap();
+    std::fs::remove_dir_all(single).unwrap();
 }

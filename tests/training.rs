@@ -280,14 +280,14 @@ fn transformer_learns_modular_addition() {
 }
 
 /// MNIST through the real hf-hub loader (an offline cache) and from raw
-/// IDX files give the same data.
+/// IDX files give the same data, bit for bit (the same data digest).
 #[test]
 fn mnist_from_hf_hub_cache_and_idx_agree() {
     let (Some(raw), Some(_)) = (shared("mnist/raw"), shared("mnist/hf-hub-cache/hub")) else {
         return;
     };
     let from_idx = DataConfig::Mnist(ImageConfig {
-        dir: Some(raw),
+        dir: Some(raw.clone()),
         ..Default::default()
     })
     .load(0)
@@ -310,6 +310,7 @@ fn mnist_from_hf_hub_cache_and_idx_agree() {
     let mean = x.mean_all().unwrap().to_scalar::<f32>().unwrap();
     assert!((mean - 0.1307).abs() < 5e-4, "{mean}");
     // The hf-hub path runs in a child process, where HF_HUB_CACHE can be set.
+    let out_dir = std::env::temp_dir().join(format!("sparsity-lab-hub-{}", std::process::id()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
         .args([
             "train",
@@ -321,7 +322,7 @@ fn mnist_from_hf_hub_cache_and_idx_agree() {
             "1",
             "--out",
         ])
-        .arg(std::env::temp_dir().join(format!("sparsity-lab-hub-{}", std::process::id())))
+        .arg(&out_dir)
         .env(
             "HF_HUB_CACHE",
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist/hf-hub-cache/hub"),
@@ -337,6 +338,25 @@ fn mnist_from_hf_hub_cache_and_idx_agree() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("hf-hub ylecun/mnist"), "{stdout}");
+    // The run's data digest is that of the same data read from IDX files.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap();
+    let same_from_idx = DataConfig::Mnist(ImageConfig {
+        dir: Some(raw),
+        train_limit: Some(640),
+        ..Default::default()
+    })
+    .load(0)
+    .unwrap();
+    assert_eq!(
+        record["provenance"]["data_sha256"].as_str().unwrap(),
+        sparsity_lab::provenance::data_sha256(&same_from_idx).unwrap()
+    );
+    assert!(
+        !record.to_string().contains("hf-hub-cache"),
+        "no path in the record"
+    );
+    let _ = std::fs::remove_dir_all(out_dir);
 }
 
 /// The acceptance figures of the training issue, on real MNIST: the MLP

@@ -36,22 +36,31 @@ struct Cli {
     command: Option<Command>,
 
     /// Run a study: a name from experiments/ (e.g. `sparsity`) or a path to a .toml file.
-    /// Results go to experiments/<name>/ (runs/*.json, results.md, results.csv, plots/).
-    /// Runs already recorded there are skipped, so an interrupted study resumes.
+    /// Every run is trained into results/<name>/ (runs/*.json and *.safetensors, results.md,
+    /// results.csv, metrics.csv, plots/), then the tables are compared with the committed
+    /// reference in experiments/<name>/ and a verdict printed. Runs already recorded in the
+    /// results folder are skipped, so an interrupted study resumes.
     #[arg(long, value_name = "NAME|PATH")]
     exp: Option<String>,
+
+    /// The study's results folder (default: results/<name>). --quick and --set runs go to
+    /// sub-folders of it: quick/, set-<overrides>-<hash>/. `--out experiments/<name>` retrains
+    /// into the committed reference (after deleting its runs/ folder).
+    #[arg(long, value_name = "DIR", requires = "exp")]
+    out: Option<std::path::PathBuf>,
 
     /// List the shipped studies.
     #[arg(long)]
     list: bool,
 
-    /// Run the study's small version (its [quick] table) into experiments/<name>/quick/.
+    /// Run the study's small version (its [quick] table) into results/<name>/quick/.
     #[arg(long, requires = "exp")]
     quick: bool,
 
     /// Override a study setting: `epochs=1`, `seeds=[0]`, `data.train_limit=1000`,
     /// `optimizers.0.lr=0.1`, `tasks.1.steps=100`. Keys that are not study-level apply
-    /// to every task. Repeatable.
+    /// to every task. Repeatable. The runs go to a folder of their own,
+    /// results/<name>/set-<overrides>-<hash>/, listed in its study.json.
     #[arg(long = "set", value_name = "KEY=VALUE", requires = "exp")]
     set: Vec<String>,
 
@@ -88,9 +97,22 @@ enum Command {
     /// l1, l2, hoyer and gini; "total" treats all floating-point tensors as one vector.
     Measure(measure::MeasureArgs),
     /// Rebuild a study's tables and plots from its run files (DIR/runs/*.json, all shards).
+    ///
+    /// Writes DIR/results.md, results.csv, metrics.csv (one row per run and evaluation) and
+    /// plots/. Refuses a folder whose runs differ in anything but the seed within one row.
     Report {
-        /// The study's results folder, e.g. experiments/sparsity.
+        /// The study's results folder, e.g. results/sparsity or experiments/sparsity.
         dir: std::path::PathBuf,
+        /// Compare the tables with another results folder (e.g. the committed reference
+        /// experiments/sparsity) and print the verdict: identical, or the cells that differ
+        /// in units of the reference's seed standard deviation.
+        #[arg(long, value_name = "REF")]
+        compare: Option<std::path::PathBuf>,
+        /// First recompute every run's weight measures from its checkpoint
+        /// (runs/*.safetensors), rewriting the records, so that a new measure needs no
+        /// retraining.
+        #[arg(long)]
+        remeasure: bool,
     },
     /// Print an optimizer's path on a test function, one JSON object per step.
     ///
@@ -147,18 +169,17 @@ fn run(cli: Cli) -> Result<()> {
         (Some(Command::Trace(args)), _) => run_trace(args),
         (Some(Command::Train(args)), _) => train::run(*args),
         (Some(Command::Measure(args)), _) => measure::run(args),
-        (Some(Command::Report { dir }), _) => {
-            crate::experiment::write_report(&dir)?;
-            println!(
-                "wrote {}, {} and {}",
-                dir.join("results.md").display(),
-                dir.join("results.csv").display(),
-                dir.join("plots").display()
-            );
-            Ok(())
-        }
+        (
+            Some(Command::Report {
+                dir,
+                compare,
+                remeasure,
+            }),
+            _,
+        ) => run_report(&dir, compare.as_deref(), remeasure),
         (None, Some(exp)) => run_exp(
             &exp,
+            cli.out,
             cli.quick,
             &cli.set,
             cli.shard.as_deref(),
@@ -197,8 +218,44 @@ pub(crate) fn one_thread_per_run() {
     }
 }
 
+fn run_report(
+    dir: &std::path::Path,
+    compare: Option<&std::path::Path>,
+    remeasure: bool,
+) -> Result<()> {
+    if remeasure {
+        let (done, without) = crate::experiment::remeasure(dir)?;
+        println!("recomputed the weight measures of {done} runs from their checkpoints");
+        if without > 0 {
+            println!("{without} finished runs have no checkpoint and were left as they are");
+        }
+    }
+    crate::experiment::write_report(dir)?;
+    println!(
+        "wrote {}, {}, {} and {}",
+        dir.join("results.md").display(),
+        dir.join("results.csv").display(),
+        dir.join("metrics.csv").display(),
+        dir.join("plots").display()
+    );
+    let missing = crate::experiment::missing_runs(dir);
+    if !missing.is_empty() {
+        println!(
+            "{} runs of the study have no record yet (an unfinished shard?): {}",
+            missing.len(),
+            missing.join(", ")
+        );
+    }
+    if let Some(r) = compare {
+        println!("{}", crate::experiment::compare::compare(dir, r)?);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_exp(
     exp: &str,
+    out: Option<std::path::PathBuf>,
     quick: bool,
     sets: &[String],
     shard: Option<&str>,
@@ -233,19 +290,35 @@ fn run_exp(
         device,
         progress: io::stderr().is_terminal(),
         jobs,
+        out,
     };
     let s = crate::experiment::run_study(exp, &experiments_dir(), &opts)?;
     println!(
         "{} runs: {} skipped (already done), {} done, {} diverged, {} failed, in {:.0} s",
         s.total, s.skipped, s.done, s.diverged, s.failed, s.seconds
     );
+    if s.claimed_elsewhere > 0 {
+        println!(
+            "{} runs were left to other processes working in the same folder; the last to finish writes the complete tables",
+            s.claimed_elsewhere
+        );
+    }
     if opts.shard.is_some() {
         println!(
             "shard finished; when every shard is done: sparsity-lab report {}",
             s.dir.display()
         );
-    } else {
-        println!("results: {}", s.dir.join("results.md").display());
+        return Ok(());
+    }
+    println!("results: {}", s.dir.join("results.md").display());
+    match (&s.verdict, &s.reference) {
+        (Some(v), _) => println!("{v}"),
+        (None, Some(_)) => {}
+        (None, None) if !opts.sets.is_empty() => println!(
+            "reproduction: no committed reference for runs with --set overrides (listed in {})",
+            s.dir.join("study.json").display()
+        ),
+        (None, None) => println!("reproduction: no committed reference to compare with"),
     }
     Ok(())
 }

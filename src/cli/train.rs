@@ -8,9 +8,10 @@ use clap::Args;
 use super::{parse_device, parse_sets};
 use crate::bail_usage;
 use crate::data::DataConfig;
-use crate::io::write_json;
+use crate::io::{write_atomic, write_json};
 use crate::models::ModelConfig;
 use crate::optim::OptimizerConfig;
+use crate::provenance::{Machine, data_sha256};
 use crate::train::{self, RunOptions, Schedule, Status, TrainConfig};
 
 #[derive(Args, Debug)]
@@ -144,18 +145,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let opts = RunOptions {
         progress: Some(pb.clone()),
     };
-    let trained = train::run_on(&cfg, &dataset, &device, &opts)?;
+    let mut trained = train::run_on(&cfg, &dataset, &device, &opts)?;
     pb.finish_and_clear();
+    trained.record.provenance =
+        Some(Machine::detect().provenance(&device, &a.set, false, data_sha256(&dataset)?));
+    let weights = a.out.join("model.safetensors");
+    write_atomic(
+        &weights,
+        &train::checkpoint_bytes(&trained.model, &trained.record)?,
+    )?;
+    trained.record.checkpoint = Some("model.safetensors".into());
     let rec = &trained.record;
     write_json(&a.out.join("run.json"), rec)?;
-    let weights = a.out.join("model.safetensors");
-    let tmp = a.out.join(".tmp.model.safetensors");
-    trained.model.params().save_safetensors(&tmp)?;
-    std::fs::rename(&tmp, &weights)?;
     println!(
-        "{} on {}: {} steps in {:.1} s, status {:?}",
+        "{} on {}{}: {} steps in {:.1} s, status {:?}",
         cfg.optimizer.short(),
-        rec.data_source,
+        rec.data,
+        dataset
+            .location
+            .as_deref()
+            .map(|l| format!(" (read from {l})"))
+            .unwrap_or_default(),
         rec.steps_done,
         rec.wall_seconds,
         rec.status

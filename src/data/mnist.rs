@@ -111,11 +111,11 @@ pub fn load(which: Which, cfg: &ImageConfig) -> Result<Dataset> {
         match loaded {
             Ok(ds) => {
                 let train = Split::Examples {
-                    x: ds.train_images,
+                    x: rescaled(&ds.train_images)?,
                     y: ds.train_labels.to_dtype(candle_core::DType::U32)?,
                 };
                 let test = Split::Examples {
-                    x: ds.test_images,
+                    x: rescaled(&ds.test_images)?,
                     y: ds.test_labels.to_dtype(candle_core::DType::U32)?,
                 };
                 break 'found (train, test, format!("hf-hub {id} ({})", cache.display()));
@@ -131,18 +131,28 @@ pub fn load(which: Which, cfg: &ImageConfig) -> Result<Dataset> {
             }
         }
     };
-    let (train, test, source) = match cfg.validation {
+    let (train, test, held_out) = match cfg.validation {
         Some(n) => {
             let (train, val) = super::split_off_last(train, n)?;
             (
                 train,
                 val,
-                format!("{source}, last {n} training examples held out for validation"),
+                format!("validation: the last {n} training examples"),
             )
         }
-        None => (train, test, source),
+        None => (train, test, "test split".to_string()),
     };
     let train = limit_examples(train, cfg.train_limit)?;
+    let description = format!(
+        "{}: {} training examples{}, held out: {} ({} examples)",
+        which.name(),
+        train.len(),
+        cfg.train_limit
+            .map(|_| " (the first of the training split)")
+            .unwrap_or(""),
+        held_out,
+        test.len()
+    );
     info!(
         "{}: {} train, {} test examples from {source}",
         which.name(),
@@ -157,8 +167,26 @@ pub fn load(which: Which, cfg: &ImageConfig) -> Result<Dataset> {
         },
         train,
         test,
-        source,
+        description,
+        location: Some(source),
     })
+}
+
+/// candle-datasets scales pixels as `p * (1/255)`, which differs in the
+/// last bit from the IDX path's `p / 255` for some values: back to the bytes
+/// (exact: every value is within a fraction of an ulp of k/255) and scaled
+/// as the IDX path does, so the same images give the same tensors, the same
+/// data digest and the same training, wherever they were read from.
+fn rescaled(images: &candle_core::Tensor) -> Result<candle_core::Tensor> {
+    let (n, d) = images.dims2()?;
+    let bytes: Vec<u8> = images
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    super::pixels_to_tensor(bytes, n, d)
 }
 
 fn offline() -> bool {

@@ -142,8 +142,12 @@ pub struct Dataset {
     pub task: Task,
     pub train: Split,
     pub test: Split,
-    /// Where the data came from (a path, the hf-hub cache, or "generated").
-    pub source: String,
+    /// What the data is, by dataset and split (no path): it goes into run
+    /// records and tables, which must read the same on every machine.
+    pub description: String,
+    /// Where it was read from (a folder, a file or the hf-hub cache); for
+    /// logs only, never recorded.
+    pub location: Option<String>,
 }
 
 /// A batch on the training device: inputs and integer targets.

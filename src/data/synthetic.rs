@@ -109,7 +109,8 @@ pub fn teacher(c: &TeacherConfig, _run_seed: u64) -> Result<Dataset> {
         },
         train,
         test,
-        source: format!(
+        location: None,
+        description: format!(
             "generated: sparse teacher {}-{}-{}, {:.1}% of its weights exactly zero",
             c.inputs,
             c.hidden,
@@ -171,7 +172,8 @@ pub fn modadd(c: &ModAddConfig, _run_seed: u64) -> Result<Dataset> {
         },
         train: make(&pairs[..n_train])?,
         test: make(&pairs[n_train..])?,
-        source: format!("generated: a + b mod {p}, {n_train} training pairs"),
+        description: format!("generated: a + b mod {p}, {n_train} training pairs"),
+        location: None,
     })
 }
 
@@ -198,7 +200,7 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert!(seen.len() >= 5, "{seen:?}");
-        assert!(a.source.contains("exactly zero"));
+        assert!(a.description.contains("exactly zero"));
     }
 
     #[test]

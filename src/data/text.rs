@@ -73,12 +73,17 @@ pub fn load(c: &TextConfig) -> Result<Dataset> {
         test: Split::Stream {
             tokens: ids[n_train..].to_vec(),
         },
-        source: format!(
-            "{} ({} chars, vocabulary {})",
-            path.display(),
+        description: format!(
+            "text {}: {} characters (vocabulary {}), held out: the last {:.0}% ({} characters)",
+            path.file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default(),
             ids.len(),
-            vocab.len()
+            vocab.len(),
+            100.0 * c.holdout,
+            ids.len() - n_train
         ),
+        location: Some(path.display().to_string()),
     })
 }
 

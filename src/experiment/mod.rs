@@ -1,11 +1,12 @@
 //! Studies: a grid of runs described by a file, one JSON per run, and a
 //! report built from those files alone (after DeepOBS).
 
+pub mod compare;
 pub mod plots;
 pub mod report;
 pub mod runner;
 pub mod study;
 
-pub use report::write_report;
-pub use runner::{SweepOptions, SweepSummary, parse_shard, run_study, small_models_only};
+pub use report::{missing_runs, remeasure, write_report};
+pub use runner::{SweepOptions, SweepSummary, folders, parse_shard, run_study, small_models_only};
 pub use study::{Study, list, resolve};

@@ -1,21 +1,40 @@
 //! `sparsity-lab report DIR`: tables and plots from the run JSONs alone.
 //!
 //! Reads every `DIR/runs/*.json` (all shards), groups runs by task and
-//! optimizer label, and writes `DIR/results.md`, `DIR/results.csv` and
+//! optimizer label, and writes `DIR/results.md`, `DIR/results.csv`,
+//! `DIR/metrics.csv` (one row per run and evaluation, for pandas) and
 //! `DIR/plots/*.svg`. The output depends only on the run files' measured
-//! numbers (never on wall time or file order), so a study run twice gives
-//! byte-identical tables.
+//! numbers (never on wall time, file order, the machine's paths or the
+//! commit), so a study run twice gives byte-identical tables. A row never
+//! averages runs whose configurations differ in anything but the seed: such
+//! a folder is refused. With `--remeasure`, the weight measures are first
+//! recomputed from each run's checkpoint.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use tracing::warn;
 
 use super::plots;
 use crate::bail_usage;
-use crate::io::write_atomic;
+use crate::io::{write_atomic, write_json};
 use crate::train::{RunRecord, Status};
+
+/// What a results folder holds: which study, with which overrides, and the
+/// run files of the full grid (so that `report` can say which are missing).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub study: String,
+    pub quick: bool,
+    /// The `--set` overrides, as given.
+    pub set: Vec<String>,
+    /// The file name of every run of the grid, in grid order.
+    pub runs: Vec<String>,
+}
+
+pub const MANIFEST: &str = "study.json";
 
 /// The runs of one optimizer on one task.
 pub struct Group {
@@ -72,17 +91,41 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
         .collect();
     paths.sort();
     let mut groups: BTreeMap<(usize, usize, String, String), Group> = BTreeMap::new();
+    // The file each group's first run came from, to name both in an error.
+    let mut first_file: BTreeMap<(usize, usize, String, String), std::path::PathBuf> =
+        BTreeMap::new();
+    let mut foreign = vec![];
     for p in paths {
-        let text = std::fs::read_to_string(&p)?;
-        let rec: RunRecord = serde_json::from_str(&text)
-            .with_context(|| format!("report: {} is not a run record", p.display()))?;
-        let Some(s) = rec.study.clone() else {
-            bail_usage!(
-                "report: {} is not part of a study (no `study` field)",
-                p.display()
-            );
+        let text = std::fs::read_to_string(&p)
+            .with_context(|| format!("report: reading {}", p.display()))?;
+        let rec = match serde_json::from_str::<RunRecord>(&text) {
+            Ok(r) if r.study.is_some() => r,
+            Ok(_) => {
+                foreign.push(format!("{} (not part of a study)", p.display()));
+                continue;
+            }
+            Err(e) => {
+                foreign.push(format!("{} ({e})", p.display()));
+                continue;
+            }
         };
+        let s = rec.study.clone().expect("checked above");
         let key = (s.order.0, s.order.1, s.task.clone(), s.label.clone());
+        if let Some(g) = groups.get(&key) {
+            let first = &g.runs[0];
+            if let Some(what) = config_difference(first, &rec) {
+                bail_usage!(
+                    "report: {} mixes configurations in the row `{} / {}`: {} and {} differ in `{what}`; a row averages runs that differ only in the seed, so give each configuration its own folder (a --set run gets one of its own)",
+                    dir.display(),
+                    s.task,
+                    s.label,
+                    first_file[&key].display(),
+                    p.display()
+                );
+            }
+        } else {
+            first_file.insert(key.clone(), p.clone());
+        }
         groups
             .entry(key)
             .or_insert_with(|| Group {
@@ -95,14 +138,135 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
             .runs
             .push(rec);
     }
+    for f in &foreign {
+        warn!("report: skipping {f}: not a run record of a study");
+        eprintln!("warning: report: skipped {f}: not a run record of a study");
+    }
     if groups.is_empty() {
         bail_usage!("report: {} holds no run files", runs_dir.display());
     }
     let mut out: Vec<Group> = groups.into_values().collect();
     for g in &mut out {
         g.runs.sort_by_key(|r| r.seed);
+        let mut seeds: Vec<u64> = g.runs.iter().map(|r| r.seed).collect();
+        seeds.dedup();
+        if seeds.len() != g.runs.len() {
+            bail_usage!(
+                "report: {} holds two runs of `{} / {}` with the same seed; a row takes one run per seed",
+                dir.display(),
+                g.task,
+                g.label
+            );
+        }
     }
     Ok(out)
+}
+
+/// The first setting (a dotted key) in which two runs' configurations
+/// differ, the seed aside.
+fn config_difference(a: &RunRecord, b: &RunRecord) -> Option<String> {
+    let (mut ca, mut cb) = (a.config.clone(), b.config.clone());
+    ca.seed = 0;
+    cb.seed = 0;
+    if ca == cb {
+        return None;
+    }
+    let (va, vb) = (
+        serde_json::to_value(&ca).ok()?,
+        serde_json::to_value(&cb).ok()?,
+    );
+    Some(first_difference(&va, &vb, "").unwrap_or_else(|| "config".into()))
+}
+
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, &path),
+                    _ => Some(path),
+                }
+            })
+        }
+        _ if a == b => None,
+        _ => Some(if at.is_empty() {
+            "config".into()
+        } else {
+            at.into()
+        }),
+    }
+}
+
+/// The runs of the folder's grid that have no record yet, when the folder
+/// has a manifest (written by every sweep).
+pub fn missing_runs(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(dir.join(MANIFEST)) else {
+        return vec![];
+    };
+    let Ok(m) = serde_json::from_str::<Manifest>(&text) else {
+        return vec![];
+    };
+    m.runs
+        .into_iter()
+        .filter(|r| !dir.join("runs").join(r).is_file())
+        .collect()
+}
+
+/// Recomputes each run's final weight measures and weight histogram from its
+/// checkpoint (runs without one are left as they are) and rewrites the
+/// records that change. Returns (recomputed, without a checkpoint).
+pub fn remeasure(dir: &Path) -> Result<(usize, usize)> {
+    let runs_dir = dir.join("runs");
+    let mut paths: Vec<_> = std::fs::read_dir(&runs_dir)
+        .with_context(|| format!("report: reading {}", runs_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p.file_name().unwrap().to_string_lossy().starts_with(".tmp")
+        })
+        .collect();
+    paths.sort();
+    let (mut done, mut without) = (0, 0);
+    for p in paths {
+        let Ok(mut rec) = serde_json::from_str::<RunRecord>(
+            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        ) else {
+            continue;
+        };
+        let (Some(ckpt), Some(fin)) = (rec.checkpoint.clone(), rec.r#final.as_mut()) else {
+            without += usize::from(rec.status == Status::Done);
+            continue;
+        };
+        let path = runs_dir.join(&ckpt);
+        let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
+            .with_context(|| {
+                format!(
+                    "report --remeasure: reading the checkpoint {}",
+                    path.display()
+                )
+            })?;
+        let named: Vec<(String, candle_core::Tensor)> = tensors
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        let (measures, histogram) = crate::train::weight_measures_of(&named)?;
+        if fin.measures != measures || fin.weight_histogram != histogram {
+            fin.measures = measures;
+            fin.weight_histogram = histogram;
+            write_json(&p, &rec)?;
+        }
+        done += 1;
+    }
+    Ok((done, without))
 }
 
 /// Writes results.md, results.csv and the plots. Returns the Markdown.
@@ -111,26 +275,32 @@ pub fn write_report(dir: &Path) -> Result<String> {
     let md = markdown(&groups);
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&groups).as_bytes())?;
+    write_atomic(&dir.join("metrics.csv"), metrics_csv(&groups).as_bytes())?;
     plots::write_all(dir, &groups)?;
     Ok(md)
 }
 
+/// Mean, and the sample sd when there are two or more values.
+type Stat = Option<(f64, Option<f64>)>;
+
 /// A statistic of the finished runs of a group.
-fn stat(g: &Group, f: impl Fn(&RunRecord) -> Option<f64>) -> Option<(f64, f64)> {
+fn stat(g: &Group, f: impl Fn(&RunRecord) -> Option<f64>) -> Stat {
     let xs: Vec<f64> = g.done().filter_map(f).collect();
-    mean_std(&xs)
+    mean_std(&xs).map(|(m, s)| (m, (xs.len() > 1).then_some(s)))
 }
 
-fn pct(v: Option<(f64, f64)>) -> String {
+fn pct(v: Stat) -> String {
     match v {
-        Some((m, s)) => format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s),
+        Some((m, Some(s))) => format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s),
+        Some((m, None)) => format!("{:.2}", 100.0 * m),
         None => "–".into(),
     }
 }
 
-fn num(v: Option<(f64, f64)>, digits: usize) -> String {
+fn num(v: Stat, digits: usize) -> String {
     match v {
-        Some((m, s)) => format!("{m:.digits$} ± {s:.digits$}"),
+        Some((m, Some(s))) => format!("{m:.digits$} ± {s:.digits$}"),
+        Some((m, None)) => format!("{m:.digits$}"),
         None => "–".into(),
     }
 }
@@ -293,7 +463,7 @@ fn prune_fracs(groups: &[&Group]) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-fn prune_stat(g: &Group, i: usize) -> Option<(f64, f64)> {
+fn prune_stat(g: &Group, i: usize) -> Stat {
     stat(g, |r| {
         r.r#final
             .as_ref()
@@ -337,9 +507,10 @@ pub fn markdown(groups: &[Group]) -> String {
         .map(|s| s.study.clone())
         .unwrap_or_default();
     let mut out = format!(
-        "# Study `{study}`\n\nMean ± sample standard deviation over seeds; weights are the tensors with two or more \
+        "# Study `{study}`\n\nMean ± sample standard deviation over seeds (the mean alone for one seed); weights are the tensors with two or more \
          dimensions. Generated by `sparsity-lab report` from the run files in `runs/`.\n\n"
     );
+    out += &provenance_notes(groups);
     for (task, gs) in by_task(groups) {
         let first = gs.iter().flat_map(|g| g.runs.iter()).next().expect("a run");
         let c = &first.config;
@@ -352,7 +523,7 @@ pub fn markdown(groups: &[Group]) -> String {
             out,
             "## {task}\n\n{} on {}, {length}, batch {}, seeds {}.\n",
             c.model.name(),
-            first.data_source,
+            first.data,
             c.batch_size,
             {
                 let mut seeds: Vec<u64> = gs
@@ -452,8 +623,11 @@ pub fn csv(groups: &[Group]) -> String {
         header.push(format!("pruned_{:.0}_acc_std", 100.0 * f));
     }
     let mut out = header.join(",") + "\n";
-    let fmt = |v: Option<(f64, f64)>| match v {
-        Some((m, s)) => [format!("{m:.6}"), format!("{s:.6}")],
+    let fmt = |v: Stat| match v {
+        Some((m, s)) => [
+            format!("{m:.6}"),
+            s.map(|s| format!("{s:.6}")).unwrap_or_default(),
+        ],
         None => [String::new(), String::new()],
     };
     for g in groups {
@@ -476,6 +650,123 @@ pub fn csv(groups: &[Group]) -> String {
     out
 }
 
+/// A note when the runs of one report came from different commits or from
+/// CPUs with different features (which pick different kernels, and so can
+/// change the last bits); nothing when they agree.
+fn provenance_notes(groups: &[Group]) -> String {
+    let mut commits = std::collections::BTreeSet::new();
+    let mut features = std::collections::BTreeSet::new();
+    for r in groups.iter().flat_map(|g| g.runs.iter()) {
+        match &r.provenance {
+            Some(p) => {
+                commits.insert(
+                    p.git_commit
+                        .as_deref()
+                        .map(|c| c[..c.len().min(10)].to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                );
+                features.insert(p.cpu_features.join(" "));
+            }
+            None => {
+                commits.insert("unrecorded".into());
+                features.insert("unrecorded".into());
+            }
+        }
+    }
+    let mut out = String::new();
+    if commits.len() > 1 {
+        let _ = writeln!(
+            out,
+            "**Note:** these runs came from {} commits ({}); see each run's `provenance`.\n",
+            commits.len(),
+            commits.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    if features.len() > 1 {
+        let _ = writeln!(
+            out,
+            "**Note:** these runs came from CPUs with different features ({}), which select different matrix kernels; the last digits may differ.\n",
+            features
+                .into_iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    out
+}
+
+/// One row per run and evaluation (tidy data): the study's place, the
+/// seed, the status, and what was measured at that step.
+pub fn metrics_csv(groups: &[Group]) -> String {
+    let mut thresholds: Vec<String> = groups
+        .iter()
+        .flat_map(|g| g.runs.iter())
+        .flat_map(|r| r.history.iter())
+        .flat_map(|h| h.weights_near_zero_frac.keys().cloned())
+        .collect();
+    thresholds.sort_by(|a, b| {
+        let (x, y) = (a.parse::<f64>(), b.parse::<f64>());
+        match (x, y) {
+            (Ok(x), Ok(y)) => x.total_cmp(&y),
+            _ => a.cmp(b),
+        }
+    });
+    thresholds.dedup();
+    let mut header: Vec<String> = [
+        "task",
+        "optimizer",
+        "seed",
+        "status",
+        "step",
+        "epoch",
+        "lr",
+        "train_loss",
+        "test_loss",
+        "test_acc",
+        "weights_exact_zero",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    header.extend(thresholds.iter().map(|t| format!("weights_near_zero_{t}")));
+    header.push("weights_rel_near_zero".into());
+    let mut out = header.join(",") + "\n";
+    let status = |s: Status| match s {
+        Status::Done => "done",
+        Status::Diverged => "diverged",
+        Status::Failed => "failed",
+    };
+    for g in groups {
+        for r in &g.runs {
+            for h in &r.history {
+                let mut row = vec![
+                    csv_field(&g.task),
+                    csv_field(&g.label),
+                    r.seed.to_string(),
+                    status(r.status).to_string(),
+                    h.step.to_string(),
+                    h.epoch.to_string(),
+                    h.lr.to_string(),
+                    h.train_loss.map(|l| l.to_string()).unwrap_or_default(),
+                    h.test_loss.to_string(),
+                    h.test_acc.to_string(),
+                    h.weights_exact_zero_frac.to_string(),
+                ];
+                row.extend(thresholds.iter().map(|t| {
+                    h.weights_near_zero_frac
+                        .get(t)
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                }));
+                row.push(h.weights_rel_near_zero_frac.to_string());
+                out += &(row.join(",") + "\n");
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,5 +778,26 @@ mod tests {
         let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]).unwrap();
         assert_eq!(m, 2.5);
         assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn one_seed_shows_no_spread() {
+        assert_eq!(pct(Some((0.5, None))), "50.00");
+        assert_eq!(pct(Some((0.5, Some(0.01)))), "50.00 ± 1.00");
+        assert_eq!(num(Some((0.25, None)), 2), "0.25");
+        assert_eq!(pct(None), "–");
+    }
+
+    #[test]
+    fn first_difference_names_the_setting() {
+        let a = serde_json::json!({"epochs": 3, "optimizer": {"lr": 0.1, "name": "sgd"}});
+        let b = serde_json::json!({"epochs": 3, "optimizer": {"lr": 0.2, "name": "sgd"}});
+        assert_eq!(
+            first_difference(&a, &b, "").as_deref(),
+            Some("optimizer.lr")
+        );
+        assert_eq!(first_difference(&a, &a, ""), None);
+        let c = serde_json::json!({"epochs": 3});
+        assert_eq!(first_difference(&a, &c, "").as_deref(), Some("optimizer"));
     }
 }

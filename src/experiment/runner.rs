@@ -1,7 +1,15 @@
 //! Runs a study: expands the grid, skips runs already recorded, trains the
-//! rest one by one, and writes one JSON per run, atomically. A diverged or
-//! failed run is recorded and the sweep goes on. With `--shard i/n` only a
+//! rest, and writes one JSON per run (with its provenance) and one
+//! safetensors checkpoint beside it, each atomically. A diverged or failed
+//! run is recorded and the sweep goes on. With `--shard i/n` only a
 //! deterministic share of the runs is done; `report` merges all shards.
+//!
+//! Fresh results go to their own folder (`results/<study>/` by default,
+//! git-ignored), never into the committed reference (`experiments/<study>/`);
+//! overrides (`--quick`, `--set`) get a folder of their own, so a table never
+//! mixes configurations. Several processes may share a folder: each run is
+//! claimed (`runs/<run>.claim`, created exclusively) before it trains, so
+//! every run is trained once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,17 +17,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Device;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use tracing::{info, warn};
 
-use super::report;
+use super::compare;
+use super::report::{self, MANIFEST, Manifest};
 use super::study::{RunSpec, Study, resolve};
 use crate::bail_usage;
 use crate::data::Dataset;
 use crate::error::is_usage;
-use crate::io::write_json;
+use crate::io::{write_atomic, write_json};
+use crate::provenance::{self, Machine};
 use crate::train::{self, RunOptions, RunRecord, Status, StudyRun, TrainConfig};
 
 /// How to run a study.
@@ -35,6 +45,9 @@ pub struct SweepOptions {
     /// Runs trained at once. With more than one, each run uses one thread
     /// (the caller sets `RAYON_NUM_THREADS=1` before Candle starts).
     pub jobs: usize,
+    /// The results folder of the plain study; `--quick` and `--set` runs go
+    /// to sub-folders of it (see [`output_dir`]). Default: `results/<study>`.
+    pub out: Option<PathBuf>,
 }
 
 /// What a sweep did.
@@ -46,7 +59,14 @@ pub struct SweepSummary {
     pub done: usize,
     pub diverged: usize,
     pub failed: usize,
+    /// Runs of this sweep's share that other processes hold a claim on.
+    pub claimed_elsewhere: usize,
     pub seconds: f64,
+    /// The comparison with the committed reference tables, when there is
+    /// one and the report was written.
+    pub verdict: Option<compare::Verdict>,
+    /// The reference folder, when there is one.
+    pub reference: Option<PathBuf>,
 }
 
 /// Parses `i/n` with 0 <= i < n.
@@ -63,13 +83,30 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
     }
 }
 
-/// The folder the results of a study (or its quick version) go to.
-pub fn output_dir(study_dir: &Path, quick: bool) -> PathBuf {
-    if quick {
-        study_dir.join("quick")
-    } else {
-        study_dir.to_path_buf()
+/// The folder that holds the results of one variant of a study, under the
+/// study's base folder: the base itself for the study as written, `quick/`
+/// with `--quick`, and `set-<what>-<hash>/` (or `quick-set-...`) with
+/// `--set` overrides, named by the overrides so that different settings
+/// never share a folder. The same rule places the committed references
+/// (`experiments/<study>/`, `experiments/<study>/quick/`).
+pub fn output_dir(base: &Path, quick: bool, sets: &[(String, String)]) -> PathBuf {
+    if sets.is_empty() {
+        return if quick {
+            base.join("quick")
+        } else {
+            base.to_path_buf()
+        };
     }
+    let text: Vec<String> = sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let text = text.join("\n");
+    let mut readable = super::study::slug(&text.replace('\n', "_"));
+    readable.truncate(40);
+    let hash = super::study::fnv1a(text.as_bytes()) as u32;
+    base.join(format!(
+        "{}set-{}-{hash:08x}",
+        if quick { "quick-" } else { "" },
+        readable.trim_end_matches('-')
+    ))
 }
 
 /// Runs `--exp NAME|PATH` and, unless sharded, writes the report.
@@ -87,22 +124,65 @@ pub fn small_models_only(
     Ok(study.grid().iter().all(|r| r.config.prefers_one_thread()))
 }
 
+/// The folder a sweep with these options writes to, and the committed
+/// reference to compare it with (none for `--set` runs, or when absent).
+pub fn folders(
+    exp: &str,
+    experiments: &Path,
+    opts: &SweepOptions,
+) -> Result<(PathBuf, Option<PathBuf>)> {
+    let (file, study_dir) = resolve(exp, experiments)?;
+    let stem = file
+        .file_stem()
+        .expect("a study file name")
+        .to_string_lossy()
+        .to_string();
+    let base = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(&stem));
+    let dir = output_dir(&base, opts.quick, &opts.sets);
+    let reference = output_dir(&study_dir, opts.quick, &opts.sets);
+    let reference = (opts.sets.is_empty()
+        && reference.join("results.csv").is_file()
+        && !same_dir(&reference, &dir))
+    .then_some(reference);
+    Ok((dir, reference))
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepSummary> {
     let start = Instant::now();
-    let (file, study_dir) = resolve(exp, experiments)?;
+    let (file, _) = resolve(exp, experiments)?;
     let study = Study::load(&file, opts.quick, &opts.sets)?;
-    let dir = output_dir(&study_dir, opts.quick);
+    let (dir, reference) = folders(exp, experiments, opts)?;
     let runs_dir = dir.join("runs");
-    std::fs::create_dir_all(&runs_dir)?;
+    std::fs::create_dir_all(&runs_dir)
+        .with_context(|| format!("creating the results folder {}", runs_dir.display()))?;
+    clean_stale_temporaries(&dir);
     let grid = study.grid();
     let total = grid.len();
+    let set_list: Vec<String> = opts.sets.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let manifest = Manifest {
+        study: study.name.clone(),
+        quick: opts.quick,
+        set: set_list.clone(),
+        runs: grid.iter().map(|r| r.file_name()).collect(),
+    };
+    write_json(&dir.join(MANIFEST), &manifest)?;
     let mine: Vec<RunSpec> = grid
         .into_iter()
         .enumerate()
         .filter(|(i, _)| opts.shard.is_none_or(|(s, n)| i % n == s))
         .map(|(_, r)| r)
         .collect();
-    let git_commit = git_commit(&file);
+    let machine = Machine::detect();
     let todo: Vec<(RunSpec, PathBuf)> = mine
         .iter()
         .map(|r| (r.clone(), runs_dir.join(r.file_name())))
@@ -142,13 +222,15 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         ProgressDrawTarget::hidden()
     });
     let sweep_bar = multi.add(train::progress_bar(todo.len() as u64, "study"));
-    // Every dataset the runs need, loaded once, before any run starts.
-    let mut data: HashMap<String, Dataset> = HashMap::new();
+    // Every dataset the runs need, loaded once (with its digest), before any
+    // run starts.
+    let mut data: HashMap<String, (Dataset, String)> = HashMap::new();
     for (spec, _) in &todo {
         dataset(&mut data, &spec.config)?;
     }
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize, 0usize));
+    let elsewhere = AtomicUsize::new(0);
     let write_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     // Workers take the next unfinished run until none is left; each run is
     // independent (its own model, optimizer, data order and RNG).
@@ -161,19 +243,33 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
             if write_error.lock().expect("lock").is_some() {
                 break;
             }
+            // Claim the run; skip it if another process holds it or has
+            // finished it since this sweep started.
+            let claim = match Claim::take(path) {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    elsewhere.fetch_add(1, Ordering::SeqCst);
+                    sweep_bar.inc(1);
+                    continue;
+                }
+                Err(e) => {
+                    *write_error.lock().expect("lock") = Some(e);
+                    break;
+                }
+            };
+            if is_finished(path) {
+                drop(claim);
+                sweep_bar.inc(1);
+                continue;
+            }
             sweep_bar.set_message(format!(
                 "{} / {} / seed {}",
                 spec.task, spec.label, spec.seed
             ));
-            let ds = &data[&data_key(&spec.config)];
-            let record = run_one(
-                spec,
-                ds,
-                &opts.device,
-                &run_bar,
-                &study.name,
-                git_commit.clone(),
-            );
+            let (ds, sha) = &data[&data_key(&spec.config)];
+            let (mut record, model) = run_one(spec, ds, &opts.device, &run_bar, &study.name);
+            record.provenance =
+                Some(machine.provenance(&opts.device, &set_list, opts.quick, sha.clone()));
             {
                 let mut c = counts.lock().expect("lock");
                 match record.status {
@@ -189,7 +285,24 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
                     spec.task, spec.label, spec.seed, record.status
                 ));
             }
-            if let Err(e) = write_json(path, &record) {
+            // The checkpoint first: a record on disk means the run is
+            // finished, with everything it keeps.
+            let saved = (|| -> Result<()> {
+                if let Some(model) = &model {
+                    let ckpt = path.with_extension("safetensors");
+                    let bytes = train::checkpoint_bytes(model, &record)?;
+                    write_atomic(&ckpt, &bytes)?;
+                    record.checkpoint = Some(
+                        ckpt.file_name()
+                            .expect("a file name")
+                            .to_string_lossy()
+                            .to_string(),
+                    );
+                }
+                write_json(path, &record)
+            })();
+            drop(claim);
+            if let Err(e) = saved {
                 *write_error.lock().expect("lock") = Some(e);
                 break;
             }
@@ -213,19 +326,155 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         return Err(e);
     }
     let (done, diverged, failed) = counts.into_inner().expect("lock");
-    let summary = SweepSummary {
-        dir: dir.clone(),
+    let claimed_elsewhere = elsewhere.into_inner();
+    let mut verdict = None;
+    if opts.shard.is_none() {
+        // Another process may add a record while this one writes the
+        // report: write it again until the set of records stands still, so
+        // that the last process to finish leaves the complete tables.
+        loop {
+            let before = record_names(&runs_dir);
+            report::write_report(&dir)?;
+            if record_names(&runs_dir) == before {
+                break;
+            }
+        }
+        if let Some(r) = &reference
+            && claimed_elsewhere == 0
+        {
+            verdict = Some(compare::compare(&dir, r)?);
+        }
+    }
+    Ok(SweepSummary {
+        dir,
         total,
         skipped,
         done,
         diverged,
         failed,
+        claimed_elsewhere,
         seconds: start.elapsed().as_secs_f64(),
-    };
-    if opts.shard.is_none() {
-        report::write_report(&dir)?;
+        verdict,
+        reference,
+    })
+}
+
+fn record_names(runs_dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<_> = std::fs::read_dir(runs_dir)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    v.retain(|n| n.to_string_lossy().ends_with(".json"));
+    v.sort();
+    v
+}
+
+/// An exclusive claim on one run, held while it trains: the file
+/// `<run>.claim` beside the run's record, created only if absent, holding
+/// the host and process id. A claim whose process is gone (on this host) is
+/// stale and is taken over; claims of other hosts are respected.
+struct Claim {
+    path: PathBuf,
+}
+
+impl Claim {
+    fn take(run: &Path) -> Result<Option<Claim>> {
+        let path = run.with_extension("claim");
+        let me = format!("{} {}\n", hostname(), std::process::id());
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    f.write_all(me.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    return Ok(Some(Claim { path }));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let held = std::fs::read_to_string(&path).unwrap_or_default();
+                    if !claim_is_stale(&held) {
+                        return Ok(None);
+                    }
+                    warn!(
+                        "{}: stale claim ({}); taking it over",
+                        path.display(),
+                        held.trim()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot write in the results folder: creating {}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        Ok(None)
     }
-    Ok(summary)
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Whether process `pid` of this host is gone.
+fn process_gone(pid: u32) -> bool {
+    pid != std::process::id()
+        && !Path::new(&format!("/proc/{pid}")).exists()
+        && Path::new("/proc/self").exists()
+}
+
+/// A claim (`host pid`) is stale when it names this host and a process that
+/// no longer runs, or cannot be read at all (a half-written claim).
+fn claim_is_stale(text: &str) -> bool {
+    let mut parts = text.split_whitespace();
+    match (
+        parts.next(),
+        parts.next().and_then(|p| p.parse::<u32>().ok()),
+    ) {
+        (Some(host), Some(pid)) => host == hostname() && process_gone(pid),
+        _ => false,
+    }
+}
+
+/// Removes temporary files (`.tmp.<pid>.*`) and stale claims left by killed
+/// processes of this host in a results folder.
+fn clean_stale_temporaries(dir: &Path) {
+    for sub in [dir.to_path_buf(), dir.join("runs"), dir.join("plots")] {
+        let Ok(entries) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let pid = name
+                .strip_prefix(".tmp.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            let stale = match pid {
+                Some(pid) => process_gone(pid),
+                None if name.ends_with(".claim") => {
+                    claim_is_stale(&std::fs::read_to_string(e.path()).unwrap_or_default())
+                }
+                None => false,
+            };
+            if stale {
+                info!("removing {}, left by a killed process", e.path().display());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// A run file that holds a finished run (done or diverged). Failed runs are
@@ -252,13 +501,13 @@ fn data_key(c: &TrainConfig) -> String {
     serde_json::to_string(&c.data).expect("data configs serialize")
 }
 
-fn dataset<'a>(cache: &'a mut HashMap<String, Dataset>, c: &TrainConfig) -> Result<&'a Dataset> {
-    let key = data_key(c);
-    if !cache.contains_key(&key) {
+fn dataset(cache: &mut HashMap<String, (Dataset, String)>, c: &TrainConfig) -> Result<()> {
+    if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(data_key(c)) {
         let ds = c.data.load(c.seed)?;
-        cache.insert(key.clone(), ds);
+        let sha = provenance::data_sha256(&ds)?;
+        slot.insert((ds, sha));
     }
-    Ok(&cache[&key])
+    Ok(())
 }
 
 fn run_one(
@@ -267,8 +516,7 @@ fn run_one(
     device: &Device,
     bar: &ProgressBar,
     study: &str,
-    git: Option<String>,
-) -> RunRecord {
+) -> (RunRecord, Option<crate::models::Model>) {
     let start = Instant::now();
     let opts = RunOptions {
         progress: Some(bar.clone()),
@@ -276,16 +524,22 @@ fn run_one(
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train::run_on(&spec.config, ds, device, &opts)
     }));
-    let mut record = match outcome {
-        Ok(Ok(trained)) => trained.record,
-        Ok(Err(e)) => failed_record(spec, ds, device, crate::error::one_line(&e), is_usage(&e)),
+    let (mut record, model) = match outcome {
+        Ok(Ok(trained)) => (trained.record, Some(trained.model)),
+        Ok(Err(e)) => (
+            failed_record(spec, ds, device, crate::error::one_line(&e), is_usage(&e)),
+            None,
+        ),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            failed_record(spec, ds, device, format!("internal error: {msg}"), false)
+            (
+                failed_record(spec, ds, device, format!("internal error: {msg}"), false),
+                None,
+            )
         }
     };
     record.wall_seconds = start.elapsed().as_secs_f64();
@@ -294,9 +548,8 @@ fn run_one(
         task: spec.task.clone(),
         label: spec.label.clone(),
         order: spec.order,
-        git_commit: git,
     });
-    record
+    (record, model)
 }
 
 fn failed_record(
@@ -320,7 +573,7 @@ fn failed_record(
         config: spec.config.clone(),
         seed: spec.seed,
         device: train::device_name(device),
-        data_source: ds.source.clone(),
+        data: ds.description.clone(),
         params: 0,
         optimizer_state_bytes: 0,
         steps_done: 0,
@@ -328,25 +581,9 @@ fn failed_record(
         r#final: None,
         wall_seconds: 0.0,
         study: None,
+        provenance: None,
+        checkpoint: None,
     }
-}
-
-/// The commit of the repository holding the study file, if any.
-fn git_commit(file: &Path) -> Option<String> {
-    let dir = file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["rev-parse", "HEAD"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 #[cfg(test)]
@@ -360,5 +597,66 @@ mod tests {
         for bad in ["4/4", "1", "a/b", "0/0", "-1/2"] {
             assert!(parse_shard(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_variant_has_its_own_folder() {
+        let base = Path::new("results/s");
+        let set = |kv: &[(&str, &str)]| -> Vec<(String, String)> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(output_dir(base, false, &[]), base);
+        assert_eq!(output_dir(base, true, &[]), base.join("quick"));
+        let a = output_dir(base, false, &set(&[("epochs", "10")]));
+        let name = a.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.starts_with("set-epochs-10-"), "{name}");
+        assert_eq!(name.len(), "set-epochs-10-".len() + 8, "{name}");
+        // Different overrides, order, or --quick: different folders.
+        let b = output_dir(base, false, &set(&[("epochs", "11")]));
+        let c = output_dir(base, true, &set(&[("epochs", "10")]));
+        let d = output_dir(base, false, &set(&[("epochs", "10"), ("seeds", "[0]")]));
+        let e = output_dir(base, false, &set(&[("seeds", "[0]"), ("epochs", "10")]));
+        let all = [&a, &b, &c, &d, &e];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+        assert!(
+            c.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("quick-set-")
+        );
+        // Long overrides give a bounded name.
+        let long = output_dir(base, false, &set(&[("description", &"x".repeat(500))]));
+        assert!(long.file_name().unwrap().len() < 60);
+    }
+
+    #[test]
+    fn claims_are_exclusive_and_stale_ones_are_taken_over() {
+        let dir = std::env::temp_dir().join(format!("sparsity-lab-claim-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = dir.join("r.json");
+        let first = Claim::take(&run).unwrap().expect("free");
+        assert!(Claim::take(&run).unwrap().is_none(), "held by this process");
+        drop(first);
+        assert!(!run.with_extension("claim").exists(), "released on drop");
+        // A claim by a process of this host that no longer runs.
+        std::fs::write(
+            run.with_extension("claim"),
+            format!("{} 4000000\n", hostname()),
+        )
+        .unwrap();
+        assert!(
+            Claim::take(&run).unwrap().is_some(),
+            "stale claim taken over"
+        );
+        // A claim by another host is respected.
+        std::fs::write(run.with_extension("claim"), "another-host 1\n").unwrap();
+        assert!(Claim::take(&run).unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

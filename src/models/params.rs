@@ -5,7 +5,6 @@
 //! device: the same seed gives the same weights on every device.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor, Var};
@@ -96,13 +95,18 @@ impl Params {
         Ok(())
     }
 
-    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let map: std::collections::HashMap<String, Tensor> = self
+    /// The parameters as a safetensors file (torch's names), with
+    /// `metadata` (string pairs) in its header.
+    pub fn safetensors_bytes(
+        &self,
+        metadata: std::collections::HashMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        let tensors: Vec<(&str, &Tensor)> = self
             .vars
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .map(|(k, v)| (k.as_str(), v.as_tensor()))
             .collect();
-        candle_core::safetensors::save(&map, path)
-            .with_context(|| format!("writing {}", path.display()))
+        safetensors::serialize(tensors, Some(metadata))
+            .map_err(|e| anyhow::anyhow!("serialising the checkpoint: {e}"))
     }
 }
