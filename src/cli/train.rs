@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use super::{parse_device, parse_sets};
@@ -136,6 +136,8 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = build_config(&a)?;
     let device = parse_device(&a.device)?;
+    // Before any training: a folder that cannot be written is found now.
+    crate::io::check_writable(&a.out, "--out")?;
     if device.is_cpu() && cfg.prefers_one_thread() {
         super::one_thread_per_run();
     }
@@ -151,7 +153,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let weights = a.out.join("model.safetensors");
     let tmp = a.out.join(".tmp.model.safetensors");
     trained.model.params().save_safetensors(&tmp)?;
-    std::fs::rename(&tmp, &weights)?;
+    std::fs::rename(&tmp, &weights)
+        .with_context(|| format!("renaming to {}", weights.display()))?;
     println!(
         "{} on {}: {} steps in {:.1} s, status {:?}",
         cfg.optimizer.short(),
