@@ -71,6 +71,12 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+        // Errors name the path: here a parent that is a file.
+        let under_file = p.join("y.json");
+        let err = format!("{:#}", write_atomic(&under_file, b"x").unwrap_err());
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        let err = format!("{:#}", check_writable(&under_file, "--out").unwrap_err());
+        assert!(err.contains("--out") && err.contains("y.json"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

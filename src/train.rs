@@ -513,7 +513,14 @@ pub fn run_on(
         let batch = batcher.next(&ds.train)?;
         let (l, grads) = model.loss_and_grads(&ds.task, &batch)?;
         if !l.is_finite() {
-            warn!("step {}: loss is {l}; the run diverged", t + 1);
+            warn!(
+                "{} on {}, {}, seed {}: step {}: loss is {l}; the run diverged",
+                cfg.model.name(),
+                ds.name,
+                cfg.optimizer.short(),
+                cfg.seed,
+                t + 1
+            );
             status = Status::Diverged;
             break;
         }
@@ -546,7 +553,13 @@ pub fn run_on(
         match f.first_non_finite() {
             None => Some(f),
             Some(what) => {
-                warn!("the final {what} is not finite; the run is recorded as diverged");
+                warn!(
+                    "{} on {}, {}, seed {}: the final {what} is not finite; the run is recorded as diverged",
+                    cfg.model.name(),
+                    ds.name,
+                    cfg.optimizer.short(),
+                    cfg.seed
+                );
                 status = Status::Diverged;
                 error = Some(format!(
                     "the final {what} is not finite; no final result is recorded"
@@ -825,6 +838,43 @@ mod tests {
         assert!(msg.contains("--context 99"), "{msg}");
         assert!(usage_msg(c.check_data(&ds(100, 900))).contains("context 100"));
         assert!(usage_msg(c.check_data(&ds(900, 0))).contains("held-out"));
+    }
+
+    #[test]
+    fn a_non_finite_final_measure_is_named() {
+        let m = metrics::Measures::of(&[1.0, 2.0]);
+        let mut f = Final {
+            train_loss: 0.5,
+            test_loss: 0.4,
+            test_acc: 0.9,
+            measures: ModelMeasures {
+                tensors: Default::default(),
+                weights: m.clone(),
+                biases: m.clone(),
+                total: m,
+            },
+            dead_units: None,
+            pruning: vec![PrunePoint {
+                frac: 0.5,
+                test_acc: 0.8,
+                test_loss: 0.6,
+            }],
+            weight_histogram: LogHistogram::of(&[], -1.0, 1.0, 1.0),
+        };
+        assert_eq!(f.first_non_finite(), None);
+        f.pruning[0].test_loss = f64::INFINITY;
+        assert_eq!(
+            f.first_non_finite().as_deref(),
+            Some("test loss at 50% pruned")
+        );
+        f.test_loss = f64::NAN;
+        assert_eq!(f.first_non_finite().as_deref(), Some("test loss"));
+        f.measures.weights = metrics::Measures::of(&[f64::NAN]);
+        assert!(
+            f.first_non_finite()
+                .unwrap()
+                .contains("values of the weights")
+        );
     }
 
     #[test]

@@ -220,8 +220,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     if rec.status == Status::Diverged {
         eprintln!(
-            "warning: the run diverged (non-finite loss) after {} steps",
-            rec.steps_done
+            "warning: the run diverged after {} steps: {}",
+            rec.steps_done,
+            rec.error.as_deref().unwrap_or("non-finite loss")
         );
     }
     Ok(())
