@@ -529,6 +529,22 @@ seeds = [0]
         assert!(format!("{:?}", s.tasks[0].data).contains("train_size: 77"));
     }
 
+    /// The checks refuse nothing that the shipped studies do.
+    #[test]
+    fn every_shipped_study_passes_the_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let names = list(&dir).unwrap();
+        assert!(names.len() >= 4, "{names:?}");
+        for name in names {
+            let file = dir.join(format!("{name}.toml"));
+            for quick in [false, true] {
+                if let Err(e) = Study::load(&file, quick, &[]) {
+                    panic!("{name} (quick {quick}): {e:#}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn errors_name_the_file_and_the_key() {
         let p = write(STUDY);
