@@ -18,8 +18,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        f.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
         Ok(())
     })();
@@ -27,6 +29,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Makes sure files can be written into `dir` before any work is done:
+/// creates it and a probe file there, then removes the probe. The error, a
+/// usage error, names the folder and the flag (`what`, e.g. `--out`).
+pub fn check_writable(dir: &Path, what: &str) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        crate::error::usage(format!(
+            "{what} {}: cannot write there ({e}); choose a writable folder",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".tmp.{}.probe", std::process::id()));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Pretty JSON, written atomically, with a final newline.
@@ -52,6 +71,12 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+        // Errors name the path: here a parent that is a file.
+        let under_file = p.join("y.json");
+        let err = format!("{:#}", write_atomic(&under_file, b"x").unwrap_err());
+        assert!(err.contains(&p.display().to_string()), "{err}");
+        let err = format!("{:#}", check_writable(&under_file, "--out").unwrap_err());
+        assert!(err.contains("--out") && err.contains("y.json"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -75,12 +75,17 @@ struct Line<T> {
     step: usize,
     params: Vec<T>,
     loss: T,
+    /// Present (true) only on the line whose loss is not finite.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    diverged: bool,
 }
 
 /// Runs `steps` updates and writes `steps + 1` lines: step 0 is the start.
 /// Each line holds the parameters after `step` updates and the loss there.
 /// f32 values are printed as the shortest decimal that reads back to the
-/// same f32.
+/// same f32. A non-finite loss ends the trace: its line carries
+/// `"diverged": true` (and `"loss": null`), and the result is an error that
+/// names the step.
 pub fn run(
     cfg: &OptimizerConfig,
     problem: Problem,
@@ -94,20 +99,29 @@ pub fn run(
     let mut opt = optim::build(cfg, vec![("theta".into(), theta.clone())])?;
     for step in 0..=steps {
         let loss = problem.loss(theta.as_tensor())?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let diverged = !value.is_finite();
         let line = if dtype == DType::F32 {
             serde_json::to_string(&Line {
                 step,
                 params: theta.as_tensor().to_vec1::<f32>()?,
                 loss: loss.to_scalar::<f32>()?,
+                diverged,
             })?
         } else {
             serde_json::to_string(&Line {
                 step,
                 params: theta.as_tensor().to_vec1::<f64>()?,
                 loss: loss.to_scalar::<f64>()?,
+                diverged,
             })?
         };
         writeln!(out, "{line}")?;
+        if diverged {
+            anyhow::bail!(
+                "trace diverged at step {step} (non-finite loss: {value}); lower the learning rate (--set lr=...)"
+            );
+        }
         if step < steps {
             opt.backward_step(&loss)?;
         }

@@ -11,11 +11,36 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::bail_usage;
-use crate::data::{self, Batch, Batcher, DataConfig, Dataset, Task};
+use crate::data::{self, Batch, Batcher, DataConfig, Dataset, Split, Task};
 use crate::metrics::{self, DeadUnits, DeadUnitsReport, LogHistogram, ModelMeasures};
 use crate::models::{Model, ModelConfig};
 use crate::optim::{self, OptimizerConfig};
 use crate::provenance::Provenance;
+
+/// Available memory in bytes, from /proc/meminfo (Linux).
+fn mem_available() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
+}
+
+fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", UNITS[i])
+}
+
+/// Reads a number that a record may hold as `null` (serde_json writes NaN
+/// and infinities so) back as NaN, so that no record is unreadable.
+pub fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
 
 /// The learning rate over the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -133,7 +158,110 @@ impl TrainConfig {
         {
             bail_usage!("schedule.min_lr_frac must be in [0, 1], got {min_lr_frac}");
         }
-        self.optimizer.validate()
+        if self.eval_windows == 0 {
+            bail_usage!("eval_windows must be > 0, got 0");
+        }
+        self.model.validate()?;
+        self.data.validate()?;
+        self.check_model_fits_data()?;
+        self.optimizer.validate()?;
+        let (task, data_bytes) = self.data.estimate();
+        self.check_memory(&task, data_bytes)
+    }
+
+    /// Checks the settings against the loaded data, before any training:
+    /// both splits non-empty, a text window of `context + 1` tokens in each
+    /// split, sequences that fit the context, and the memory the run needs
+    /// with the data's real sizes. Every error is a usage error that names
+    /// the setting to change. [`run_on`] calls it first; a sweep can call it
+    /// as soon as the data is loaded.
+    pub fn check_data(&self, ds: &Dataset) -> Result<()> {
+        let name = &ds.name;
+        let source = ds.location.as_deref().unwrap_or(&ds.description);
+        if ds.train.is_empty() {
+            bail_usage!("{name}: the training split is empty ({source}); nothing to train on");
+        }
+        if ds.test.is_empty() {
+            bail_usage!(
+                "{name}: the held-out split is empty ({source}); a run needs held-out data to report a result"
+            );
+        }
+        if let (Split::Stream { tokens: train }, Split::Stream { tokens: test }) =
+            (&ds.train, &ds.test)
+        {
+            let c = self.context();
+            let need = c.saturating_add(1);
+            if train.len() < need || test.len() < need {
+                let most = train.len().min(test.len()).saturating_sub(1);
+                bail_usage!(
+                    "{name}: context {c} needs windows of {need} characters in each split, but {source} has {} for training and {} held out; use --context {most} or less, or a longer text",
+                    train.len(),
+                    test.len()
+                );
+            }
+        }
+        if let (Task::LastToken { len, .. }, ModelConfig::Transformer(t)) = (&ds.task, &self.model)
+            && *len > t.context
+        {
+            bail_usage!(
+                "transformer: context {} is shorter than the {name} sequences ({len}); use --context {len} or more",
+                t.context
+            );
+        }
+        self.check_memory(&ds.task, 0.0)
+    }
+
+    /// The model's kind must suit the data's task.
+    fn check_model_fits_data(&self) -> Result<()> {
+        let ok = matches!(
+            (&self.model, &self.data),
+            (
+                ModelConfig::Mlp(_),
+                DataConfig::Mnist(_) | DataConfig::FashionMnist(_) | DataConfig::Teacher(_)
+            ) | (
+                ModelConfig::Transformer(_),
+                DataConfig::Modadd(_) | DataConfig::Text(_)
+            )
+        );
+        if !ok {
+            bail_usage!(
+                "model `{}` cannot learn `{}`; use mlp for mnist, fashion-mnist and teacher, transformer for text and modadd",
+                self.model.name(),
+                self.data.name()
+            );
+        }
+        Ok(())
+    }
+
+    /// Refuses a run whose parameters, gradients, optimizer state, final
+    /// measures, activations and data would not fit in the memory available
+    /// now (MemAvailable in /proc/meminfo; no check where it is absent).
+    fn check_memory(&self, task: &Task, data_bytes: f64) -> Result<()> {
+        let Some(available) = mem_available() else {
+            return Ok(());
+        };
+        let params = self.model.param_count(task);
+        let eval_rows = 1000.max(self.batch_size);
+        let eval_rows = if matches!(task, Task::NextToken { .. }) {
+            eval_rows.min(self.eval_windows)
+        } else {
+            eval_rows
+        };
+        let rows = self.batch_size.max(eval_rows);
+        // f32 parameters, gradients, up to three state tensors and the
+        // pruning snapshot; the final measures hold four f64 copies.
+        let bytes = params * (4.0 * 6.0 + 8.0 * 4.0)
+            + 4.0 * self.model.activation_count(task, rows)
+            + data_bytes;
+        if bytes > available {
+            bail_usage!(
+                "this run needs about {} of memory ({:.3e} parameters with gradients and optimizer state, plus activations and data) but {} is available; use smaller sizes (--hidden, --d-model, --layers, --context, --batch-size or the data's size)",
+                human_bytes(bytes),
+                params,
+                human_bytes(available)
+            );
+        }
+        Ok(())
     }
 
     /// Whether one thread trains this run faster than all cores: the MLP at
@@ -165,31 +293,79 @@ pub enum Status {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalPoint {
     pub step: usize,
+    #[serde(deserialize_with = "nan_from_null")]
     pub epoch: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub lr: f64,
     /// Mean training loss since the previous evaluation (none at step 0).
     pub train_loss: Option<f64>,
+    #[serde(deserialize_with = "nan_from_null")]
     pub test_loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub test_acc: f64,
     /// Weight-level sparsity of the weights (tensors with >= 2 dims) now.
+    #[serde(deserialize_with = "nan_from_null")]
     pub weights_exact_zero_frac: f64,
     pub weights_near_zero_frac: std::collections::BTreeMap<String, f64>,
+    #[serde(deserialize_with = "nan_from_null")]
     pub weights_rel_near_zero_frac: f64,
+}
+
+impl Final {
+    /// The name of the first measure that is NaN or infinite, if any.
+    pub fn first_non_finite(&self) -> Option<String> {
+        let mut named: Vec<(String, f64)> = vec![
+            ("train loss".into(), self.train_loss),
+            ("test loss".into(), self.test_loss),
+            ("test accuracy".into(), self.test_acc),
+        ];
+        for (group, m) in [
+            ("weights", &self.measures.weights),
+            ("biases", &self.measures.biases),
+            ("total", &self.measures.total),
+        ] {
+            if m.nonfinite > 0 {
+                return Some(format!(
+                    "values of the {group} ({} NaN or infinite)",
+                    m.nonfinite
+                ));
+            }
+            for (k, v) in [("L1", m.l1), ("L2", m.l2)] {
+                named.push((format!("{k} of the {group}"), v));
+            }
+        }
+        for p in &self.pruning {
+            named.push((
+                format!("test loss at {}% pruned", 100.0 * p.frac),
+                p.test_loss,
+            ));
+        }
+        named
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(k, _)| k)
+    }
 }
 
 /// Held-out accuracy with a fraction of the weights removed by magnitude.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrunePoint {
+    #[serde(deserialize_with = "nan_from_null")]
     pub frac: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub test_acc: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub test_loss: f64,
 }
 
 /// The end of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Final {
+    #[serde(deserialize_with = "nan_from_null")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub test_loss: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub test_acc: f64,
     pub measures: ModelMeasures,
     /// For ReLU models only.
@@ -219,6 +395,7 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#final: Option<Final>,
     /// Wall time of the whole run (training, evaluations, final measures).
+    #[serde(deserialize_with = "nan_from_null")]
     pub wall_seconds: f64,
     /// Where the run belongs, when it is part of a study.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,16 +449,20 @@ pub fn run_on(
     opts: &RunOptions,
 ) -> Result<Trained> {
     cfg.validate()?;
+    cfg.check_data(ds)?;
     let start = Instant::now();
     let model = cfg.model.build(&ds.task, cfg.seed, DType::F32, device)?;
     let mut opt = optim::build(&cfg.optimizer, model.named_params())?;
     let mut batcher = Batcher::new(&ds.train, cfg.batch_size, cfg.context(), cfg.seed, device)?;
     let per_epoch = batcher.steps_per_epoch(&ds.train);
     let total = match (cfg.epochs, cfg.steps) {
-        (Some(e), _) => e * per_epoch,
+        (Some(e), _) => e.saturating_mul(per_epoch),
         (_, Some(s)) => s,
         _ => unreachable!("validated"),
     };
+    if total == 0 {
+        bail_usage!("the run has 0 steps to train; give --steps or --epochs of at least 1");
+    }
     let eval_every = cfg.eval_every.unwrap_or(if cfg.epochs.is_some() {
         per_epoch
     } else {
@@ -337,7 +518,14 @@ pub fn run_on(
         let batch = batcher.next(&ds.train)?;
         let (l, grads) = model.loss_and_grads(&ds.task, &batch)?;
         if !l.is_finite() {
-            warn!("step {}: loss is {l}; the run diverged", t + 1);
+            warn!(
+                "{} on {}, {}, seed {}: step {}: loss is {l}; the run diverged",
+                cfg.model.name(),
+                ds.name,
+                cfg.optimizer.short(),
+                cfg.seed,
+                t + 1
+            );
             status = Status::Diverged;
             break;
         }
@@ -364,20 +552,32 @@ pub fn run_on(
             }
         }
     }
+    let mut error = None;
     let final_ = if status == Status::Done {
-        Some(final_measures(
-            cfg,
-            &model,
-            &ds.task,
-            &evals,
-            last_train_loss,
-        )?)
+        let f = final_measures(cfg, &model, &ds.task, &evals, last_train_loss)?;
+        match f.first_non_finite() {
+            None => Some(f),
+            Some(what) => {
+                warn!(
+                    "{} on {}, {}, seed {}: the final {what} is not finite; the run is recorded as diverged",
+                    cfg.model.name(),
+                    ds.name,
+                    cfg.optimizer.short(),
+                    cfg.seed
+                );
+                status = Status::Diverged;
+                error = Some(format!(
+                    "the final {what} is not finite; no final result is recorded"
+                ));
+                None
+            }
+        }
     } else {
         None
     };
     let record = RunRecord {
         status,
-        error: None,
+        error,
         config: cfg.clone(),
         seed: cfg.seed,
         device: device_name(device),
@@ -566,6 +766,175 @@ pub fn progress_bar(len: u64, prefix: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn teacher_cfg() -> TrainConfig {
+        let mut c = TrainConfig::new(
+            ModelConfig::by_name("mlp").unwrap(),
+            DataConfig::Teacher(crate::data::synthetic::TeacherConfig {
+                train_size: 50,
+                test_size: 20,
+                ..Default::default()
+            }),
+            OptimizerConfig::from_pairs("sgd", vec![]).unwrap(),
+        );
+        c.steps = Some(2);
+        c
+    }
+
+    fn usage_msg(r: Result<()>) -> String {
+        let e = r.unwrap_err();
+        assert!(crate::error::is_usage(&e), "{e:#}");
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn sizes_and_limits_are_refused_before_training() {
+        let mut c = teacher_cfg();
+        c.validate().unwrap();
+        c.model = ModelConfig::Mlp(crate::models::MlpConfig { hidden: vec![0] });
+        assert!(usage_msg(c.validate()).contains("hidden"));
+        c.model = ModelConfig::Mlp(crate::models::MlpConfig {
+            hidden: vec![100_000_000],
+        });
+        assert!(usage_msg(c.validate()).contains("memory"));
+        let mut t = TrainConfig::new(
+            ModelConfig::by_name("transformer").unwrap(),
+            DataConfig::by_name("modadd").unwrap(),
+            OptimizerConfig::from_pairs("adam", vec![]).unwrap(),
+        );
+        t.steps = Some(1);
+        t.validate().unwrap();
+        for (key, msg) in [
+            ("d_model", "d_model"),
+            ("heads", "heads"),
+            ("layers", "layers"),
+            ("context", "context"),
+        ] {
+            let mut bad = t.clone();
+            let ModelConfig::Transformer(m) = &mut bad.model else {
+                unreachable!()
+            };
+            match key {
+                "d_model" => m.d_model = 0,
+                "heads" => m.heads = 0,
+                "layers" => m.layers = 0,
+                _ => m.context = 0,
+            }
+            assert!(usage_msg(bad.validate()).contains(msg), "{key}");
+        }
+        let ModelConfig::Transformer(m) = &mut t.model else {
+            unreachable!()
+        };
+        m.heads = 3;
+        assert!(usage_msg(t.validate()).contains("multiple of heads"));
+        let mut img = teacher_cfg();
+        img.data = DataConfig::Mnist(crate::data::ImageConfig {
+            train_limit: Some(0),
+            ..Default::default()
+        });
+        assert!(usage_msg(img.validate()).contains("train_limit"));
+        img.model = ModelConfig::by_name("transformer").unwrap();
+        img.data = DataConfig::by_name("mnist").unwrap();
+        assert!(usage_msg(img.validate()).contains("cannot learn"));
+    }
+
+    #[test]
+    fn param_count_is_the_built_models() {
+        let dev = Device::Cpu;
+        for (model, data) in [("mlp", "teacher"), ("transformer", "modadd")] {
+            let m = ModelConfig::by_name(model).unwrap();
+            let (task, _) = DataConfig::by_name(data).unwrap().estimate();
+            let built = m.build(&task, 0, DType::F32, &dev).unwrap();
+            assert_eq!(
+                m.param_count(&task),
+                built.params().count() as f64,
+                "{model}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_checks_need_a_window_in_each_split_and_held_out_data() {
+        let mut c = teacher_cfg();
+        c.model = ModelConfig::by_name("transformer").unwrap();
+        c.data = DataConfig::by_name("text").unwrap();
+        let ModelConfig::Transformer(m) = &mut c.model else {
+            unreachable!()
+        };
+        m.context = 100;
+        let ds = |train: usize, test: usize| Dataset {
+            name: "text".into(),
+            task: Task::NextToken { vocab: 5 },
+            train: Split::Stream {
+                tokens: vec![0; train],
+            },
+            test: Split::Stream {
+                tokens: vec![0; test],
+            },
+            description: "text f: 1000 characters".into(),
+            location: Some("f (1000 chars)".into()),
+        };
+        c.check_data(&ds(900, 101)).unwrap();
+        let msg = usage_msg(c.check_data(&ds(900, 100)));
+        assert!(msg.contains("--context 99"), "{msg}");
+        assert!(usage_msg(c.check_data(&ds(100, 900))).contains("context 100"));
+        assert!(usage_msg(c.check_data(&ds(900, 0))).contains("held-out"));
+    }
+
+    #[test]
+    fn a_non_finite_final_measure_is_named() {
+        let m = metrics::Measures::of(&[1.0, 2.0]);
+        let mut f = Final {
+            train_loss: 0.5,
+            test_loss: 0.4,
+            test_acc: 0.9,
+            measures: ModelMeasures {
+                tensors: Default::default(),
+                weights: m.clone(),
+                biases: m.clone(),
+                total: m,
+            },
+            dead_units: None,
+            pruning: vec![PrunePoint {
+                frac: 0.5,
+                test_acc: 0.8,
+                test_loss: 0.6,
+            }],
+            weight_histogram: LogHistogram::of(&[], -1.0, 1.0, 1.0),
+        };
+        assert_eq!(f.first_non_finite(), None);
+        f.pruning[0].test_loss = f64::INFINITY;
+        assert_eq!(
+            f.first_non_finite().as_deref(),
+            Some("test loss at 50% pruned")
+        );
+        f.test_loss = f64::NAN;
+        assert_eq!(f.first_non_finite().as_deref(), Some("test loss"));
+        f.measures.weights = metrics::Measures::of(&[f64::NAN]);
+        assert!(
+            f.first_non_finite()
+                .unwrap()
+                .contains("values of the weights")
+        );
+    }
+
+    #[test]
+    fn records_with_non_finite_numbers_read_back() {
+        let p = EvalPoint {
+            step: 3,
+            epoch: 0.5,
+            lr: 0.1,
+            train_loss: Some(f64::NAN),
+            test_loss: f64::NAN,
+            test_acc: 0.1,
+            weights_exact_zero_frac: 0.0,
+            weights_near_zero_frac: Default::default(),
+            weights_rel_near_zero_frac: f64::INFINITY,
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        let back: EvalPoint = serde_json::from_str(&json).unwrap();
+        assert!(back.test_loss.is_nan() && back.train_loss.is_none());
+    }
 
     #[test]
     fn warmup_cosine_schedule() {

@@ -245,7 +245,15 @@ fn measure_json_matches_numpy_on_a_pytorch_checkpoint() {
         expected["tensors"].as_object().unwrap().len()
     );
     let check = |a: &serde_json::Value, b: &serde_json::Value, at: &str| {
-        let keys: Vec<_> = a.as_object().unwrap().keys().cloned().collect();
+        // Our count of non-finite values, which numpy's fixture lacks: none here.
+        assert_eq!(a["nonfinite"], 0, "{at}");
+        let keys: Vec<_> = a
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "nonfinite")
+            .cloned()
+            .collect();
         let mut want: Vec<_> = b.as_object().unwrap().keys().cloned().collect();
         want.sort();
         let mut got = keys.clone();
@@ -411,4 +419,269 @@ fn train_bad_input_and_missing_data() {
     ] {
         assert!(err.contains(place), "{place} missing from: {err}");
     }
+}
+
+/// Runs the binary and checks the error contract: `code`, one line on
+/// stderr that starts with `error:` and contains `needle`, no panic.
+fn refused(args: &[&str], code: i32, needle: &str) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: {needle} missing from {err}"
+    );
+    assert!(!err.contains("internal error"), "{args:?}: {err}");
+    err
+}
+
+/// Each input of issue 12 that panicked or trained a meaningless run is
+/// refused before training, in one line that names the setting.
+#[test]
+fn train_refuses_sizes_it_cannot_train() {
+    let dir = tmpdir("refuse");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = dir.join("small.txt");
+    std::fs::write(&text, "abcdefghi\n".repeat(100)).unwrap();
+    let out = dir.join("out");
+    let out = out.to_str().unwrap();
+    let t = text.to_str().unwrap();
+    let tr = |ctx: &'static str| -> Vec<&str> {
+        vec![
+            "train",
+            "--model",
+            "transformer",
+            "--data",
+            "text",
+            "--data-dir",
+            t,
+            "--context",
+            ctx,
+            "--layers",
+            "1",
+            "--d-model",
+            "8",
+            "--heads",
+            "2",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--out",
+            out,
+        ]
+    };
+    // 1,000 characters: 900 to train on, 100 held out.
+    refused(&tr("900"), 2, "context 900");
+    refused(&tr("1000"), 2, "context 1000");
+    let e = refused(&tr("100"), 2, "100 held out");
+    assert!(e.contains("--context 99"), "{e}");
+    let mut ok = tr("16");
+    ok[16] = "1";
+    let o = bin(&ok);
+    assert!(o.status.success(), "{}", stderr(&o));
+    refused(
+        &[
+            "train",
+            "--model",
+            "transformer",
+            "--data",
+            "modadd",
+            "--d-model",
+            "0",
+            "--heads",
+            "1",
+            "--layers",
+            "1",
+            "--steps",
+            "1",
+            "--out",
+            out,
+        ],
+        2,
+        "`d_model` must be > 0",
+    );
+    refused(
+        &[
+            "train",
+            "--model",
+            "transformer",
+            "--data",
+            "modadd",
+            "--d-model",
+            "10",
+            "--heads",
+            "3",
+            "--steps",
+            "1",
+            "--out",
+            out,
+        ],
+        2,
+        "multiple of heads",
+    );
+    refused(
+        &[
+            "train",
+            "--data",
+            "teacher",
+            "--hidden",
+            "100000000",
+            "--out",
+            out,
+        ],
+        2,
+        "memory",
+    );
+    refused(
+        &[
+            "train",
+            "--data",
+            "mnist",
+            "--train-limit",
+            "0",
+            "--out",
+            out,
+        ],
+        2,
+        "train_limit",
+    );
+    // An --out that cannot be created is found before training.
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let under = file.join("out");
+    let under = under.to_str().unwrap();
+    let e = refused(
+        &[
+            "train", "--data", "teacher", "--hidden", "4", "--out", under,
+        ],
+        2,
+        under,
+    );
+    assert!(e.contains("--out"), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn trace_flags_a_non_finite_loss() {
+    let o = bin(&[
+        "trace",
+        "--optimizer",
+        "sgd",
+        "--problem",
+        "rosenbrock",
+        "--steps",
+        "50",
+        "--set",
+        "lr=1e10",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: trace diverged at step "), "{err}");
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["diverged"], true);
+    assert!(last["loss"].is_null());
+    assert!(err.contains(&format!("step {}", last["step"])), "{err}");
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.get("diverged").is_none() && l["loss"].is_number())
+    );
+}
+
+#[test]
+fn measure_counts_non_finite_values() {
+    use candle_core::{Device, Tensor};
+    let dir = tmpdir("nan");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("nan.safetensors");
+    let mut map = std::collections::HashMap::new();
+    map.insert(
+        "all_nan".to_string(),
+        Tensor::new(&[[f32::NAN, f32::NAN], [f32::NAN, f32::NAN]], &Device::Cpu).unwrap(),
+    );
+    map.insert(
+        "mixed".to_string(),
+        Tensor::new(&[3f32, 0.0, -4.0, f32::INFINITY], &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&map, &f).unwrap();
+    let o = bin(&["measure", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(m["tensors"]["all_nan"]["nonfinite"], 4);
+    assert!(m["tensors"]["all_nan"]["hoyer"].is_null());
+    assert!(m["tensors"]["all_nan"]["gini"].is_null());
+    assert!(m["tensors"]["all_nan"]["l1"].is_null());
+    assert_eq!(m["tensors"]["mixed"]["nonfinite"], 1);
+    assert_eq!(m["tensors"]["mixed"]["l1"], 7.0);
+    assert_eq!(m["total"]["nonfinite"], 5);
+    let o = bin(&["measure", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains("nonfinite"), "{table}");
+    assert!(table.contains("5 NaN or infinite values"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("all_nan")).unwrap();
+    assert!(
+        row.trim_end().ends_with(" 4") && row.contains(" -"),
+        "{row}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn study_file_mistakes_are_refused_at_load() {
+    let dir = tmpdir("study");
+    std::fs::create_dir_all(&dir).unwrap();
+    let study = |name: &str, seeds: &str, labels: (&str, &str), hidden: &str| {
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "name = \"{name}\"\nseeds = {seeds}\n[[tasks]]\nlabel = \"t\"\nsteps = 1\n\
+                 model = {{ name = \"mlp\", hidden = {hidden} }}\n\
+                 data = {{ name = \"teacher\", train_size = 20, test_size = 10 }}\n\
+                 [[optimizers]]\nlabel = \"{}\"\nname = \"sgd\"\n\
+                 [[optimizers]]\nlabel = \"{}\"\nname = \"sgd\"\nlr = 0.1\n",
+                labels.0, labels.1
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let long = "L".repeat(300);
+    for (file, needle) in [
+        (study("seeds", "[0, 0]", ("a", "b"), "[4]"), "lists 0 twice"),
+        (
+            study("case", "[0]", ("Adam", "adam"), "[4]"),
+            "same run file name",
+        ),
+        (
+            study("long", "[0]", ("a", &long), "[4]"),
+            "shorten the labels",
+        ),
+        (
+            study("zero", "[0]", ("a", "b"), "[0]"),
+            "hidden widths must be > 0",
+        ),
+    ] {
+        let e = refused(&["--exp", &file], 2, needle);
+        assert!(e.contains(&file), "{e}");
+        assert!(e.len() < 400, "{e}");
+    }
+    // Nothing was trained or written.
+    for name in ["seeds", "case", "long", "zero"] {
+        assert!(!dir.join(name).join("runs").exists(), "{name}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

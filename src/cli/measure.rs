@@ -63,7 +63,10 @@ pub fn run(args: MeasureArgs) -> Result<()> {
     Ok(())
 }
 
-/// A text table: one row per tensor, then the weight, bias and total groups.
+/// A text table: one row per tensor, then the weight, bias and total
+/// groups. A `nonfinite` column appears when any tensor holds NaN or
+/// infinite values, with a note that the norms leave them out; an undefined
+/// measure (no finite values) prints as `-`.
 pub fn table(m: &metrics::ModelMeasures) -> String {
     let mut rows = vec![];
     for (k, v) in &m.tensors {
@@ -73,16 +76,35 @@ pub fn table(m: &metrics::ModelMeasures) -> String {
     rows.push(("[biases]".into(), &m.biases));
     rows.push(("[total]".into(), &m.total));
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
+    let bad = m.total.nonfinite;
     let mut out = format!(
-        "{:<width$} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>6} {:>6}\n",
-        "tensor", "numel", "zero", "<1e-4", "<1e-3", "<1e-2", "<1%max", "L1", "L2", "hoyer", "gini"
+        "{:<width$} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>6} {:>6}{}\n",
+        "tensor",
+        "numel",
+        "zero",
+        "<1e-4",
+        "<1e-3",
+        "<1e-2",
+        "<1%max",
+        "L1",
+        "L2",
+        "hoyer",
+        "gini",
+        if bad > 0 { "  nonfinite" } else { "" }
     );
+    let num = |v: f64, w: usize, p: usize| {
+        if v.is_nan() {
+            format!("{:>w$}", "-")
+        } else {
+            format!("{v:>w$.p$}")
+        }
+    };
     for (name, v) in rows {
         if v.numel == 0 {
             continue;
         }
         out += &format!(
-            "{:<width$} {:>9} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>10.4} {:>9.4} {:>6.3} {:>6.3}\n",
+            "{:<width$} {:>9} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {} {} {} {}{}\n",
             name,
             v.numel,
             v.exact_zero_frac,
@@ -90,10 +112,21 @@ pub fn table(m: &metrics::ModelMeasures) -> String {
             v.near("1e-3"),
             v.near("1e-2"),
             v.rel_near_zero_frac,
-            v.l1,
-            v.l2,
-            v.hoyer,
-            v.gini
+            num(v.l1, 10, 4),
+            num(v.l2, 9, 4),
+            num(v.hoyer, 6, 3),
+            num(v.gini, 6, 3),
+            if bad > 0 {
+                format!(" {:>10}", v.nonfinite)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if bad > 0 {
+        let tensors = m.tensors.values().filter(|t| t.nonfinite > 0).count();
+        out += &format!(
+            "warning: {bad} NaN or infinite values in {tensors} tensor(s); L1, L2, hoyer and gini are over the finite values only (`-`: no finite values)\n"
         );
     }
     out.trim_end().to_string()

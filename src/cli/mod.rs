@@ -117,7 +117,9 @@ enum Command {
     /// Print an optimizer's path on a test function, one JSON object per step.
     ///
     /// Each line is {"step": t, "params": [..], "loss": x} for t = 0..N; step 0 is the
-    /// start, before any update. quadratic is f(theta) = theta^2 from theta = 1;
+    /// start, before any update. A non-finite loss ends the trace: that line has
+    /// "diverged": true, and the command exits with status 1.
+    /// quadratic is f(theta) = theta^2 from theta = 1;
     /// rosenbrock is (1-x)^2 + 100(y-x^2)^2 from (-1.5, 2).
     Trace(TraceArgs),
 }
@@ -330,9 +332,10 @@ fn run_trace(args: TraceArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    trace::run(&cfg, problem, args.steps, dtype, &device, &mut out)?;
+    // The lines before a divergence are written out before its error.
+    let result = trace::run(&cfg, problem, args.steps, dtype, &device, &mut out);
     out.flush()?;
-    Ok(())
+    result
 }
 
 /// Splits repeated `--set key=value` arguments.

@@ -137,6 +137,8 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = build_config(&a)?;
     let device = parse_device(&a.device)?;
+    // Before any training: a folder that cannot be written is found now.
+    crate::io::check_writable(&a.out, "--out")?;
     if device.is_cpu() && cfg.prefers_one_thread() {
         super::one_thread_per_run();
     }
@@ -227,8 +229,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     if rec.status == Status::Diverged {
         eprintln!(
-            "warning: the run diverged (non-finite loss) after {} steps",
-            rec.steps_done
+            "warning: the run diverged after {} steps: {}",
+            rec.steps_done,
+            rec.error.as_deref().unwrap_or("non-finite loss")
         );
     }
     Ok(())

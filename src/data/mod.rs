@@ -71,6 +71,64 @@ impl DataConfig {
         Ok(())
     }
 
+    /// Checks the settings that need no data: sizes, fractions, limits.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            DataConfig::Mnist(c) | DataConfig::FashionMnist(c) => {
+                if c.train_limit == Some(0) {
+                    crate::bail_usage!(
+                        "{}: `train_limit` (--train-limit) must be at least 1, got 0; leave it out to train on every example",
+                        self.name()
+                    );
+                }
+                if c.validation == Some(0) {
+                    crate::bail_usage!(
+                        "{}: `validation` must be at least 1 held-out example, got 0; leave it out to evaluate on the test set",
+                        self.name()
+                    );
+                }
+                Ok(())
+            }
+            DataConfig::Teacher(c) => synthetic::check_teacher(c),
+            DataConfig::Modadd(c) => synthetic::check_modadd(c),
+            DataConfig::Text(c) => text::check(c),
+        }
+    }
+
+    /// What the model will be asked to predict and roughly how many bytes
+    /// the loaded data takes, before loading it (for the memory check). The
+    /// text vocabulary is not known before the file is read: 256 stands in.
+    pub fn estimate(&self) -> (Task, f64) {
+        match self {
+            DataConfig::Mnist(_) | DataConfig::FashionMnist(_) => (
+                Task::Classify {
+                    inputs: 784,
+                    classes: 10,
+                },
+                70_000.0 * 785.0 * 4.0 * 2.0,
+            ),
+            DataConfig::Teacher(c) => (
+                Task::Classify {
+                    inputs: c.inputs,
+                    classes: c.classes,
+                },
+                (c.train_size as f64 + c.test_size as f64) * (c.inputs as f64 + 1.0) * 4.0 * 2.0
+                    + (c.hidden as f64 * (c.inputs as f64 + c.classes as f64)) * 8.0,
+            ),
+            DataConfig::Modadd(c) => {
+                let p = c.modulus as f64;
+                (
+                    Task::LastToken {
+                        vocab: c.modulus as usize + 2,
+                        len: 4,
+                    },
+                    p * p * (8.0 + 5.0 * 4.0 * 2.0),
+                )
+            }
+            DataConfig::Text(_) => (Task::NextToken { vocab: 256 }, 0.0),
+        }
+    }
+
     /// Loads both splits. Synthetic data is generated from `seed`.
     pub fn load(&self, seed: u64) -> Result<Dataset> {
         match self {

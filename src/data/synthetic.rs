@@ -40,15 +40,29 @@ impl Default for TeacherConfig {
     }
 }
 
-pub fn teacher(c: &TeacherConfig, _run_seed: u64) -> Result<Dataset> {
+/// Checks a teacher's settings without generating anything.
+pub fn check_teacher(c: &TeacherConfig) -> Result<()> {
     if !(c.density > 0.0 && c.density <= 1.0) {
         bail_usage!("teacher: `density` must be in (0, 1], got {}", c.density);
     }
-    if c.inputs == 0 || c.hidden == 0 || c.classes < 2 || c.train_size == 0 || c.test_size == 0 {
-        bail_usage!(
-            "teacher: inputs, hidden, train_size and test_size must be > 0 and classes >= 2"
-        );
+    for (key, v) in [
+        ("inputs", c.inputs),
+        ("hidden", c.hidden),
+        ("train_size", c.train_size),
+        ("test_size", c.test_size),
+    ] {
+        if v == 0 {
+            bail_usage!("teacher: `{key}` must be > 0, got 0");
+        }
     }
+    if c.classes < 2 {
+        bail_usage!("teacher: `classes` must be >= 2, got {}", c.classes);
+    }
+    Ok(())
+}
+
+pub fn teacher(c: &TeacherConfig, _run_seed: u64) -> Result<Dataset> {
+    check_teacher(c)?;
     let mut rng = Rng::derive(c.seed, "teacher");
     let sparse = |rows: usize, cols: usize, rng: &mut Rng| -> Vec<f64> {
         // Scale so that pre-activations have unit variance.
@@ -141,7 +155,9 @@ impl Default for ModAddConfig {
     }
 }
 
-pub fn modadd(c: &ModAddConfig, _run_seed: u64) -> Result<Dataset> {
+/// Checks the settings without generating anything: both splits must hold
+/// at least one pair.
+pub fn check_modadd(c: &ModAddConfig) -> Result<()> {
     let p = c.modulus;
     if p < 2 {
         bail_usage!("modadd: `modulus` must be >= 2, got {p}");
@@ -152,6 +168,25 @@ pub fn modadd(c: &ModAddConfig, _run_seed: u64) -> Result<Dataset> {
             c.train_frac
         );
     }
+    let pairs = p as f64 * p as f64;
+    let n_train = (pairs * c.train_frac).round();
+    if n_train < 1.0 || n_train >= pairs {
+        bail_usage!(
+            "modadd: train_frac {} of {pairs} pairs leaves {} split empty; choose a train_frac nearer 0.5 or a larger modulus",
+            c.train_frac,
+            if n_train < 1.0 {
+                "the training"
+            } else {
+                "the held-out"
+            }
+        );
+    }
+    Ok(())
+}
+
+pub fn modadd(c: &ModAddConfig, _run_seed: u64) -> Result<Dataset> {
+    check_modadd(c)?;
+    let p = c.modulus;
     let mut pairs: Vec<(u32, u32)> = (0..p).flat_map(|a| (0..p).map(move |b| (a, b))).collect();
     Rng::derive(c.seed, "modadd").shuffle(&mut pairs);
     let n_train = ((pairs.len() as f64) * c.train_frac).round() as usize;

@@ -28,10 +28,16 @@ impl Default for TextConfig {
     }
 }
 
-pub fn load(c: &TextConfig) -> Result<Dataset> {
+/// Checks the settings without reading the file.
+pub fn check(c: &TextConfig) -> Result<()> {
     if !(c.holdout > 0.0 && c.holdout < 1.0) {
         bail_usage!("text: `holdout` must be in (0, 1), got {}", c.holdout);
     }
+    Ok(())
+}
+
+pub fn load(c: &TextConfig) -> Result<Dataset> {
+    check(c)?;
     let path = match (&c.path, std::env::var_os("SPARSITY_LAB_DATA")) {
         (Some(p), _) => p.clone(),
         (None, Some(root)) => PathBuf::from(root).join("tinyshakespeare/input.txt"),

@@ -228,6 +228,19 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
     for (spec, _) in &todo {
         dataset(&mut data, &spec.config)?;
     }
+    // Every run's settings against its data, before any run trains.
+    for (spec, _) in &todo {
+        let (ds, _) = &data[&data_key(&spec.config)];
+        spec.config.check_data(ds).map_err(|e| {
+            crate::error::usage(format!(
+                "{}: task `{}`, optimizer `{}`: {}",
+                file.display(),
+                spec.task,
+                spec.label,
+                crate::error::one_line(&e)
+            ))
+        })?;
+    }
     let next = AtomicUsize::new(0);
     let counts = Mutex::new((0usize, 0usize, 0usize));
     let elsewhere = AtomicUsize::new(0);

@@ -117,6 +117,19 @@ impl RunSpec {
     }
 }
 
+/// The longest run file name a study may produce (file systems allow 255
+/// bytes; the temporary name adds a prefix).
+const MAX_FILE_NAME: usize = 200;
+
+/// A label cut to 40 characters for messages.
+fn short(s: &str) -> String {
+    if s.chars().count() <= 40 {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    }
+}
+
 pub fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -195,10 +208,28 @@ impl Study {
         if self.tasks.is_empty() {
             bail_usage!("{file}: no [[tasks]]");
         }
-        let mut labels = std::collections::BTreeSet::new();
+        let mut seen_seeds = std::collections::BTreeSet::new();
+        for s in &self.seeds {
+            if !seen_seeds.insert(s) {
+                bail_usage!("{file}: `seeds` lists {s} twice; give each seed once");
+            }
+        }
+        // Labels name the run files, through `slug`: two labels that differ
+        // only in case or punctuation would share (and overwrite) files.
+        let mut labels = std::collections::BTreeMap::new();
         for t in &self.tasks {
-            if !labels.insert(&t.label) {
-                bail_usage!("{file}: two tasks are labelled `{}`", t.label);
+            if t.label.trim().is_empty() {
+                bail_usage!("{file}: a task has an empty `label`; give every task a label");
+            }
+            if let Some(other) = labels.insert(slug(&t.label), &t.label) {
+                if *other == t.label {
+                    bail_usage!("{file}: two tasks are labelled `{}`", t.label);
+                }
+                bail_usage!(
+                    "{file}: tasks `{other}` and `{}` map to the same run file name `{}`; make the labels differ in more than case and punctuation",
+                    t.label,
+                    slug(&t.label)
+                );
             }
             let opts = self.optimizers_of(t);
             if opts.is_empty() {
@@ -207,22 +238,44 @@ impl Study {
                     t.label
                 );
             }
-            let mut ol = std::collections::BTreeSet::new();
+            let mut ol = std::collections::BTreeMap::new();
             for o in opts {
+                if o.label.trim().is_empty() {
+                    bail_usage!(
+                        "{file}: task `{}` has an optimizer with an empty `label`; give every optimizer a label",
+                        t.label
+                    );
+                }
                 for (label, _) in o
                     .expand()
                     .map_err(|e| usage(format!("{file}: optimizer `{}`: {e:#}", o.label)))?
                 {
-                    if !ol.insert(label.clone()) {
+                    if let Some(other) = ol.insert(slug(&label), label.clone()) {
+                        if other == label {
+                            bail_usage!(
+                                "{file}: task `{}` has two optimizers labelled `{label}`",
+                                t.label
+                            );
+                        }
                         bail_usage!(
-                            "{file}: task `{}` has two optimizers labelled `{label}`",
-                            t.label
+                            "{file}: task `{}`: optimizers `{other}` and `{label}` map to the same run file name `{}`; make the labels differ in more than case and punctuation",
+                            t.label,
+                            slug(&label)
                         );
                     }
                 }
             }
         }
         for spec in self.grid() {
+            let name = spec.file_name();
+            if name.len() > MAX_FILE_NAME {
+                bail_usage!(
+                    "{file}: task `{}`, optimizer `{}`: the run file name would be {} bytes, over the limit of {MAX_FILE_NAME}; shorten the labels",
+                    short(&spec.task),
+                    short(&spec.label),
+                    name.len()
+                );
+            }
             spec.config.validate().map_err(|e| {
                 usage(format!(
                     "{file}: task `{}`, optimizer `{}`: {e:#}",
@@ -476,6 +529,22 @@ seeds = [0]
         assert!(format!("{:?}", s.tasks[0].data).contains("train_size: 77"));
     }
 
+    /// The checks refuse nothing that the shipped studies do.
+    #[test]
+    fn every_shipped_study_passes_the_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let names = list(&dir).unwrap();
+        assert!(names.len() >= 4, "{names:?}");
+        for name in names {
+            let file = dir.join(format!("{name}.toml"));
+            for quick in [false, true] {
+                if let Err(e) = Study::load(&file, quick, &[]) {
+                    panic!("{name} (quick {quick}): {e:#}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn errors_name_the_file_and_the_key() {
         let p = write(STUDY);
@@ -493,6 +562,38 @@ seeds = [0]
             assert!(msg.contains(&f) && msg.contains(needle), "{k}: {msg}");
             assert!(!msg.contains('\n'), "{msg}");
         }
+        // Problems found at load, before any run: each names the file and the cause.
+        for (from, to, needle) in [
+            ("seeds = [0, 1]", "seeds = [0, 0]", "lists 0 twice"),
+            ("label = \"Adam\"", "label = \"sgd\"", "same run file name"),
+            ("label = \"teacher\"", "label = \"\"", "empty `label`"),
+            ("hidden = [8]", "hidden = [0]", "hidden widths must be > 0"),
+            (
+                "train_size = 100",
+                "train_size = 100, inputs = 0",
+                "`inputs`",
+            ),
+            ("test_size = 50", "test_size = 0", "`test_size`"),
+            ("hidden = [8]", "hidden = [100000000]", "memory"),
+        ] {
+            assert!(STUDY.contains(from), "{from}");
+            let p = write(&STUDY.replace(from, to));
+            let err = Study::load(&p, false, &[]).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(crate::error::is_usage(&err), "{msg}");
+            assert!(msg.contains(&f) || msg.contains(&p.display().to_string()));
+            assert!(msg.contains(needle), "{to}: {msg}");
+            if needle == "`inputs`" {
+                assert!(msg.contains("task `teacher`"), "{msg}");
+            }
+        }
+        let long = "x".repeat(300);
+        let p2 = write(&STUDY.replace("label = \"Adam\"", &format!("label = \"{long}\"")));
+        let msg = format!("{:#}", Study::load(&p2, false, &[]).unwrap_err());
+        assert!(
+            msg.contains("shorten the labels") && msg.len() < 400,
+            "{msg}"
+        );
         let bad = write(&STUDY.replace("epochs = 2", "epochs = 2\nbatchsize = 3"));
         let msg = format!("{:#}", Study::load(&bad, false, &[]).unwrap_err());
         assert!(msg.contains("batchsize") && msg.contains("line"), "{msg}");

@@ -11,6 +11,8 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::train::nan_from_null;
+
 /// Absolute near-zero thresholds, with their keys in records.
 pub const NEAR_ZERO: [(&str, f64); 3] = [("1e-4", 1e-4), ("1e-3", 1e-3), ("1e-2", 1e-2)];
 
@@ -18,28 +20,44 @@ pub const NEAR_ZERO: [(&str, f64); 3] = [("1e-4", 1e-4), ("1e-3", 1e-3), ("1e-2"
 pub const REL: f64 = 0.01;
 
 /// The measures of one vector of numbers.
+///
+/// NaN and infinite values are counted in `nonfinite` and in `numel`. The
+/// fractions are over all `numel` values, a non-finite value counting as
+/// neither zero nor near zero. L1, L2, Hoyer and Gini are over the finite
+/// values only; over no finite values at all (a tensor of NaNs) they are
+/// undefined: NaN, written `null` in JSON and `-` in tables, never the
+/// "maximally sparse" 1 of an all-zero tensor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Measures {
     pub numel: usize,
+    /// NaN and infinite values (0 in records written before it existed).
+    #[serde(default)]
+    pub nonfinite: usize,
+    #[serde(deserialize_with = "nan_from_null")]
     pub exact_zero_frac: f64,
     /// Keys "1e-4", "1e-3", "1e-2": fraction with |w| < the key.
     pub near_zero_frac: BTreeMap<String, f64>,
-    /// Fraction with |w| < 0.01 * max|w|.
+    /// Fraction with |w| < 0.01 * max|w| (max over the finite values).
+    #[serde(deserialize_with = "nan_from_null")]
     pub rel_near_zero_frac: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub l1: f64,
+    #[serde(deserialize_with = "nan_from_null")]
     pub l2: f64,
-    /// (sqrt(n) - L1/L2) / (sqrt(n) - 1): 0 for equal magnitudes, 1 for one
-    /// non-zero. Defined as 1 for an all-zero vector and 0 for n = 1.
+    /// (sqrt(n) - L1/L2) / (sqrt(n) - 1) over the n finite values: 0 for
+    /// equal magnitudes, 1 for one non-zero. Defined as 1 for an all-zero
+    /// vector and 0 for n = 1.
+    #[serde(deserialize_with = "nan_from_null")]
     pub hoyer: f64,
-    /// Hurley & Rickard's Gini index: sort |c| ascending,
-    /// G = 1 - 2 sum_k (c_k/L1) (N - k + 1/2)/N. Defined as 1 for an
-    /// all-zero vector.
+    /// Hurley & Rickard's Gini index over the finite values: sort |c|
+    /// ascending, G = 1 - 2 sum_k (c_k/L1) (N - k + 1/2)/N. Defined as 1 for
+    /// an all-zero vector.
+    #[serde(deserialize_with = "nan_from_null")]
     pub gini: f64,
 }
 
 impl Measures {
-    /// Measures of `values`; non-finite values count as non-zero and are
-    /// left out of the norms (a diverged run is flagged elsewhere).
+    /// Measures of `values` (see the type for how non-finite values count).
     pub fn of(values: &[f64]) -> Self {
         let n = values.len();
         let mut abs: Vec<f64> = values
@@ -47,6 +65,7 @@ impl Measures {
             .map(|v| v.abs())
             .filter(|v| v.is_finite())
             .collect();
+        let nonfinite = n - abs.len();
         let nf = n.max(1) as f64;
         let exact = values.iter().filter(|v| **v == 0.0).count();
         let near_zero_frac = NEAR_ZERO
@@ -60,30 +79,47 @@ impl Measures {
             .collect();
         let max = abs.iter().cloned().fold(0.0, f64::max);
         let rel = abs.iter().filter(|a| **a < REL * max).count() as f64 / nf;
-        let l1: f64 = abs.iter().sum();
-        let l2 = abs.iter().map(|a| a * a).sum::<f64>().sqrt();
-        let hoyer = if l2 == 0.0 {
+        let mut l1: f64 = abs.iter().sum();
+        let mut l2 = abs.iter().map(|a| a * a).sum::<f64>().sqrt();
+        // Huge finite values can overflow the sums; Hoyer and Gini are
+        // ratios, so they are then taken over the values scaled by the max.
+        let (ratio_abs, r1, r2) = if l1.is_finite() && l2.is_finite() {
+            (None, l1, l2)
+        } else {
+            let scaled: Vec<f64> = abs.iter().map(|a| a / max).collect();
+            let s1 = scaled.iter().sum();
+            let s2 = scaled.iter().map(|a| a * a).sum::<f64>().sqrt();
+            (Some(scaled), s1, s2)
+        };
+        let k = abs.len();
+        let mut hoyer = if r2 == 0.0 {
             1.0
-        } else if n <= 1 {
+        } else if k <= 1 {
             0.0
         } else {
-            let sn = (n as f64).sqrt();
-            (sn - l1 / l2) / (sn - 1.0)
+            let sn = (k as f64).sqrt();
+            (sn - r1 / r2) / (sn - 1.0)
         };
-        let gini = if l1 == 0.0 {
+        let mut gini = if r1 == 0.0 {
             1.0
         } else {
-            abs.sort_by(f64::total_cmp);
-            let nn = abs.len() as f64;
-            let s: f64 = abs
+            let mut c = ratio_abs.unwrap_or_else(|| std::mem::take(&mut abs));
+            c.sort_by(f64::total_cmp);
+            let nn = c.len() as f64;
+            let s: f64 = c
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (c / l1) * ((nn - (i as f64 + 1.0) + 0.5) / nn))
+                .map(|(i, c)| (c / r1) * ((nn - (i as f64 + 1.0) + 0.5) / nn))
                 .sum();
             1.0 - 2.0 * s
         };
+        if k == 0 && n > 0 {
+            // No finite value: nothing to measure.
+            (l1, l2, hoyer, gini) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        }
         Self {
             numel: n,
+            nonfinite,
             exact_zero_frac: exact as f64 / nf,
             near_zero_frac,
             rel_near_zero_frac: rel,
@@ -295,6 +331,34 @@ mod tests {
             (1.0, 1.0, 1.0)
         );
         assert_eq!(Measures::of(&[3.0]).hoyer, 0.0);
+    }
+
+    #[test]
+    fn non_finite_values_are_counted_and_left_out_of_the_norms() {
+        // The finite values are [3, 0, -4]: L1 7, L2 5, Hoyer over n = 3.
+        let m = Measures::of(&[f64::NAN, 3.0, 0.0, -4.0, f64::INFINITY]);
+        assert_eq!((m.numel, m.nonfinite), (5, 2));
+        assert!(close(m.l1, 7.0) && close(m.l2, 5.0));
+        let s3 = 3f64.sqrt();
+        assert!(close(m.hoyer, (s3 - 1.4) / (s3 - 1.0)), "{}", m.hoyer);
+        // Fractions are over all five values; NaN is not near zero.
+        assert_eq!(m.exact_zero_frac, 0.2);
+        assert_eq!(m.near("1e-4"), 0.2);
+        // No finite value: the measures are undefined, not "maximally sparse".
+        let nan = Measures::of(&[f64::NAN; 4]);
+        assert_eq!((nan.numel, nan.nonfinite), (4, 4));
+        assert!(nan.l1.is_nan() && nan.l2.is_nan() && nan.hoyer.is_nan() && nan.gini.is_nan());
+        assert_eq!(nan.exact_zero_frac, 0.0);
+        // Written as null in JSON, and read back.
+        let json = serde_json::to_string(&nan).unwrap();
+        assert!(json.contains("\"nonfinite\":4") && json.contains("\"hoyer\":null"));
+        let back: Measures = serde_json::from_str(&json).unwrap();
+        assert!(back.hoyer.is_nan() && back.nonfinite == 4);
+        // Sums that overflow leave the ratios defined.
+        let huge = Measures::of(&[1e300, 1e300, 0.0]);
+        assert!(huge.l2.is_infinite());
+        assert!(close(huge.hoyer, Measures::of(&[1.0, 1.0, 0.0]).hoyer));
+        assert!(close(huge.gini, Measures::of(&[1.0, 1.0, 0.0]).gini));
     }
 
     #[test]

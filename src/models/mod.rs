@@ -55,6 +55,96 @@ impl ModelConfig {
         }
     }
 
+    /// Checks the sizes on their own (the data is checked against them by
+    /// [`TrainConfig::check_data`](crate::train::TrainConfig::check_data)).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Mlp(c) => {
+                if c.hidden.contains(&0) {
+                    bail_usage!(
+                        "mlp: hidden widths must be > 0, got {:?}; e.g. --hidden 128 or hidden = [128]",
+                        c.hidden
+                    );
+                }
+            }
+            ModelConfig::Transformer(c) => {
+                for (key, v) in [
+                    ("layers", c.layers),
+                    ("d_model", c.d_model),
+                    ("heads", c.heads),
+                    ("context", c.context),
+                    ("mlp_ratio", c.mlp_ratio),
+                ] {
+                    if v == 0 {
+                        bail_usage!(
+                            "transformer: `{key}` must be > 0 (--{}), got 0",
+                            key.replace('_', "-")
+                        );
+                    }
+                }
+                if !c.d_model.is_multiple_of(c.heads) {
+                    bail_usage!(
+                        "transformer: d_model ({}) must be a multiple of heads ({}); change --d-model or --heads",
+                        c.d_model,
+                        c.heads
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of parameters for a task, computed in f64 so that absurd
+    /// sizes cannot overflow (for the memory check before training).
+    pub fn param_count(&self, task: &Task) -> f64 {
+        match (self, task) {
+            (ModelConfig::Mlp(c), Task::Classify { inputs, classes }) => {
+                let mut sizes = vec![*inputs as f64];
+                sizes.extend(c.hidden.iter().map(|h| *h as f64));
+                sizes.push(*classes as f64);
+                sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+            }
+            (
+                ModelConfig::Transformer(c),
+                Task::LastToken { vocab, .. } | Task::NextToken { vocab },
+            ) => {
+                let (d, v) = (c.d_model as f64, *vocab as f64);
+                let m = c.mlp_ratio as f64 * d;
+                // Attention (qkv + out), MLP (two layers), two LayerNorms.
+                let block = 4.0 * d * d + 4.0 * d + 2.0 * d * m + m + d + 4.0 * d;
+                v * d + c.context as f64 * d + c.layers as f64 * block + 2.0 * d + d * v + v
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// A rough count of the f32 activations one forward and backward pass
+    /// over `rows` examples keeps alive (an over-estimate is fine: it only
+    /// guards against sizes that cannot fit).
+    pub fn activation_count(&self, task: &Task, rows: usize) -> f64 {
+        let b = rows as f64;
+        match (self, task) {
+            (ModelConfig::Mlp(c), Task::Classify { inputs, classes }) => {
+                let widths: f64 = c.hidden.iter().map(|h| *h as f64).sum();
+                b * (*inputs as f64 + 3.0 * widths + 3.0 * *classes as f64)
+            }
+            (
+                ModelConfig::Transformer(c),
+                Task::LastToken { vocab, .. } | Task::NextToken { vocab },
+            ) => {
+                let t = match task {
+                    Task::LastToken { len, .. } => *len as f64,
+                    _ => c.context as f64,
+                };
+                let d = c.d_model as f64;
+                let per_layer = b * t * d * (12.0 + 3.0 * c.mlp_ratio as f64)
+                    + 3.0 * b * c.heads as f64 * t * t;
+                c.layers as f64 * per_layer + 3.0 * b * t * *vocab as f64 + 2.0 * b * t * d
+            }
+            _ => 0.0,
+        }
+    }
+
     /// Builds the model for a task, with weights drawn from `seed`.
     pub fn build(&self, task: &Task, seed: u64, dtype: DType, device: &Device) -> Result<Model> {
         let params = Params::new(seed, dtype, device);
