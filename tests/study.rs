@@ -625,3 +625,58 @@ fn two_processes_share_a_folder() {
     std::fs::remove_dir_all(d).unwrap();
     std::fs::remove_dir_all(single).unwrap();
 }
+
+/// The report compares every configuration with the study's baseline,
+/// paired by seed (a table in results.md, every test in paired.csv), and
+/// compares optimizers run over lr grids at matched accuracy.
+#[test]
+fn report_has_paired_comparisons_and_matched_accuracy() {
+    let d = fresh("paired");
+    exp(&d, &[]);
+    let md = std::fs::read_to_string(d.join("smoke/results.md")).unwrap();
+    assert!(
+        md.contains("### Paired differences against SGD+momentum (same seeds)"),
+        "{md}"
+    );
+    let paired = std::fs::read_to_string(d.join("smoke/paired.csv")).unwrap();
+    let rows: Vec<&str> = paired.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2 * 7, "two configurations x seven measures");
+    for r in &rows {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!((f[2], f[4]), ("SGD+momentum", "2"), "{r}");
+        // The interval holds the mean.
+        if !f[6].is_empty() {
+            let (m, lo, hi): (f64, f64, f64) = (
+                f[5].parse().unwrap(),
+                f[6].parse().unwrap(),
+                f[7].parse().unwrap(),
+            );
+            assert!(lo <= m && m <= hi, "{r}");
+            let (p, holm): (f64, f64) = (f[8].parse().unwrap(), f[9].parse().unwrap());
+            assert!((0.0..=1.0).contains(&p) && holm >= p && holm <= 1.0, "{r}");
+        }
+    }
+    // Learning-rate grids: the matched-accuracy section.
+    let o = exp(
+        &d,
+        &[
+            "--set",
+            "optimizers.0.lrs=[0.02,0.05]",
+            "--set",
+            "optimizers.1.lrs=[0.001,0.003]",
+            "--set",
+            "optimizers.2.lrs=[0.001,0.003]",
+            "--set",
+            "baseline=\"SGD+momentum lr=0.05\"",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let folder = out
+        .lines()
+        .find_map(|l| l.strip_prefix("results: "))
+        .expect("the results line");
+    let md = std::fs::read_to_string(folder).unwrap();
+    assert!(md.contains("### At matched accuracy"), "{md}");
+    assert!(md.contains("| Adam+L1 prox |"), "{md}");
+    std::fs::remove_dir_all(d).unwrap();
+}

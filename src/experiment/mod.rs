@@ -5,6 +5,7 @@ pub mod compare;
 pub mod plots;
 pub mod report;
 pub mod runner;
+pub mod stats;
 pub mod study;
 
 pub use report::{missing_runs, remeasure, write_report};

@@ -17,7 +17,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tracing::warn;
 
-use super::plots;
+use super::{plots, stats};
 use crate::bail_usage;
 use crate::io::{write_atomic, write_json};
 use crate::train::{RunRecord, Status};
@@ -32,6 +32,15 @@ pub struct Manifest {
     pub set: Vec<String>,
     /// The file name of every run of the grid, in grid order.
     pub runs: Vec<String>,
+    /// (task, baseline label) for the tasks whose report compares every
+    /// configuration with a baseline, paired by seed.
+    #[serde(default)]
+    pub baselines: Vec<(String, String)>,
+}
+
+/// The folder's manifest, if it has one.
+pub fn manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).ok()?).ok()
 }
 
 pub const MANIFEST: &str = "study.json";
@@ -207,10 +216,7 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> O
 /// The runs of the folder's grid that have no record yet, when the folder
 /// has a manifest (written by every sweep).
 pub fn missing_runs(dir: &Path) -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(dir.join(MANIFEST)) else {
-        return vec![];
-    };
-    let Ok(m) = serde_json::from_str::<Manifest>(&text) else {
+    let Some(m) = manifest(dir) else {
         return vec![];
     };
     m.runs
@@ -272,9 +278,14 @@ pub fn remeasure(dir: &Path) -> Result<(usize, usize)> {
 /// Writes results.md, results.csv and the plots. Returns the Markdown.
 pub fn write_report(dir: &Path) -> Result<String> {
     let groups = load_groups(dir)?;
-    let md = markdown(&groups);
+    let baselines = manifest(dir).map(|m| m.baselines).unwrap_or_default();
+    let paired = paired_tables(&groups, &baselines);
+    let md = markdown(&groups, &paired);
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&groups).as_bytes())?;
+    if !paired.is_empty() {
+        write_atomic(&dir.join("paired.csv"), paired_csv(&paired).as_bytes())?;
+    }
     write_atomic(&dir.join("metrics.csv"), metrics_csv(&groups).as_bytes())?;
     plots::write_all(dir, &groups)?;
     Ok(md)
@@ -500,7 +511,7 @@ fn md_table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
     out.push('\n');
 }
 
-pub fn markdown(groups: &[Group]) -> String {
+pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
     let study = groups[0].runs[0]
         .study
         .as_ref()
@@ -551,6 +562,12 @@ pub fn markdown(groups: &[Group]) -> String {
             })
             .collect();
         md_table(&mut out, &header, &rows);
+        if let Some(t) = paired.iter().find(|t| t.task == task) {
+            paired_markdown(&mut out, t);
+        }
+        if let Some(m) = matched(&gs) {
+            matched_markdown(&mut out, &m);
+        }
         let fracs = prune_fracs(&gs);
         if !fracs.is_empty() {
             let _ = writeln!(
@@ -648,6 +665,373 @@ pub fn csv(groups: &[Group]) -> String {
         out += &(row.join(",") + "\n");
     }
     out
+}
+
+/// The measures compared with the baseline, paired by seed.
+fn headline_cols() -> Vec<Col> {
+    fn fin(r: &RunRecord) -> &crate::train::Final {
+        r.r#final.as_ref().expect("done runs have final measures")
+    }
+    vec![
+        ("test acc", "test_acc", |r| Some(fin(r).test_acc), true),
+        (
+            "\\|w\\| < 1e-3",
+            "weights_near_zero_1e-3",
+            |r| Some(fin(r).measures.weights.near("1e-3")),
+            true,
+        ),
+        (
+            "w = 0",
+            "weights_exact_zero",
+            |r| Some(fin(r).measures.weights.exact_zero_frac),
+            true,
+        ),
+        (
+            "Gini",
+            "weights_gini",
+            |r| Some(fin(r).measures.weights.gini).filter(|v| v.is_finite()),
+            false,
+        ),
+        (
+            "Hoyer",
+            "weights_hoyer",
+            |r| Some(fin(r).measures.weights.hoyer).filter(|v| v.is_finite()),
+            false,
+        ),
+        (
+            "dead units",
+            "dead_units",
+            |r| fin(r).dead_units.as_ref().map(|d| d.frac),
+            true,
+        ),
+        (
+            "acc at 90% pruned",
+            "pruned_90_acc",
+            |r| {
+                fin(r)
+                    .pruning
+                    .iter()
+                    .find(|p| (p.frac - 0.9).abs() < 1e-9)
+                    .map(|p| p.test_acc)
+            },
+            true,
+        ),
+    ]
+}
+
+/// One configuration's paired comparisons: per headline measure, the
+/// comparison and its Holm-adjusted p-value.
+pub struct PairedRow {
+    pub label: String,
+    pub cells: Vec<Option<(stats::Paired, Option<f64>)>>,
+}
+
+/// The paired comparisons of one task against its baseline.
+pub struct PairedTable {
+    pub task: String,
+    pub baseline: String,
+    pub rows: Vec<PairedRow>,
+}
+
+/// For each task with a baseline: every other configuration minus the
+/// baseline, per shared seed (runs both finished), per headline measure;
+/// Holm's adjustment across all the cells of the task's table.
+pub fn paired_tables(groups: &[Group], baselines: &[(String, String)]) -> Vec<PairedTable> {
+    let cols = headline_cols();
+    let mut out = vec![];
+    for (task, gs) in by_task(groups) {
+        let Some((_, base_label)) = baselines.iter().find(|(t, _)| *t == task) else {
+            continue;
+        };
+        let Some(base) = gs.iter().find(|g| g.label == *base_label) else {
+            continue;
+        };
+        let mut rows: Vec<PairedRow> = gs
+            .iter()
+            .filter(|g| g.label != *base_label)
+            .map(|g| PairedRow {
+                label: g.label.clone(),
+                cells: cols
+                    .iter()
+                    .map(|c| {
+                        let d: Vec<f64> = g
+                            .done()
+                            .filter_map(|r| {
+                                let b = base.done().find(|b| b.seed == r.seed)?;
+                                Some((c.2)(r)? - (c.2)(b)?)
+                            })
+                            .collect();
+                        // Equal in every pair (e.g. no exact zeros on either
+                        // side): nothing to test, and not counted by Holm.
+                        let equal = !d.is_empty() && d.iter().all(|x| *x == 0.0);
+                        stats::paired(&d).map(|p| {
+                            let p = if equal {
+                                stats::Paired { p: None, ..p }
+                            } else {
+                                p
+                            };
+                            (p, None)
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let ps: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| r.cells.iter().flatten().filter_map(|(p, _)| p.p))
+            .collect();
+        let adjusted = stats::holm(&ps);
+        let mut k = 0;
+        for r in &mut rows {
+            for (p, holm) in r.cells.iter_mut().flatten() {
+                if p.p.is_some() {
+                    *holm = Some(adjusted[k]);
+                    k += 1;
+                }
+            }
+        }
+        out.push(PairedTable {
+            task,
+            baseline: base_label.clone(),
+            rows,
+        });
+    }
+    out
+}
+
+fn paired_markdown(out: &mut String, t: &PairedTable) {
+    let cols = headline_cols();
+    let n = t
+        .rows
+        .iter()
+        .flat_map(|r| r.cells.iter().flatten().map(|(p, _)| p.n))
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "### Paired differences against {} (same seeds)\n\n\
+         Each cell: the mean over shared seeds of (configuration − {}), in percentage points for \
+         percentages, with its 95 % confidence interval (Student's t with n − 1 degrees of freedom; n = {n} \
+         unless marked). † marks a two-sided paired t-test p < 0.05 after Holm's adjustment across all {} \
+         comparisons of this table (cells equal in every pair are not tests and are left out); every p-value \
+         is in `paired.csv`.\n",
+        t.baseline,
+        t.baseline,
+        t.rows
+            .iter()
+            .flat_map(|r| r.cells.iter().flatten())
+            .filter(|(p, _)| p.p.is_some())
+            .count()
+    );
+    let mut header = vec!["optimizer".to_string()];
+    header.extend(cols.iter().map(|c| format!("Δ {}", c.0)));
+    let rows: Vec<Vec<String>> = t
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.label.clone()];
+            row.extend(r.cells.iter().zip(&cols).map(|(cell, c)| {
+                let Some((p, holm)) = cell else {
+                    return "–".to_string();
+                };
+                let (scale, digits) = if c.3 { (100.0, 2) } else { (1.0, 4) };
+                let mark = if holm.is_some_and(|h| h < 0.05) {
+                    "†"
+                } else {
+                    ""
+                };
+                let n_note = if p.n != n {
+                    format!(" (n = {})", p.n)
+                } else {
+                    String::new()
+                };
+                if p.p.is_none() && p.n > 1 {
+                    return format!("0 (equal){n_note}");
+                }
+                if p.p.is_none() {
+                    return format!("{:+.digits$}{n_note}", scale * p.mean);
+                }
+                format!(
+                    "{:+.digits$} [{:+.digits$}, {:+.digits$}]{mark}{n_note}",
+                    scale * p.mean,
+                    scale * p.lo,
+                    scale * p.hi
+                )
+            }));
+            row
+        })
+        .collect();
+    md_table(out, &header, &rows);
+}
+
+/// Every paired comparison, one row per (task, configuration, measure).
+pub fn paired_csv(tables: &[PairedTable]) -> String {
+    let cols = headline_cols();
+    let mut out =
+        "task,optimizer,baseline,measure,n,mean_diff,ci95_low,ci95_high,p,p_holm\n".to_string();
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.6e}")).unwrap_or_default();
+    for t in tables {
+        for r in &t.rows {
+            for (cell, c) in r.cells.iter().zip(&cols) {
+                let Some((p, holm)) = cell else { continue };
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{}",
+                    csv_field(&t.task),
+                    csv_field(&r.label),
+                    csv_field(&t.baseline),
+                    c.1,
+                    p.n,
+                    f(Some(p.mean)),
+                    f(p.p.map(|_| p.lo)),
+                    f(p.p.map(|_| p.hi)),
+                    f(p.p),
+                    f(*holm)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The configurations of a task that form learning-rate grids (labels
+/// `NAME lr=VALUE`, from `lrs` in the study file), by NAME in study order:
+/// (lr, group).
+pub fn lr_grids<'a>(gs: &[&'a Group]) -> Vec<(String, Vec<(f64, &'a Group)>)> {
+    let mut out: Vec<(String, Vec<(f64, &'a Group)>)> = vec![];
+    for g in gs {
+        let Some((name, lr)) = g
+            .label
+            .rsplit_once(" lr=")
+            .and_then(|(n, lr)| Some((n.to_string(), lr.parse::<f64>().ok()?)))
+        else {
+            continue;
+        };
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push((lr, *g)),
+            None => out.push((name, vec![(lr, *g)])),
+        }
+    }
+    out
+}
+
+/// One optimizer's best value of a measure among its settings at the
+/// matched accuracy: (mean, sd over seeds, lr).
+type Best = Option<(f64, Option<f64>, f64)>;
+
+pub struct MatchedRow {
+    pub name: String,
+    /// (lr, mean test accuracy) of its most accurate setting.
+    pub best_acc: (f64, f64),
+    /// Its settings at or above the matched level.
+    pub at_level: Vec<f64>,
+    pub best: Vec<Best>,
+}
+
+/// Optimizers compared at matched accuracy over their lr grids.
+pub struct Matched {
+    /// The matched level: the lowest of the optimizers' best mean test
+    /// accuracies, so that every optimizer has a setting there.
+    pub level: f64,
+    pub rows: Vec<MatchedRow>,
+}
+
+/// Accuracy below the matched level that still counts as matched.
+const MATCH_TOLERANCE: f64 = 0.002;
+
+fn matched_cols() -> Vec<Col> {
+    headline_cols()
+        .into_iter()
+        .filter(|c| c.1 != "test_acc" && c.1 != "dead_units" && c.1 != "weights_exact_zero")
+        .collect()
+}
+
+pub fn matched(gs: &[&Group]) -> Option<Matched> {
+    let grids = lr_grids(gs);
+    if grids.len() < 2 {
+        return None;
+    }
+    let acc = |g: &Group| stat(g, |r| r.r#final.as_ref().map(|f| f.test_acc)).map(|s| s.0);
+    let mut rows = vec![];
+    for (name, points) in &grids {
+        let best_acc = points
+            .iter()
+            .filter_map(|(lr, g)| Some((*lr, acc(g)?)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        rows.push(MatchedRow {
+            name: name.clone(),
+            best_acc,
+            at_level: vec![],
+            best: vec![],
+        });
+    }
+    let level = rows.iter().map(|r| r.best_acc.1).min_by(f64::total_cmp)?;
+    let cols = matched_cols();
+    for (row, (_, points)) in rows.iter_mut().zip(&grids) {
+        let eligible: Vec<&(f64, &Group)> = points
+            .iter()
+            .filter(|(_, g)| acc(g).is_some_and(|a| a >= level - MATCH_TOLERANCE))
+            .collect();
+        row.at_level = eligible.iter().map(|(lr, _)| *lr).collect();
+        row.best = cols
+            .iter()
+            .map(|c| {
+                eligible
+                    .iter()
+                    .filter_map(|(lr, g)| stat(g, c.2).map(|(m, s)| (m, s, *lr)))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+            })
+            .collect();
+    }
+    Some(Matched { level, rows })
+}
+
+fn matched_markdown(out: &mut String, m: &Matched) {
+    let cols = matched_cols();
+    let _ = writeln!(
+        out,
+        "### At matched accuracy\n\n\
+         The matched level is the lowest of the optimizers' best mean test accuracies over their learning-rate \
+         grids: {:.2} %. For each optimizer, among its learning rates whose mean test accuracy is at least {:.2} % \
+         (the level less {:.1} points), the highest mean of each measure (± sd over seeds) and the lr that gives it.\n",
+        100.0 * m.level,
+        100.0 * (m.level - MATCH_TOLERANCE),
+        100.0 * MATCH_TOLERANCE
+    );
+    let mut header = vec![
+        "optimizer".to_string(),
+        "best test acc % (lr)".to_string(),
+        "lrs at the level".to_string(),
+    ];
+    header.extend(cols.iter().map(|c| format!("{} (lr)", c.0)));
+    let rows: Vec<Vec<String>> = m
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![
+                r.name.clone(),
+                format!("{:.2} ({})", 100.0 * r.best_acc.1, r.best_acc.0),
+                r.at_level
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ];
+            row.extend(r.best.iter().zip(&cols).map(|(b, c)| match b {
+                Some((mean, sd, lr)) => {
+                    let v = if c.3 {
+                        pct(Some((*mean, *sd)))
+                    } else {
+                        num(Some((*mean, *sd)), 4)
+                    };
+                    format!("{v} ({lr})")
+                }
+                None => "–".into(),
+            }));
+            row
+        })
+        .collect();
+    md_table(out, &header, &rows);
 }
 
 /// A note when the runs of one report came from different commits or from

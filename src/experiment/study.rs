@@ -68,6 +68,10 @@ pub struct Task {
     /// Optimizers for this task only; otherwise the study's list.
     #[serde(default)]
     pub optimizers: Option<Vec<NamedOptimizer>>,
+    /// The label of the configuration the others are compared with, paired
+    /// by seed (overrides the study's `baseline`).
+    #[serde(default)]
+    pub baseline: Option<String>,
 }
 
 fn default_batch() -> usize {
@@ -88,6 +92,11 @@ pub struct Study {
     /// Overrides applied with `--quick`, as `--set` would: `{ "epochs" = 1 }`.
     #[serde(default)]
     pub quick: toml::Table,
+    /// The label of the configuration every task's others are compared
+    /// with in the report (paired differences over shared seeds); a task's
+    /// own `baseline` overrides it.
+    #[serde(default)]
+    pub baseline: Option<String>,
 }
 
 /// One cell of the grid.
@@ -153,13 +162,14 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Top-level keys of a study; any other `--set` key applies to every task.
-const STUDY_KEYS: [&str; 6] = [
+const STUDY_KEYS: [&str; 7] = [
     "name",
     "description",
     "seeds",
     "tasks",
     "optimizers",
     "quick",
+    "baseline",
 ];
 
 impl Study {
@@ -265,6 +275,15 @@ impl Study {
                     }
                 }
             }
+            if let Some(b) = t.baseline.as_ref().or(self.baseline.as_ref())
+                && !ol.values().any(|l| l == b)
+            {
+                bail_usage!(
+                    "{file}: task `{}`: `baseline = \"{b}\"` is not one of its optimizer labels ({})",
+                    t.label,
+                    ol.values().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
         }
         for spec in self.grid() {
             let name = spec.file_name();
@@ -284,6 +303,19 @@ impl Study {
             })?;
         }
         Ok(())
+    }
+
+    /// Each task's baseline label, if any: (task label, baseline label).
+    pub fn baselines(&self) -> Vec<(String, String)> {
+        self.tasks
+            .iter()
+            .filter_map(|t| {
+                t.baseline
+                    .as_ref()
+                    .or(self.baseline.as_ref())
+                    .map(|b| (t.label.clone(), b.clone()))
+            })
+            .collect()
     }
 
     fn optimizers_of<'a>(&'a self, t: &'a Task) -> &'a [NamedOptimizer] {
@@ -593,6 +625,19 @@ seeds = [0]
         assert!(
             msg.contains("shorten the labels") && msg.len() < 400,
             "{msg}"
+        );
+        let msg = format!(
+            "{:#}",
+            Study::load(&p, false, &[("baseline".into(), "\"Adamm\"".into())]).unwrap_err()
+        );
+        assert!(
+            msg.contains("Adamm") && msg.contains("SGD, Adam") || msg.contains("Adam, SGD"),
+            "{msg}"
+        );
+        let ok = Study::load(&p, false, &[("baseline".into(), "\"SGD\"".into())]).unwrap();
+        assert_eq!(
+            ok.baselines(),
+            vec![("teacher".to_string(), "SGD".to_string())]
         );
         let bad = write(&STUDY.replace("epochs = 2", "epochs = 2\nbatchsize = 3"));
         let msg = format!("{:#}", Study::load(&bad, false, &[]).unwrap_err());
