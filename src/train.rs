@@ -12,7 +12,9 @@ use tracing::{debug, info, warn};
 
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, DataConfig, Dataset, Split, Task};
-use crate::metrics::{self, DeadUnits, DeadUnitsReport, LogHistogram, ModelMeasures};
+use crate::metrics::{
+    self, ActivityBucket, DeadUnits, DeadUnitsReport, GradBucket, LogHistogram, ModelMeasures,
+};
 use crate::models::{Model, ModelConfig};
 use crate::optim::{self, OptimizerConfig};
 use crate::provenance::Provenance;
@@ -108,6 +110,13 @@ pub struct TrainConfig {
     pub prune_fracs: Vec<f64>,
     #[serde(default)]
     pub seed: u64,
+    /// Accumulate, per weight element, the sum over steps of |g| and report
+    /// the weights bucketed by it at the end ([`Final::gradient_buckets`]).
+    /// Reads the gradients only: the training numbers are the same either
+    /// way. Left out of the JSON when off, so that configs without it keep
+    /// their run-file hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_gradients: bool,
 }
 
 fn default_batch() -> usize {
@@ -134,6 +143,7 @@ impl TrainConfig {
             eval_windows: default_eval_windows(),
             prune_fracs: default_prune(),
             seed: 0,
+            track_gradients: false,
         }
     }
 
@@ -249,8 +259,10 @@ impl TrainConfig {
         };
         let rows = self.batch_size.max(eval_rows);
         // f32 parameters, gradients, up to three state tensors and the
-        // pruning snapshot; the final measures hold four f64 copies.
-        let bytes = params * (4.0 * 6.0 + 8.0 * 4.0)
+        // pruning snapshot; the final measures hold four f64 copies; the
+        // gradient tracker two more (accumulated |g| and the start).
+        let tracker = if self.track_gradients { 8.0 * 2.0 } else { 0.0 };
+        let bytes = params * (4.0 * 6.0 + 8.0 * 4.0 + tracker)
             + 4.0 * self.model.activation_count(task, rows)
             + data_bytes;
         if bytes > available {
@@ -309,6 +321,10 @@ pub struct EvalPoint {
     pub weights_near_zero_frac: std::collections::BTreeMap<String, f64>,
     #[serde(deserialize_with = "nan_from_null")]
     pub weights_rel_near_zero_frac: f64,
+    /// Keys "0.01", "0.03", "0.1": |w| < c * RMS of its own tensor, pooled
+    /// over the weights (empty in records written before it existed).
+    #[serde(default)]
+    pub weights_scale_rel_near_zero_frac: std::collections::BTreeMap<String, f64>,
 }
 
 impl Final {
@@ -373,6 +389,15 @@ pub struct Final {
     pub pruning: Vec<PrunePoint>,
     /// log10 |w| of the weights (tensors with >= 2 dims).
     pub weight_histogram: LogHistogram,
+    /// The MLP on image data (mnist, fashion-mnist): the first layer's
+    /// weights (`fc0.weight[:, j]`) by how often pixel j is > 0 in the
+    /// training images: never, <=0.1%, <=3%, >3%.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_activity: Option<Vec<ActivityBucket>>,
+    /// With `track_gradients`: every weight (tensors with >= 2 dims),
+    /// bucketed by its sum over steps of |g|: none, then quintiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient_buckets: Option<Vec<GradBucket>>,
 }
 
 /// The record of one run: what ran, what it measured, how it ended.
@@ -509,7 +534,13 @@ pub fn run_on(
             weights_exact_zero_frac: m.exact_zero_frac,
             weights_near_zero_frac: m.near_zero_frac,
             weights_rel_near_zero_frac: m.rel_near_zero_frac,
+            weights_scale_rel_near_zero_frac: m.scale_rel_near_zero_frac,
         })
+    };
+    let mut tracker = if cfg.track_gradients {
+        Some(GradTracker::new(&model)?)
+    } else {
+        None
     };
     history.push(point(0, cfg.schedule.lr(base_lr, 0, total), None)?);
     for t in 0..total {
@@ -528,6 +559,9 @@ pub fn run_on(
             );
             status = Status::Diverged;
             break;
+        }
+        if let Some(tr) = &mut tracker {
+            tr.add(&grads)?;
         }
         opt.step(&grads)?;
         steps_done = t + 1;
@@ -554,7 +588,10 @@ pub fn run_on(
     }
     let mut error = None;
     let final_ = if status == Status::Done {
-        let f = final_measures(cfg, &model, &ds.task, &evals, last_train_loss)?;
+        let mut f = final_measures(cfg, &model, ds, &evals, last_train_loss)?;
+        if let Some(tr) = &tracker {
+            f.gradient_buckets = Some(tr.buckets()?);
+        }
         match f.first_non_finite() {
             None => Some(f),
             Some(what) => {
@@ -661,10 +698,92 @@ fn weight_measures(model: &Model) -> Result<metrics::Measures> {
     let mut w = vec![];
     for (_, v) in model.named_params() {
         if v.rank() >= 2 {
-            w.extend(metrics::values(v.as_tensor())?);
+            w.push(metrics::values(v.as_tensor())?);
         }
     }
-    Ok(metrics::Measures::of(&w))
+    let parts: Vec<&[f64]> = w.iter().map(|v| v.as_slice()).collect();
+    Ok(metrics::Measures::of_group(&parts))
+}
+
+/// The sum over steps of |g| of every weight element (tensors with two or
+/// more dimensions), and the weights at the start, for
+/// [`Final::gradient_buckets`]. Reads the gradients, never writes them.
+struct GradTracker {
+    weights: Vec<(candle_core::Var, Vec<f64>, Vec<f64>)>,
+}
+
+impl GradTracker {
+    fn new(model: &Model) -> Result<Self> {
+        let mut weights = vec![];
+        for (_, v) in model.named_params() {
+            if v.rank() >= 2 {
+                let start = metrics::values(v.as_tensor())?;
+                weights.push((v, vec![0.0; start.len()], start));
+            }
+        }
+        Ok(Self { weights })
+    }
+
+    /// Adds one step's |g| (a weight without a gradient adds nothing).
+    fn add(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        for (v, sum, _) in &mut self.weights {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                for (s, g) in sum.iter_mut().zip(metrics::values(g)?) {
+                    *s += g.abs();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn buckets(&self) -> Result<Vec<GradBucket>> {
+        let end: Vec<Vec<f64>> = self
+            .weights
+            .iter()
+            .map(|(v, _, _)| metrics::values(v.as_tensor()))
+            .collect::<Result<_>>()?;
+        let tensors: Vec<metrics::GradTensor> = self
+            .weights
+            .iter()
+            .zip(&end)
+            .map(|((_, sum, start), end)| metrics::GradTensor {
+                grad_sum: sum,
+                start,
+                end,
+            })
+            .collect();
+        Ok(metrics::gradient_buckets(&tensors))
+    }
+}
+
+/// The first layer's weights by input-pixel activity, for the MLP on image
+/// data (mnist, fashion-mnist); None otherwise.
+fn input_activity(model: &Model, ds: &Dataset) -> Result<Option<Vec<ActivityBucket>>> {
+    let (Model::Mlp(_), Task::Classify { inputs, .. }, Split::Examples { x, .. }) =
+        (model, &ds.task, &ds.train)
+    else {
+        return Ok(None);
+    };
+    if !matches!(ds.name.as_str(), "mnist" | "fashion-mnist") {
+        return Ok(None);
+    }
+    let Some((_, w)) = model
+        .named_params()
+        .into_iter()
+        .find(|(k, _)| k == "fc0.weight")
+    else {
+        return Ok(None);
+    };
+    if w.dims().get(1) != Some(inputs) {
+        return Ok(None);
+    }
+    let active = metrics::active_counts(x)?;
+    Ok(Some(metrics::activity_breakdown(
+        &active,
+        x.dim(0)? as u64,
+        &metrics::values(w.as_tensor())?,
+        *inputs,
+    )))
 }
 
 /// The final weight measures of named tensors (in name order) and the
@@ -684,10 +803,11 @@ pub fn weight_measures_of(named: &[(String, Tensor)]) -> Result<(ModelMeasures, 
 fn final_measures(
     cfg: &TrainConfig,
     model: &Model,
-    task: &Task,
+    ds: &Dataset,
     evals: &[Batch],
     train_loss: f64,
 ) -> Result<Final> {
+    let task = &ds.task;
     let mut dead = DeadUnits::default();
     let (test_loss, test_acc) = evaluate(model, task, evals, Some(&mut dead))?;
     let named: Vec<(String, Tensor)> = model
@@ -705,6 +825,8 @@ fn final_measures(
         dead_units: model.has_relu_units().then(|| dead.report()),
         pruning,
         weight_histogram,
+        input_activity: input_activity(model, ds)?,
+        gradient_buckets: None,
     })
 }
 
@@ -901,6 +1023,8 @@ mod tests {
                 test_loss: 0.6,
             }],
             weight_histogram: LogHistogram::of(&[], -1.0, 1.0, 1.0),
+            input_activity: None,
+            gradient_buckets: None,
         };
         assert_eq!(f.first_non_finite(), None);
         f.pruning[0].test_loss = f64::INFINITY;
@@ -930,6 +1054,7 @@ mod tests {
             weights_exact_zero_frac: 0.0,
             weights_near_zero_frac: Default::default(),
             weights_rel_near_zero_frac: f64::INFINITY,
+            weights_scale_rel_near_zero_frac: Default::default(),
         };
         let json = serde_json::to_string(&p).unwrap();
         let back: EvalPoint = serde_json::from_str(&json).unwrap();

@@ -247,6 +247,8 @@ fn measure_json_matches_numpy_on_a_pytorch_checkpoint() {
     let check = |a: &serde_json::Value, b: &serde_json::Value, at: &str| {
         // Our count of non-finite values, which numpy's fixture lacks: none here.
         assert_eq!(a["nonfinite"], 0, "{at}");
+        // The scale-relative fractions were added to the fixture without
+        // torch (tests/golden/add_scale_rel_to_fixture.py, numpy alone).
         let keys: Vec<_> = a
             .as_object()
             .unwrap()
@@ -261,7 +263,7 @@ fn measure_json_matches_numpy_on_a_pytorch_checkpoint() {
         assert_eq!(got, want, "{at}");
         for k in keys {
             let (x, y) = (&a[&k], &b[&k]);
-            if k == "near_zero_frac" {
+            if k == "near_zero_frac" || k == "scale_rel_near_zero_frac" {
                 assert_eq!(x, y, "{at}.{k}");
             } else {
                 let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
@@ -636,6 +638,74 @@ fn measure_counts_non_finite_values() {
         row.trim_end().ends_with(" 4") && row.contains(" -"),
         "{row}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The scale-relative near-zero fractions through the binary, on a file
+/// with f32 and f64 tensors, against hand-computed values: each tensor
+/// uses its own RMS, and the groups pool the counts.
+#[test]
+fn measure_scale_relative_near_zero_on_mixed_dtypes() {
+    use candle_core::{Device, Tensor};
+    let dir = tmpdir("scale-rel");
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("mixed.safetensors");
+    let mut map = std::collections::HashMap::new();
+    // RMS sqrt((3 + 0.005^2)/4) = 0.866: 0.005 is below 0.01, 0.03 and 0.1
+    // of it, the ones are not.
+    map.insert(
+        "a.weight".to_string(),
+        Tensor::new(&[[1f32, 1.0], [1.0, 0.005]], &Device::Cpu).unwrap(),
+    );
+    // RMS sqrt((3e-4 + 2.5e-9 + 2.5e-7)/6) = 0.007074: thresholds 7.07e-5,
+    // 2.12e-4, 7.07e-4, below them 2 (5e-5, 0), 2 and 3 (+5e-4) of 6.
+    map.insert(
+        "b.weight".to_string(),
+        Tensor::new(
+            &[[0.01f64, 0.01, 0.01], [0.00005, 0.0005, 0.0]],
+            &Device::Cpu,
+        )
+        .unwrap(),
+    );
+    // All zero: every value counts.
+    map.insert(
+        "b.bias".to_string(),
+        Tensor::new(&[0f32, 0.0, 0.0], &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&map, &f).unwrap();
+    let o = bin(&["measure", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let fracs = |m: &serde_json::Value| -> Vec<f64> {
+        ["0.01", "0.03", "0.1"]
+            .iter()
+            .map(|k| m["scale_rel_near_zero_frac"][k].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(fracs(&m["tensors"]["a.weight"]), [0.25, 0.25, 0.25]);
+    assert_eq!(
+        fracs(&m["tensors"]["b.weight"]),
+        [2.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0]
+    );
+    assert_eq!(fracs(&m["tensors"]["b.bias"]), [1.0, 1.0, 1.0]);
+    // Pooled: 1 + 2 + 3, 1 + 2 + 3, 1 + 3 + 3 of 13. One RMS over all 13
+    // values (0.48) would put 9 below 0.1 of it.
+    assert_eq!(fracs(&m["total"]), [6.0 / 13.0, 6.0 / 13.0, 7.0 / 13.0]);
+    // The other keys are still there.
+    assert_eq!(m["total"]["near_zero_frac"]["1e-3"], 6.0 / 13.0);
+    assert_eq!(m["total"]["numel"], 13);
+    // The table has a column per threshold; the weights group pools 3, 3, 4
+    // of 10.
+    let o = bin(&["measure", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("<.01rms") && header.contains("<.03rms") && header.contains("<.1rms"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with("[weights]")).unwrap();
+    assert!(row.contains("0.3000  0.3000  0.4000"), "{table}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -237,6 +237,75 @@ fn teacher_task_trains_and_is_measured() {
     assert_eq!(rec.optimizer_state_bytes, 2 * 4 * rec.params);
 }
 
+/// `track_gradients` only reads the gradients: the same training numbers
+/// bit for bit, plus every weight bucketed by its accumulated |g|. The
+/// first-layer weights of an input that is always 0 get no gradient.
+#[test]
+fn tracking_gradients_changes_no_number() {
+    let mut ds = small_teacher().load(0).unwrap();
+    for split in [&mut ds.train, &mut ds.test] {
+        let Split::Examples { x, .. } = split else {
+            panic!("teacher data are examples")
+        };
+        let mut rows = x.to_vec2::<f32>().unwrap();
+        for r in &mut rows {
+            r[0] = 0.0;
+        }
+        *x = Tensor::new(rows, &Device::Cpu).unwrap();
+    }
+    let base = teacher_config(opt("sgd", &[("lr", "0.1"), ("momentum", "0.9")]));
+    let mut tracked = base.clone();
+    tracked.track_gradients = true;
+    // Off, the config reads as before (the same run-file hash).
+    let json = serde_json::to_value(&base).unwrap();
+    assert!(json.get("track_gradients").is_none(), "{json}");
+    assert_eq!(
+        serde_json::to_value(&tracked).unwrap()["track_gradients"],
+        true
+    );
+    let run = |c: &TrainConfig| {
+        train::run_on(c, &ds, &Device::Cpu, &RunOptions::default())
+            .unwrap()
+            .record
+    };
+    let (off, on) = (run(&base), run(&tracked));
+    assert_eq!((off.status, on.status), (Status::Done, Status::Done));
+    assert_eq!(off.history, on.history);
+    let (a, b) = (off.r#final.unwrap(), on.r#final.unwrap());
+    assert_eq!(a.test_loss.to_bits(), b.test_loss.to_bits());
+    assert_eq!(a.train_loss.to_bits(), b.train_loss.to_bits());
+    assert_eq!(a.measures, b.measures);
+    assert_eq!(a.pruning, b.pruning);
+    assert_eq!(a.weight_histogram, b.weight_histogram);
+    assert!(a.gradient_buckets.is_none() && a.input_activity.is_none());
+    let g = b.gradient_buckets.unwrap();
+    let names: Vec<&str> = g.iter().map(|b| b.bucket.as_str()).collect();
+    assert_eq!(names, ["no gradient", "q1", "q2", "q3", "q4", "q5"]);
+    assert_eq!(
+        g.iter().map(|b| b.count).sum::<usize>(),
+        a.measures.weights.numel
+    );
+    // Input 0's 32 first-layer weights (and any of dead units) got none and
+    // never moved.
+    assert!(g[0].count >= 32, "{:?}", g[0]);
+    assert_eq!(
+        (g[0].grad_min, g[0].grad_max, g[0].mean_abs_change),
+        (0.0, 0.0, 0.0)
+    );
+    // The quintiles: ascending, contiguous ranges of equal size (+-1).
+    for w in g[1..].windows(2) {
+        assert!(w[0].grad_max <= w[1].grad_min, "{w:?}");
+        assert!(w[0].count.abs_diff(w[1].count) <= 1);
+    }
+    assert!(g[1].grad_min > 0.0);
+    // The last evaluation has the scale-relative fractions too.
+    let last = on.history.last().unwrap();
+    assert_eq!(
+        last.weights_scale_rel_near_zero_frac,
+        a.measures.weights.scale_rel_near_zero_frac
+    );
+}
+
 /// A non-finite loss ends the run as diverged, without an error or panic.
 #[test]
 fn divergence_is_a_status_not_a_crash() {
@@ -381,7 +450,8 @@ fn mlp_on_mnist_reaches_the_reference_accuracy() {
         let rec = train::run_on(&c, &ds, &Device::Cpu, &RunOptions::default())
             .unwrap()
             .record;
-        let acc = rec.r#final.unwrap().test_acc;
+        let f = rec.r#final.unwrap();
+        let acc = f.test_acc;
         println!(
             "{}: {:.2}% in {:.1} s",
             c.optimizer.short(),
@@ -389,6 +459,15 @@ fn mlp_on_mnist_reaches_the_reference_accuracy() {
             rec.wall_seconds
         );
         assert!(acc >= min, "{}: {acc}", c.optimizer.short());
+        // 67 pixels are 0 in every training image; the first layer's
+        // weights are broken down by pixel activity.
+        let buckets = f.input_activity.as_ref().unwrap();
+        let names: Vec<&str> = buckets.iter().map(|b| b.bucket.as_str()).collect();
+        assert_eq!(names, ["never", "<=0.1%", "<=3%", ">3%"]);
+        assert_eq!(buckets[0].pixels, 67);
+        assert_eq!(buckets.iter().map(|b| b.pixels).sum::<usize>(), 784);
+        assert_eq!(buckets.iter().map(|b| b.weights).sum::<usize>(), 784 * 128);
+        assert!(buckets.iter().all(|b| b.weights == 128 * b.pixels));
     }
 }
 

@@ -64,7 +64,8 @@ pub fn run(args: MeasureArgs) -> Result<()> {
 }
 
 /// A text table: one row per tensor, then the weight, bias and total
-/// groups. A `nonfinite` column appears when any tensor holds NaN or
+/// groups. `<.01rms` and so on are the scale-relative fractions |w| < c *
+/// RMS of each value's own tensor. A `nonfinite` column appears when any tensor holds NaN or
 /// infinite values, with a note that the norms leave them out; an undefined
 /// measure (no finite values) prints as `-`.
 pub fn table(m: &metrics::ModelMeasures) -> String {
@@ -78,7 +79,7 @@ pub fn table(m: &metrics::ModelMeasures) -> String {
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(6).max(6);
     let bad = m.total.nonfinite;
     let mut out = format!(
-        "{:<width$} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>6} {:>6}{}\n",
+        "{:<width$} {:>9} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>10} {:>9} {:>6} {:>6}{}\n",
         "tensor",
         "numel",
         "zero",
@@ -86,6 +87,9 @@ pub fn table(m: &metrics::ModelMeasures) -> String {
         "<1e-3",
         "<1e-2",
         "<1%max",
+        "<.01rms",
+        "<.03rms",
+        "<.1rms",
         "L1",
         "L2",
         "hoyer",
@@ -104,7 +108,7 @@ pub fn table(m: &metrics::ModelMeasures) -> String {
             continue;
         }
         out += &format!(
-            "{:<width$} {:>9} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {} {} {} {}{}\n",
+            "{:<width$} {:>9} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {} {} {} {} {} {} {}{}\n",
             name,
             v.numel,
             v.exact_zero_frac,
@@ -112,6 +116,9 @@ pub fn table(m: &metrics::ModelMeasures) -> String {
             v.near("1e-3"),
             v.near("1e-2"),
             v.rel_near_zero_frac,
+            num(v.scale_rel("0.01"), 7, 4),
+            num(v.scale_rel("0.03"), 7, 4),
+            num(v.scale_rel("0.1"), 7, 4),
             num(v.l1, 10, 4),
             num(v.l2, 9, 4),
             num(v.hoyer, 6, 3),

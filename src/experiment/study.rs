@@ -72,6 +72,10 @@ pub struct Task {
     /// by seed (overrides the study's `baseline`).
     #[serde(default)]
     pub baseline: Option<String>,
+    /// Bucket the weights by accumulated |g| at the end of each run
+    /// (`TrainConfig::track_gradients`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub track_gradients: bool,
 }
 
 fn default_batch() -> usize {
@@ -346,6 +350,7 @@ impl Study {
                         c.prune_fracs = p.clone();
                     }
                     c.seed = seed;
+                    c.track_gradients = t.track_gradients;
                     out.push(RunSpec {
                         task: t.label.clone(),
                         label: label.clone(),
@@ -559,6 +564,26 @@ seeds = [0]
         assert_eq!(s.optimizers[1].config.lr(), 0.5);
         let s = Study::load(&p, false, &[("data.train_size".into(), "77".into())]).unwrap();
         assert!(format!("{:?}", s.tasks[0].data).contains("train_size: 77"));
+    }
+
+    /// `track_gradients` is a task setting that reaches every run's config,
+    /// and off it leaves the run files' names as they were.
+    #[test]
+    fn track_gradients_is_copied_into_each_run() {
+        let p = write(STUDY);
+        let off = Study::load(&p, false, &[]).unwrap().grid();
+        assert!(off.iter().all(|r| !r.config.track_gradients));
+        let on = Study::load(&p, false, &[("track_gradients".into(), "true".into())])
+            .unwrap()
+            .grid();
+        assert!(on.iter().all(|r| r.config.track_gradients));
+        assert_ne!(on[0].file_name(), off[0].file_name());
+        let mut back = on[0].config.clone();
+        back.track_gradients = false;
+        assert_eq!(
+            serde_json::to_string(&back).unwrap(),
+            serde_json::to_string(&off[0].config).unwrap()
+        );
     }
 
     /// The checks refuse nothing that the shipped studies do.

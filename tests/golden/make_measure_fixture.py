@@ -59,6 +59,10 @@ def main():
     with open(os.path.join(HERE, "torch_checkpoint_measures.json"), "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
+    # The scale-relative fractions (numpy alone, from the file just written).
+    import add_scale_rel_to_fixture
+
+    add_scale_rel_to_fixture.main()
 
 
 if __name__ == "__main__":
