@@ -384,6 +384,18 @@ fn main_cols() -> Vec<Col> {
             true,
         ),
         (
+            "\\|w\\| < 0.01 RMS %",
+            "weights_scale_rel_0.01",
+            |r| finite(fin(r).measures.weights.scale_rel("0.01")),
+            true,
+        ),
+        (
+            "\\|w\\| < 0.1 RMS %",
+            "weights_scale_rel_0.1",
+            |r| finite(fin(r).measures.weights.scale_rel("0.1")),
+            true,
+        ),
+        (
             "Hoyer",
             "weights_hoyer",
             |r| Some(fin(r).measures.weights.hoyer),
@@ -598,6 +610,9 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
             })
             .collect();
         md_table(&mut out, &header, &rows);
+        layer_markdown(&mut out, &gs);
+        activity_markdown(&mut out, &gs);
+        gradient_markdown(&mut out, &gs);
         let _ = writeln!(out, "### Configurations\n");
         for g in &gs {
             let _ = writeln!(out, "- {}: `{}`", g.label, g.optimizer);
@@ -667,6 +682,203 @@ pub fn csv(groups: &[Group]) -> String {
     out
 }
 
+/// The weight tensors (names ending in `weight`, with more than one row in
+/// an MLP: `fc<i>.weight`) measured per tensor in the task's runs, in name
+/// order; empty unless every run is an MLP.
+fn mlp_weight_tensors(gs: &[&Group]) -> Vec<String> {
+    let Some(first) = gs.iter().flat_map(|g| g.done()).next() else {
+        return vec![];
+    };
+    if !matches!(first.config.model, crate::models::ModelConfig::Mlp(_)) {
+        return vec![];
+    }
+    first
+        .r#final
+        .as_ref()
+        .map(|f| {
+            f.measures
+                .tensors
+                .keys()
+                .filter(|k| k.starts_with("fc") && k.ends_with(".weight"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Per weight tensor of an MLP: its share of the weights and its sparsity,
+/// since the first layer holds most of them (98.7 % in 784-128-10).
+fn layer_markdown(out: &mut String, gs: &[&Group]) {
+    let names = mlp_weight_tensors(gs);
+    if names.len() < 2 {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### Per layer\n\nEach weight matrix apart (mean ± sd over seeds): \
+         |w| < 1e-3, |w| < 0.01·RMS of that matrix, and Gini.\n"
+    );
+    let total: usize = gs
+        .iter()
+        .flat_map(|g| g.done())
+        .next()
+        .and_then(|r| r.r#final.as_ref())
+        .map(|f| names.iter().map(|n| f.measures.tensors[n].numel).sum())
+        .unwrap_or(0);
+    let mut header = vec!["optimizer".to_string()];
+    for n in &names {
+        let numel = gs
+            .iter()
+            .flat_map(|g| g.done())
+            .next()
+            .and_then(|r| r.r#final.as_ref())
+            .map(|f| f.measures.tensors[n].numel)
+            .unwrap_or(0);
+        let share = 100.0 * numel as f64 / total.max(1) as f64;
+        header.push(format!("{n} ({share:.1} % of weights): \\|w\\| < 1e-3 %"));
+        header.push(format!("{n}: < 0.01 RMS %"));
+        header.push(format!("{n}: Gini"));
+    }
+    let rows: Vec<Vec<String>> = gs
+        .iter()
+        .map(|g| {
+            let mut row = vec![g.label.clone()];
+            for n in &names {
+                fn m<'a>(r: &'a RunRecord, n: &str) -> Option<&'a crate::metrics::Measures> {
+                    r.r#final.as_ref().and_then(|f| f.measures.tensors.get(n))
+                }
+                row.push(pct(stat(g, |r| m(r, n).map(|m| m.near("1e-3")))));
+                row.push(pct(stat(g, |r| {
+                    m(r, n).and_then(|m| finite(m.scale_rel("0.01")))
+                })));
+                row.push(num(stat(g, |r| m(r, n).and_then(|m| finite(m.gini))), 4));
+            }
+            row
+        })
+        .collect();
+    md_table(out, &header, &rows);
+}
+
+/// For image data: the first layer's weights by how often their pixel is
+/// active (> 0) in the training set.
+fn activity_markdown(out: &mut String, gs: &[&Group]) {
+    let Some(buckets) = gs
+        .iter()
+        .flat_map(|g| g.done())
+        .find_map(|r| r.r#final.as_ref()?.input_activity.clone())
+    else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "### First-layer weights by pixel activity\n\n\
+         Pixels bucketed by the fraction of training images in which they are non-zero; per bucket, its \
+         first-layer weights' |w| < 1e-3 % / w = 0 % / |w| < 0.01·RMS(first layer) % / mean |w| (means over seeds). \
+         Weights of pixels that are never active get no gradient from the data.\n"
+    );
+    let mut header = vec!["optimizer".to_string()];
+    header.extend(
+        buckets
+            .iter()
+            .map(|b| format!("{} ({} px, {} w)", b.bucket, b.pixels, b.weights)),
+    );
+    let rows: Vec<Vec<String>> = gs
+        .iter()
+        .map(|g| {
+            let mut row = vec![g.label.clone()];
+            for (i, _) in buckets.iter().enumerate() {
+                let b = |r: &RunRecord| -> Option<crate::metrics::ActivityBucket> {
+                    r.r#final.as_ref()?.input_activity.as_ref()?.get(i).cloned()
+                };
+                let m = |f: fn(&crate::metrics::ActivityBucket) -> f64| {
+                    stat(g, |r| b(r).and_then(|b| finite(f(&b)))).map(|s| s.0)
+                };
+                let p = |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or("–".into());
+                row.push(format!(
+                    "{} / {} / {} / {}",
+                    p(m(|b| b.near_zero_frac)),
+                    p(m(|b| b.exact_zero_frac)),
+                    p(m(|b| b.scale_rel_near_zero_frac)),
+                    m(|b| b.mean_abs).map(|v| format!("{v:.4}")).unwrap_or("–".into())
+                ));
+            }
+            row
+        })
+        .collect();
+    md_table(out, &header, &rows);
+}
+
+/// With `track_gradients`: the weights bucketed by the sum over training of
+/// |g| (claim C2: do small-gradient weights drift and end far from zero?).
+fn gradient_markdown(out: &mut String, gs: &[&Group]) {
+    let Some(names) = gs
+        .iter()
+        .flat_map(|g| g.done())
+        .find_map(|r| r.r#final.as_ref()?.gradient_buckets.clone())
+        .map(|b| b.into_iter().map(|b| b.bucket).collect::<Vec<_>>())
+    else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "### Weights by accumulated gradient\n\n\
+         All weights pooled, bucketed by the sum over training of |g| (the gradient of the loss, before \
+         any regularisation): those that never got one, then quintiles of the rest. Per bucket (means over \
+         seeds): the accumulated |g| range, mean |w| at the end, mean |w_end − w_start|, |w| < 1e-3 %, \
+         |w| < 0.01·RMS % and w = 0 %.\n"
+    );
+    let header: Vec<String> = [
+        "optimizer",
+        "bucket",
+        "weights",
+        "Σ|g| from",
+        "Σ|g| to",
+        "mean \\|w_end\\|",
+        "mean \\|w_end − w_start\\|",
+        "\\|w\\| < 1e-3 %",
+        "< 0.01 RMS %",
+        "w = 0 %",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rows = vec![];
+    for g in gs {
+        for (i, name) in names.iter().enumerate() {
+            let b = |r: &RunRecord| -> Option<crate::metrics::GradBucket> {
+                r.r#final.as_ref()?.gradient_buckets.as_ref()?.get(i).cloned()
+            };
+            let m = |f: fn(&crate::metrics::GradBucket) -> f64| {
+                stat(g, |r| b(r).and_then(|b| finite(f(&b)))).map(|s| s.0)
+            };
+            if m(|b| b.count as f64).is_none() {
+                continue;
+            }
+            let e = |v: Option<f64>| v.map(|v| format!("{v:.3e}")).unwrap_or("–".into());
+            let f4 = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or("–".into());
+            let p = |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or("–".into());
+            rows.push(vec![
+                g.label.clone(),
+                name.clone(),
+                m(|b| b.count as f64).map(|v| format!("{v:.0}")).unwrap_or("–".into()),
+                e(m(|b| b.grad_min)),
+                e(m(|b| b.grad_max)),
+                f4(m(|b| b.mean_abs)),
+                f4(m(|b| b.mean_abs_change)),
+                p(m(|b| b.near_zero_frac)),
+                p(m(|b| b.scale_rel_near_zero_frac)),
+                p(m(|b| b.exact_zero_frac)),
+            ]);
+        }
+    }
+    md_table(out, &header, &rows);
+}
+
+/// A value, if it is finite (records older than a measure hold NaN).
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
 /// The measures compared with the baseline, paired by seed.
 fn headline_cols() -> Vec<Col> {
     fn fin(r: &RunRecord) -> &crate::train::Final {
@@ -678,6 +890,12 @@ fn headline_cols() -> Vec<Col> {
             "\\|w\\| < 1e-3",
             "weights_near_zero_1e-3",
             |r| Some(fin(r).measures.weights.near("1e-3")),
+            true,
+        ),
+        (
+            "\\|w\\| < 0.01 RMS",
+            "weights_scale_rel_0.01",
+            |r| finite(fin(r).measures.weights.scale_rel("0.01")),
             true,
         ),
         (
