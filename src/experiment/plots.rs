@@ -339,10 +339,10 @@ impl Axis {
         };
         let pad = 0.04 * (hi - lo);
         let mut a = lo - pad;
-        if let Some(f) = floor {
-            if lo >= f {
-                a = a.max(f);
-            }
+        if let Some(f) = floor
+            && lo >= f
+        {
+            a = a.max(f);
         }
         let b = hi + pad;
         let step = nice_step((b - a) / 6.0);
@@ -603,7 +603,7 @@ fn draw_path(area: &Area, pts: Vec<(i32, i32)>, s: &Style) -> Result<()> {
     let st = s.color.stroke_width(s.width);
     match s.dash {
         None => area.draw(&PathElement::new(pts, st)),
-        Some((d, g)) => area.draw(&DashedPathElement::new(pts.into_iter(), d, g, st)),
+        Some((d, g)) => area.draw(&DashedPathElement::new(pts, d, g, st)),
     }
     .map_err(|e| plot_err("line", e))
 }
