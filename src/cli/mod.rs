@@ -95,7 +95,7 @@ enum Command {
     /// With --json, prints {"tensors": {NAME: M, ...}, "total": M}, where M has numel,
     /// exact_zero_frac, near_zero_frac ({"1e-4", "1e-3", "1e-2"}), rel_near_zero_frac,
     /// l1, l2, hoyer and gini; "total" treats all floating-point tensors as one vector.
-    /// scale_rel_near_zero_frac ({"0.01", "0.03", "0.1"}): |w| < c * RMS of w's own tensor.
+    /// M also has scale_rel_near_zero_frac ({"0.01", "0.03", "0.1"}): |w| < c * RMS of w's own tensor.
     Measure(measure::MeasureArgs),
     /// Rebuild a study's tables and plots from its run files (DIR/runs/*.json, all shards).
     ///
