@@ -287,7 +287,12 @@ pub fn write_report(dir: &Path) -> Result<String> {
         write_atomic(&dir.join("paired.csv"), paired_csv(&paired).as_bytes())?;
     }
     write_atomic(&dir.join("metrics.csv"), metrics_csv(&groups).as_bytes())?;
-    plots::write_all(dir, &groups)?;
+    plots::write_all_with_baseline(dir, &groups, baselines.first().map(|b| b.1.as_str()))?;
+    for (task, gs) in by_task(&groups) {
+        if matched(&gs).is_some() {
+            pareto_plots(dir, &task, &gs)?;
+        }
+    }
     Ok(md)
 }
 
@@ -579,6 +584,11 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
         }
         if let Some(m) = matched(&gs) {
             matched_markdown(&mut out, &m);
+            let slug = plots::slug(&task);
+            for (file, _, what) in PARETO {
+                let _ = writeln!(out, "![{what} against test accuracy](plots/{slug}-{file}.svg)");
+            }
+            out.push('\n');
         }
         let fracs = prune_fracs(&gs);
         if !fracs.is_empty() {
@@ -1203,6 +1213,44 @@ pub fn matched(gs: &[&Group]) -> Option<Matched> {
     }
     Some(Matched { level, rows })
 }
+
+/// The Pareto plots of a task run over lr grids: each sparsity measure
+/// against test accuracy, one line per optimizer over its grid (means over
+/// seeds).
+fn pareto_plots(dir: &Path, task: &str, gs: &[&Group]) -> Result<()> {
+    let slug = plots::slug(task);
+    for (file, col, what) in PARETO {
+        let c = headline_cols()
+            .into_iter()
+            .find(|c| c.1 == *col)
+            .expect("a headline column");
+        let points: Vec<(String, f64, f64)> = lr_grids(gs)
+            .into_iter()
+            .flat_map(|(name, pts)| {
+                pts.into_iter().filter_map(move |(_, g)| {
+                    let acc = stat(g, |r| r.r#final.as_ref().map(|f| f.test_acc))?.0;
+                    let y = stat(g, c.2)?.0;
+                    Some((name.clone(), 100.0 * acc, 100.0 * y))
+                })
+            })
+            .collect();
+        plots::pareto(
+            &dir.join("plots").join(format!("{slug}-{file}.svg")),
+            &format!("{task}: {what} against test accuracy, over each optimizer's lr grid"),
+            &points,
+            "test accuracy %",
+            &format!("{what} %"),
+        )?;
+    }
+    Ok(())
+}
+
+/// (file suffix, headline column, axis name) of the Pareto plots.
+const PARETO: &[(&str, &str, &str)] = &[
+    ("pareto-near-zero", "weights_near_zero_1e-3", "weights with |w| < 1e-3"),
+    ("pareto-scale-rel", "weights_scale_rel_0.01", "weights with |w| < 0.01 RMS"),
+    ("pareto-pruned", "pruned_90_acc", "accuracy at 90% pruned"),
+];
 
 fn matched_markdown(out: &mut String, m: &Matched) {
     let cols = matched_cols();
