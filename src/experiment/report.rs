@@ -586,7 +586,10 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
             matched_markdown(&mut out, &m);
             let slug = plots::slug(&task);
             for (file, _, what) in PARETO {
-                let _ = writeln!(out, "![{what} against test accuracy](plots/{slug}-{file}.svg)");
+                let _ = writeln!(
+                    out,
+                    "![{what} against test accuracy](plots/{slug}-{file}.svg)"
+                );
             }
             out.push('\n');
         }
@@ -622,7 +625,14 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
         md_table(&mut out, &header, &rows);
         layer_markdown(&mut out, &gs);
         activity_markdown(&mut out, &gs);
-        gradient_markdown(&mut out, &gs);
+        gradient_markdown(
+            &mut out,
+            &gs,
+            paired
+                .iter()
+                .find(|t| t.task == task)
+                .map(|t| t.baseline.as_str()),
+        );
         let _ = writeln!(out, "### Configurations\n");
         for g in &gs {
             let _ = writeln!(out, "- {}: `{}`", g.label, g.optimizer);
@@ -803,13 +813,16 @@ fn activity_markdown(out: &mut String, gs: &[&Group]) {
                 let m = |f: fn(&crate::metrics::ActivityBucket) -> f64| {
                     stat(g, |r| b(r).and_then(|b| finite(f(&b)))).map(|s| s.0)
                 };
-                let p = |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or("–".into());
+                let p =
+                    |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or("–".into());
                 row.push(format!(
                     "{} / {} / {} / {}",
                     p(m(|b| b.near_zero_frac)),
                     p(m(|b| b.exact_zero_frac)),
                     p(m(|b| b.scale_rel_near_zero_frac)),
-                    m(|b| b.mean_abs).map(|v| format!("{v:.4}")).unwrap_or("–".into())
+                    m(|b| b.mean_abs)
+                        .map(|v| format!("{v:.4}"))
+                        .unwrap_or("–".into())
                 ));
             }
             row
@@ -820,7 +833,7 @@ fn activity_markdown(out: &mut String, gs: &[&Group]) {
 
 /// With `track_gradients`: the weights bucketed by the sum over training of
 /// |g| (claim C2: do small-gradient weights drift and end far from zero?).
-fn gradient_markdown(out: &mut String, gs: &[&Group]) {
+fn gradient_markdown(out: &mut String, gs: &[&Group], baseline: Option<&str>) {
     let Some(names) = gs
         .iter()
         .flat_map(|g| g.done())
@@ -856,7 +869,12 @@ fn gradient_markdown(out: &mut String, gs: &[&Group]) {
     for g in gs {
         for (i, name) in names.iter().enumerate() {
             let b = |r: &RunRecord| -> Option<crate::metrics::GradBucket> {
-                r.r#final.as_ref()?.gradient_buckets.as_ref()?.get(i).cloned()
+                r.r#final
+                    .as_ref()?
+                    .gradient_buckets
+                    .as_ref()?
+                    .get(i)
+                    .cloned()
             };
             let m = |f: fn(&crate::metrics::GradBucket) -> f64| {
                 stat(g, |r| b(r).and_then(|b| finite(f(&b)))).map(|s| s.0)
@@ -870,7 +888,9 @@ fn gradient_markdown(out: &mut String, gs: &[&Group]) {
             rows.push(vec![
                 g.label.clone(),
                 name.clone(),
-                m(|b| b.count as f64).map(|v| format!("{v:.0}")).unwrap_or("–".into()),
+                m(|b| b.count as f64)
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or("–".into()),
                 e(m(|b| b.grad_min)),
                 e(m(|b| b.grad_max)),
                 f4(m(|b| b.mean_abs)),
@@ -878,6 +898,71 @@ fn gradient_markdown(out: &mut String, gs: &[&Group]) {
                 p(m(|b| b.near_zero_frac)),
                 p(m(|b| b.scale_rel_near_zero_frac)),
                 p(m(|b| b.exact_zero_frac)),
+            ]);
+        }
+    }
+    md_table(out, &header, &rows);
+    let Some(base) = baseline.and_then(|b| gs.iter().find(|g| g.label == b)) else {
+        return;
+    };
+    // The same buckets, paired by seed against the baseline.
+    let _ = writeln!(
+        out,
+        "Against {}, paired by seed (bucket by bucket; each run's buckets are its own quintiles): the mean \
+         difference with its 95 % confidence interval (Student's t, n − 1 degrees of freedom), for mean \
+         |w_end|, mean |w_end − w_start| and |w| < 1e-3 (percentage points).\n",
+        base.label
+    );
+    let header: Vec<String> = [
+        "optimizer",
+        "bucket",
+        "n",
+        "Δ mean \\|w_end\\|",
+        "Δ mean \\|w_end − w_start\\|",
+        "Δ \\|w\\| < 1e-3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rows = vec![];
+    let cell = |p: Option<stats::Paired>, scale: f64, digits: usize| match p {
+        Some(p) if p.p.is_some() => format!(
+            "{:+.digits$} [{:+.digits$}, {:+.digits$}]",
+            scale * p.mean,
+            scale * p.lo,
+            scale * p.hi
+        ),
+        Some(p) => format!("{:+.digits$}", scale * p.mean),
+        None => "–".into(),
+    };
+    for g in gs.iter().filter(|g| g.label != base.label) {
+        for (i, name) in names.iter().enumerate() {
+            let diff = |f: fn(&crate::metrics::GradBucket) -> f64| {
+                let d: Vec<f64> = g
+                    .done()
+                    .filter_map(|r| {
+                        let b = base.done().find(|b| b.seed == r.seed)?;
+                        let get = |r: &RunRecord| {
+                            r.r#final
+                                .as_ref()?
+                                .gradient_buckets
+                                .as_ref()?
+                                .get(i)
+                                .and_then(|b| finite(f(b)))
+                        };
+                        Some(get(r)? - get(b)?)
+                    })
+                    .collect();
+                stats::paired(&d)
+            };
+            let n = diff(|b| b.mean_abs).map(|p| p.n).unwrap_or(0);
+            rows.push(vec![
+                g.label.clone(),
+                name.clone(),
+                n.to_string(),
+                cell(diff(|b| b.mean_abs), 1.0, 4),
+                cell(diff(|b| b.mean_abs_change), 1.0, 4),
+                cell(diff(|b| b.near_zero_frac), 100.0, 2),
             ]);
         }
     }
@@ -1247,8 +1332,16 @@ fn pareto_plots(dir: &Path, task: &str, gs: &[&Group]) -> Result<()> {
 
 /// (file suffix, headline column, axis name) of the Pareto plots.
 const PARETO: &[(&str, &str, &str)] = &[
-    ("pareto-near-zero", "weights_near_zero_1e-3", "weights with |w| < 1e-3"),
-    ("pareto-scale-rel", "weights_scale_rel_0.01", "weights with |w| < 0.01 RMS"),
+    (
+        "pareto-near-zero",
+        "weights_near_zero_1e-3",
+        "weights with |w| < 1e-3",
+    ),
+    (
+        "pareto-scale-rel",
+        "weights_scale_rel_0.01",
+        "weights with |w| < 0.01 RMS",
+    ),
     ("pareto-pruned", "pruned_90_acc", "accuracy at 90% pruned"),
 ];
 

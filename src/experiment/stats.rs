@@ -225,7 +225,11 @@ mod tests {
         let half = 4.302_652_730 / 3f64.sqrt();
         assert!((p.lo - (2.0 - half)).abs() < 1e-8 && (p.hi - (2.0 + half)).abs() < 1e-8);
         // scipy.stats.ttest_1samp([1, 2, 3], 0).pvalue = 0.07417990022744854
-        assert!((p.p.unwrap() - 0.074_179_900_227).abs() < 1e-10, "{:?}", p.p);
+        assert!(
+            (p.p.unwrap() - 0.074_179_900_227).abs() < 1e-10,
+            "{:?}",
+            p.p
+        );
         assert_eq!(paired(&[0.5, 0.5]).unwrap().p, Some(0.0));
         assert_eq!(paired(&[0.0, 0.0]).unwrap().p, Some(1.0));
         assert_eq!(paired(&[1.0]).unwrap().p, None);
