@@ -927,8 +927,10 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
 // Pareto plot
 
 /// A scatter of `(label, x, y)` points, here test accuracy against a
-/// sparsity measure (e.g. over a learning-rate grid), joined by one line per
-/// label in order of x; labels keep their order of first appearance.
+/// sparsity measure over a learning-rate grid, joined by one line per label
+/// in the order the points are given (the grid's order: the line walks from
+/// the smallest lr to the largest); labels keep their order of first
+/// appearance.
 /// Non-finite points are left out.
 pub fn pareto(
     path: &Path,
@@ -947,9 +949,6 @@ pub fn pareto(
             Some((_, v)) => v.push((*x, *y)),
             None => labels.push((l.as_str(), vec![(*x, *y)])),
         }
-    }
-    for (_, v) in &mut labels {
-        v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
     }
     let all = labels.iter().flat_map(|(_, v)| v.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (

@@ -1321,7 +1321,9 @@ fn pareto_plots(dir: &Path, task: &str, gs: &[&Group]) -> Result<()> {
             .collect();
         plots::pareto(
             &dir.join("plots").join(format!("{slug}-{file}.svg")),
-            &format!("{task}: {what} against test accuracy, over each optimizer's lr grid"),
+            &format!(
+                "{task}: {what} against test accuracy; each line walks its optimizer's lr grid from the smallest lr"
+            ),
             &points,
             "test accuracy %",
             &format!("{what} %"),
