@@ -17,7 +17,8 @@ pub struct Provenance {
     /// HEAD of the repository the binary was built from (None outside git).
     pub git_commit: Option<String>,
     /// Whether that tree had uncommitted changes (tracked or untracked,
-    /// ignored files aside) when the run started.
+    /// ignored files aside) when the run started: in the code or the study
+    /// files, not in the results folders under experiments/.
     pub git_dirty: Option<bool>,
     /// `rustc --version` of the compiler that built the binary.
     pub rustc: String,
@@ -57,7 +58,21 @@ impl Machine {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         Self {
             git_commit: git(repo, &["rev-parse", "HEAD"]),
-            git_dirty: git(repo, &["status", "--porcelain"]).map(|s| !s.is_empty()),
+            // Results are not code: the folders under experiments/ (the
+            // committed references, rewritten when they are regenerated) and
+            // results/ do not make the tree dirty; study files do.
+            git_dirty: git(
+                repo,
+                &[
+                    "status",
+                    "--porcelain",
+                    "--",
+                    ".",
+                    ":(exclude,glob)experiments/*/**",
+                    ":(exclude)results",
+                ],
+            )
+            .map(|s| !s.is_empty()),
             cpu: cpu_model(),
             cpu_features: cpu_features(),
         }
