@@ -640,7 +640,7 @@ fn report_has_paired_comparisons_and_matched_accuracy() {
     );
     let paired = std::fs::read_to_string(d.join("smoke/paired.csv")).unwrap();
     let rows: Vec<&str> = paired.lines().skip(1).collect();
-    assert_eq!(rows.len(), 2 * 7, "two configurations x seven measures");
+    assert_eq!(rows.len(), 2 * 8, "two configurations x eight measures");
     for r in &rows {
         let f: Vec<&str> = r.split(',').collect();
         assert_eq!((f[2], f[4]), ("SGD+momentum", "2"), "{r}");
