@@ -70,7 +70,7 @@ struct Cli {
 
     /// How many runs of a study to train at once. `auto` (the default): one
     /// run per core when every run is a small model that trains fastest on
-    /// one thread (the MLP at batch <= 256: `sparsity` takes 29 s this way),
+    /// one thread (the MLP at batch <= 256: `sparsity` takes half the time this way),
     /// else one at a time on all cores (the Transformer), and one at a time
     /// on a GPU. Small models always get one thread per run. The results do
     /// not depend on it.
