@@ -403,13 +403,13 @@ fn main_cols() -> Vec<Col> {
         (
             "Hoyer",
             "weights_hoyer",
-            |r| Some(fin(r).measures.weights.hoyer),
+            |r| finite(fin(r).measures.weights.hoyer),
             false,
         ),
         (
             "Gini",
             "weights_gini",
-            |r| Some(fin(r).measures.weights.gini),
+            |r| finite(fin(r).measures.weights.gini),
             false,
         ),
         (
@@ -974,62 +974,40 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
-/// The measures compared with the baseline, paired by seed.
+/// The measures compared with the baseline, paired by seed: columns of the
+/// main table (headers without their unit), and accuracy at 90 % pruned.
 fn headline_cols() -> Vec<Col> {
-    fn fin(r: &RunRecord) -> &crate::train::Final {
-        r.r#final.as_ref().expect("done runs have final measures")
-    }
-    vec![
-        ("test acc", "test_acc", |r| Some(fin(r).test_acc), true),
-        (
-            "\\|w\\| < 1e-3",
-            "weights_near_zero_1e-3",
-            |r| Some(fin(r).measures.weights.near("1e-3")),
-            true,
-        ),
-        (
-            "\\|w\\| < 0.01 RMS",
-            "weights_scale_rel_0.01",
-            |r| finite(fin(r).measures.weights.scale_rel("0.01")),
-            true,
-        ),
-        (
-            "w = 0",
-            "weights_exact_zero",
-            |r| Some(fin(r).measures.weights.exact_zero_frac),
-            true,
-        ),
-        (
-            "Gini",
-            "weights_gini",
-            |r| Some(fin(r).measures.weights.gini).filter(|v| v.is_finite()),
-            false,
-        ),
-        (
-            "Hoyer",
-            "weights_hoyer",
-            |r| Some(fin(r).measures.weights.hoyer).filter(|v| v.is_finite()),
-            false,
-        ),
-        (
-            "dead units",
-            "dead_units",
-            |r| fin(r).dead_units.as_ref().map(|d| d.frac),
-            true,
-        ),
-        (
-            "acc at 90% pruned",
-            "pruned_90_acc",
-            |r| {
-                fin(r)
-                    .pruning
-                    .iter()
-                    .find(|p| (p.frac - 0.9).abs() < 1e-9)
-                    .map(|p| p.test_acc)
-            },
-            true,
-        ),
-    ]
+    const KEYS: [&str; 7] = [
+        "test_acc",
+        "weights_near_zero_1e-3",
+        "weights_scale_rel_0.01",
+        "weights_exact_zero",
+        "weights_gini",
+        "weights_hoyer",
+        "dead_units",
+    ];
+    let main = main_cols();
+    let mut out: Vec<Col> = KEYS
+        .iter()
+        .map(|k| {
+            let c = main.iter().find(|c| c.1 == *k).expect("a main column");
+            (c.0.trim_end_matches(" %"), c.1, c.2, c.3)
+        })
+        .collect();
+    out.push((
+        "acc at 90% pruned",
+        "pruned_90_acc",
+        |r| {
+            r.r#final
+                .as_ref()?
+                .pruning
+                .iter()
+                .find(|p| (p.frac - 0.9).abs() < 1e-9)
+                .map(|p| p.test_acc)
+        },
+        true,
+    ));
+    out
 }
 
 /// One configuration's paired comparisons: per headline measure, the
