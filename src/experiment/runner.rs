@@ -394,18 +394,27 @@ impl Claim {
     fn take(run: &Path) -> Result<Option<Claim>> {
         let path = run.with_extension("claim");
         let me = format!("{} {}\n", hostname(), std::process::id());
+        // The claim appears with its content or not at all: written to a
+        // temporary file, then hard-linked to its name, which fails if the
+        // name exists. (Created empty and then written, a process killed in
+        // between would leave a claim nobody could judge stale.)
+        let tmp = path.with_file_name(format!(
+            ".tmp.{}.{}",
+            std::process::id(),
+            path.file_name().expect("a file name").to_string_lossy()
+        ));
+        let cannot = |e: std::io::Error, p: &Path| {
+            anyhow::Error::new(e).context(format!(
+                "cannot write in the results folder: creating {}",
+                p.display()
+            ))
+        };
         for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(me.as_bytes())
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    return Ok(Some(Claim { path }));
-                }
+            std::fs::write(&tmp, &me).map_err(|e| cannot(e, &tmp))?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => return Ok(Some(Claim { path })),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let held = std::fs::read_to_string(&path).unwrap_or_default();
                     if !claim_is_stale(&held) {
@@ -418,12 +427,7 @@ impl Claim {
                     );
                     let _ = std::fs::remove_file(&path);
                 }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "cannot write in the results folder: creating {}",
-                        path.display()
-                    )));
-                }
+                Err(e) => return Err(cannot(e, &path)),
             }
         }
         Ok(None)
@@ -451,7 +455,7 @@ fn process_gone(pid: u32) -> bool {
 }
 
 /// A claim (`host pid`) is stale when it names this host and a process that
-/// no longer runs, or cannot be read at all (a half-written claim).
+/// no longer runs. (Claims are never half-written: see [`Claim::take`].)
 fn claim_is_stale(text: &str) -> bool {
     let mut parts = text.split_whitespace();
     match (
