@@ -727,7 +727,17 @@ impl GradTracker {
     /// Adds one step's |g| (a weight without a gradient adds nothing).
     fn add(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
         for (v, sum, _) in &mut self.weights {
-            if let Some(g) = grads.get(v.as_tensor()) {
+            let Some(g) = grads.get(v.as_tensor()) else {
+                continue;
+            };
+            // Read f32 gradients as they are (one copy, no f64 tensor per
+            // step); f32 -> f64 is exact, so the sums are the same.
+            if g.dtype() == DType::F32 {
+                let g = g.flatten_all()?.to_vec1::<f32>()?;
+                for (s, g) in sum.iter_mut().zip(g) {
+                    *s += (g as f64).abs();
+                }
+            } else {
                 for (s, g) in sum.iter_mut().zip(metrics::values(g)?) {
                     *s += g.abs();
                 }

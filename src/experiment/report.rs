@@ -81,24 +81,33 @@ pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
     Some((m, sd))
 }
 
+/// The run files (`*.json`, temporaries aside) of a `runs/` folder, sorted;
+/// None when the folder cannot be read.
+pub fn record_paths(runs_dir: &Path) -> Option<Vec<std::path::PathBuf>> {
+    let mut paths: Vec<_> = std::fs::read_dir(runs_dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+        })
+        .collect();
+    paths.sort();
+    Some(paths)
+}
+
 /// Reads and groups the runs of a results folder, in study order.
 pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
     let runs_dir = dir.join("runs");
-    let Ok(entries) = std::fs::read_dir(&runs_dir) else {
+    let Some(paths) = record_paths(&runs_dir) else {
         bail_usage!(
             "report: {} has no runs/ folder; give the folder a study wrote its results to",
             dir.display()
         );
     };
-    let mut paths: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with(".tmp")
-        })
-        .collect();
-    paths.sort();
     let mut groups: BTreeMap<(usize, usize, String, String), Group> = BTreeMap::new();
     // The file each group's first run came from, to name both in an error.
     let mut first_file: BTreeMap<(usize, usize, String, String), std::path::PathBuf> =
@@ -230,16 +239,8 @@ pub fn missing_runs(dir: &Path) -> Vec<String> {
 /// records that change. Returns (recomputed, without a checkpoint).
 pub fn remeasure(dir: &Path) -> Result<(usize, usize)> {
     let runs_dir = dir.join("runs");
-    let mut paths: Vec<_> = std::fs::read_dir(&runs_dir)
-        .with_context(|| format!("report: reading {}", runs_dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with(".tmp")
-        })
-        .collect();
-    paths.sort();
+    let paths = record_paths(&runs_dir)
+        .with_context(|| format!("report: cannot read {}", runs_dir.display()))?;
     let (mut done, mut without) = (0, 0);
     for p in paths {
         let Ok(mut rec) = serde_json::from_str::<RunRecord>(
@@ -738,23 +739,17 @@ fn layer_markdown(out: &mut String, gs: &[&Group]) {
         "### Per layer\n\nEach weight matrix apart (mean ± sd over seeds): \
          |w| < 1e-3, |w| < 0.01·RMS of that matrix, and Gini.\n"
     );
-    let total: usize = gs
+    let numel: Vec<usize> = gs
         .iter()
         .flat_map(|g| g.done())
         .next()
         .and_then(|r| r.r#final.as_ref())
-        .map(|f| names.iter().map(|n| f.measures.tensors[n].numel).sum())
-        .unwrap_or(0);
+        .map(|f| names.iter().map(|n| f.measures.tensors[n].numel).collect())
+        .unwrap_or_else(|| vec![0; names.len()]);
+    let total: usize = numel.iter().sum();
     let mut header = vec!["optimizer".to_string()];
-    for n in &names {
-        let numel = gs
-            .iter()
-            .flat_map(|g| g.done())
-            .next()
-            .and_then(|r| r.r#final.as_ref())
-            .map(|f| f.measures.tensors[n].numel)
-            .unwrap_or(0);
-        let share = 100.0 * numel as f64 / total.max(1) as f64;
+    for (n, numel) in names.iter().zip(&numel) {
+        let share = 100.0 * *numel as f64 / total.max(1) as f64;
         header.push(format!("{n} ({share:.1} % of weights): \\|w\\| < 1e-3 %"));
         header.push(format!("{n}: < 0.01 RMS %"));
         header.push(format!("{n}: Gini"));

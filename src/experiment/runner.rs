@@ -347,9 +347,9 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         // report: write it again until the set of records stands still, so
         // that the last process to finish leaves the complete tables.
         loop {
-            let before = record_names(&runs_dir);
+            let before = report::record_paths(&runs_dir);
             report::write_report(&dir)?;
-            if record_names(&runs_dir) == before {
+            if report::record_paths(&runs_dir) == before {
                 break;
             }
         }
@@ -371,15 +371,6 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         verdict,
         reference,
     })
-}
-
-fn record_names(runs_dir: &Path) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<_> = std::fs::read_dir(runs_dir)
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    v.retain(|n| n.to_string_lossy().ends_with(".json"));
-    v.sort();
-    v
 }
 
 /// An exclusive claim on one run, held while it trains: the file
