@@ -197,6 +197,54 @@ impl Transformer {
         })
     }
 
+    /// Every parameter by name, for the hand-written step.
+    fn param_tensors(&self) -> manual::ParamTensors<&Var> {
+        let pair = |w, b| manual::Affine { w, b };
+        manual::ParamTensors {
+            tok: &self.tok,
+            pos: &self.pos,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| manual::BlockTensors {
+                    ln1: pair(&b.ln1.w, &b.ln1.b),
+                    qkv: pair(&b.qkv.w, &b.qkv.b),
+                    proj: pair(&b.proj.w, &b.proj.b),
+                    ln2: pair(&b.ln2.w, &b.ln2.b),
+                    fc: pair(&b.fc.w, &b.fc.b),
+                    fc_proj: pair(&b.fc_proj.w, &b.fc_proj.b),
+                })
+                .collect(),
+            ln_f: pair(&self.ln_f.w, &self.ln_f.b),
+            head: pair(&self.head.w, &self.head.b),
+        }
+    }
+
+    /// Whether [`loss_and_grads_cpu`](Self::loss_and_grads_cpu) applies.
+    pub fn manual_backward(&self) -> bool {
+        self.tok.device().is_cpu() && self.tok.dtype() == DType::F32
+    }
+
+    /// Mean cross-entropy and every parameter's gradient for token ids
+    /// `[B, T]`, by the hand-written CPU step (`manual.rs`). With
+    /// `last_only`, `y` holds one target per sequence, for its last
+    /// position; otherwise one per position (`[B, T]`).
+    pub fn loss_and_grads_cpu(
+        &self,
+        ids: &Tensor,
+        y: &Tensor,
+        last_only: bool,
+    ) -> Result<(f64, candle_core::backprop::GradStore)> {
+        manual::loss_and_grads(
+            &self.param_tensors(),
+            self.cfg.heads,
+            &self.workspace,
+            ids,
+            y,
+            last_only,
+        )
+    }
+
     fn attention(&self, blk: &Block, x: &Tensor) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let h = self.cfg.heads;

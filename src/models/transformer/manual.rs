@@ -4,6 +4,10 @@
 //! product or one pass. No autograd graph, no temporaries per op, no
 //! transposed copies (the matrix products read strided views).
 //!
+//! The parameters and their gradients are named views
+//! ([`ParamTensors`], after llm.c's `ParameterTensors`): the model hands
+//! over its tensors by name, and every weight is found by its name here.
+//!
 //! Autograd over the same model (`Model::loss_and_grads_autograd`) is the
 //! reference; `tests/training.rs` checks that both give the same loss and
 //! gradients on fresh random batches.
@@ -13,7 +17,6 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Device, Storage, Tensor, Var};
 use rayon::prelude::*;
 
-use super::Transformer;
 use crate::models::kernels::{self as k, View, matmul};
 
 /// Rows per parallel task in the row-wise passes; fixed, so partial sums
@@ -59,8 +62,8 @@ struct LayerActs {
 
 /// Buffers for one batch shape, kept across steps.
 pub(super) struct Workspace {
-    b: usize,
-    t: usize,
+    /// The sizes the buffers are for.
+    dims: Dims,
     /// The residual stream entering each block, and leaving the last.
     x: Vec<Vec<f32>>,
     layers: Vec<LayerActs>,
@@ -82,34 +85,32 @@ pub(super) struct Workspace {
 }
 
 impl Workspace {
-    fn new(tr: &Transformer, vocab: usize, b: usize, t: usize) -> Self {
-        let c = &tr.cfg;
-        let (n, d, f) = (b * t, c.d_model, c.mlp_ratio * c.d_model);
-        let layers = (0..c.layers)
+    fn new(s: Dims) -> Self {
+        let (n, d, f) = (s.n, s.d, s.f);
+        let layers = (0..s.layers)
             .map(|_| LayerActs {
                 mid: vec![0.0; n * d],
                 ln1: Norm::new(n, d),
                 ln2: Norm::new(n, d),
                 qkv: vec![0.0; n * 3 * d],
-                att: vec![0.0; b * c.heads * t * t],
+                att: vec![0.0; s.b * s.h * s.t * s.t],
                 y: vec![0.0; n * d],
                 act: vec![0.0; n * f],
                 dact: vec![0.0; n * f],
             })
             .collect();
         Self {
-            b,
-            t,
-            x: (0..=c.layers).map(|_| vec![0.0; n * d]).collect(),
+            dims: s,
+            x: (0..=s.layers).map(|_| vec![0.0; n * d]).collect(),
             layers,
             lnf: Norm::new(n, d),
-            logits: vec![0.0; n * vocab],
+            logits: vec![0.0; n * s.vocab],
             dx: vec![0.0; n * d],
             dn: vec![0.0; n * d],
             dy: vec![0.0; n * d],
             dqkv: vec![0.0; n * 3 * d],
             da: vec![0.0; n * f],
-            datt: vec![0.0; b * c.heads * t * t],
+            datt: vec![0.0; s.b * s.h * s.t * s.t],
             row_loss: vec![0.0; n],
             parts: vec![],
         }
@@ -138,7 +139,7 @@ unsafe impl Sync for Shared {}
 
 impl Shared {
     /// The same view moved `off` elements along its buffer; callers pass
-    /// offsets from [`Heads`], which stay inside the buffers it checked.
+    /// offsets from [`Dims`], which stay inside the buffers it checked.
     fn at(self, off: usize) -> View {
         View {
             // SAFETY: see above; `add` stays inside the allocation.
@@ -148,43 +149,136 @@ impl Shared {
     }
 }
 
-/// One parameter's index in [`Transformer::ordered_vars`].
-struct Ix;
-impl Ix {
-    const TOK: usize = 0;
-    const POS: usize = 1;
-    const PER_BLOCK: usize = 12;
-    fn block(l: usize, j: usize) -> usize {
-        2 + l * Self::PER_BLOCK + j
+/// A weight and its bias: a linear layer's `w [out, in]` and `b [out]`, or
+/// a LayerNorm's gain and shift (`[d]` each).
+pub(super) struct Affine<T> {
+    pub w: T,
+    pub b: T,
+}
+
+/// One block's parameters, named as the model's fields.
+pub(super) struct BlockTensors<T> {
+    pub ln1: Affine<T>,
+    pub qkv: Affine<T>,
+    pub proj: Affine<T>,
+    pub ln2: Affine<T>,
+    pub fc: Affine<T>,
+    pub fc_proj: Affine<T>,
+}
+
+/// Every parameter of the Transformer by name: the model's variables
+/// (`T = &Var`), their contents (`&[f32]`), or their gradients
+/// (`Vec<f32>`).
+pub(super) struct ParamTensors<T> {
+    /// `[vocab, d]`: token embeddings.
+    pub tok: T,
+    /// `[context, d]`: position embeddings.
+    pub pos: T,
+    pub blocks: Vec<BlockTensors<T>>,
+    pub ln_f: Affine<T>,
+    pub head: Affine<T>,
+}
+
+impl<T> Affine<T> {
+    fn try_map<U, E>(&self, f: &mut impl FnMut(&T) -> Result<U, E>) -> Result<Affine<U>, E> {
+        Ok(Affine {
+            w: f(&self.w)?,
+            b: f(&self.b)?,
+        })
     }
 }
-// Offsets inside a block, in `ordered_vars` order.
-const LN1_W: usize = 0;
-const LN1_B: usize = 1;
-const QKV_W: usize = 2;
-const QKV_B: usize = 3;
-const PROJ_W: usize = 4;
-const PROJ_B: usize = 5;
-const LN2_W: usize = 6;
-const LN2_B: usize = 7;
-const FC_W: usize = 8;
-const FC_B: usize = 9;
-const FCP_W: usize = 10;
-const FCP_B: usize = 11;
 
-/// `out[rows, fout] = bias + x[rows, fin] · w^T` with `w` as torch's
-/// `[fout, fin]`, or, with `resid`, `out = resid + bias + x · w^T`.
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    out: &mut [f32],
-    resid: Option<&[f32]>,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    rows: usize,
-    fin: usize,
-    fout: usize,
-) {
+impl<T> ParamTensors<T> {
+    /// The same names over `f` of each tensor (the first error, if any).
+    fn try_map<U, E>(&self, mut f: impl FnMut(&T) -> Result<U, E>) -> Result<ParamTensors<U>, E> {
+        let f = &mut f;
+        Ok(ParamTensors {
+            tok: f(&self.tok)?,
+            pos: f(&self.pos)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| {
+                    Ok(BlockTensors {
+                        ln1: b.ln1.try_map(f)?,
+                        qkv: b.qkv.try_map(f)?,
+                        proj: b.proj.try_map(f)?,
+                        ln2: b.ln2.try_map(f)?,
+                        fc: b.fc.try_map(f)?,
+                        fc_proj: b.fc_proj.try_map(f)?,
+                    })
+                })
+                .collect::<Result<_, E>>()?,
+            ln_f: self.ln_f.try_map(f)?,
+            head: self.head.try_map(f)?,
+        })
+    }
+
+    fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> ParamTensors<U> {
+        match self.try_map(|x| Ok::<U, std::convert::Infallible>(f(x))) {
+            Ok(v) => v,
+        }
+    }
+
+    /// Every tensor, in one fixed order (the same for any `T`).
+    fn into_list(self) -> Vec<T> {
+        let mut v = vec![self.tok, self.pos];
+        for b in self.blocks {
+            for a in [b.ln1, b.qkv, b.proj, b.ln2, b.fc, b.fc_proj] {
+                v.extend([a.w, a.b]);
+            }
+        }
+        v.extend([self.ln_f.w, self.ln_f.b, self.head.w, self.head.b]);
+        v
+    }
+}
+
+/// The sizes of one step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Dims {
+    /// Sequences, positions per sequence, and rows (`b * t`).
+    b: usize,
+    t: usize,
+    n: usize,
+    /// Model width, heads, and width per head (`d / h`).
+    d: usize,
+    h: usize,
+    hd: usize,
+    /// The MLP's hidden width.
+    f: usize,
+    vocab: usize,
+    layers: usize,
+}
+
+impl Dims {
+    /// Offset of head `hi` of sequence `bi`'s queries (`part` 0), keys (1)
+    /// or values (2) in the `[N, 3D]` buffer.
+    fn qkv(&self, bi: usize, hi: usize, part: usize) -> usize {
+        bi * self.t * 3 * self.d + part * self.d + hi * self.hd
+    }
+    /// Offset of head `hi` of sequence `bi` in an `[N, D]` buffer.
+    fn out(&self, bi: usize, hi: usize) -> usize {
+        bi * self.t * self.d + hi * self.hd
+    }
+    /// Views of head `hi` of sequence `bi`'s queries, keys and values in
+    /// the `[N, 3D]` buffer `src`.
+    fn heads_of(&self, src: Shared, bi: usize, hi: usize) -> (View, View, View) {
+        let at = |part| src.at(self.qkv(bi, hi, part));
+        (at(0), at(1), at(2))
+    }
+    fn check(&self, qkv: usize, att: usize, out: usize) {
+        let (n, t) = (self.b * self.t, self.t);
+        assert!(qkv == n * 3 * self.d && att == self.b * self.h * t * t && out == n * self.d);
+    }
+}
+
+/// `out[rows, fout] = p.b + x[rows, fin] · p.w^T` with `p.w` as torch's
+/// `[fout, fin]`, or, with `resid`, `out = resid + p.b + x · p.w^T`.
+fn linear(out: &mut [f32], resid: Option<&[f32]>, x: &[f32], p: &Affine<&[f32]>) {
+    let (w, bias) = (p.w, p.b);
+    let fout = bias.len();
+    let fin = w.len() / fout;
+    let rows = x.len() / fin;
     assert!(out.len() == rows * fout && x.len() == rows * fin && w.len() == fout * fin);
     out.par_chunks_mut(ROWS * fout)
         .enumerate()
@@ -217,23 +311,21 @@ fn linear(
     }
 }
 
-/// Gradients of a linear layer from the output gradient `dout [rows, fout]`
-/// and its input `x [rows, fin]`: `dw = dout^T · x`, `db` = column sums,
-/// and, when asked, `dx = dout · w`.
-#[allow(clippy::too_many_arguments)]
+/// Gradients of a linear layer with weight `w [fout, fin]` from the output
+/// gradient `dout [rows, fout]` and its input `x [rows, fin]`: `g.w =
+/// dout^T · x`, `g.b` = column sums, and, when asked, `dx = dout · w`.
 fn linear_bwd(
     dout: &[f32],
     x: &[f32],
     w: &[f32],
-    rows: usize,
-    fin: usize,
-    fout: usize,
-    dw: &mut [f32],
-    db: &mut [f32],
+    g: &mut Affine<Vec<f32>>,
     dx: Option<&mut [f32]>,
     parts: &mut Vec<f32>,
 ) {
-    assert!(dout.len() == rows * fout && x.len() == rows * fin && dw.len() == fout * fin);
+    let fout = g.b.len();
+    let fin = w.len() / fout;
+    let rows = x.len() / fin;
+    assert!(dout.len() == rows * fout && x.len() == rows * fin && g.w.len() == fout * fin);
     let par = k::parallelism();
     // SAFETY: shapes checked above; the outputs are exclusive borrows.
     unsafe {
@@ -241,7 +333,7 @@ fn linear_bwd(
             fout,
             fin,
             rows,
-            dw.as_mut_ptr(),
+            g.w.as_mut_ptr(),
             fin,
             false,
             View::rows(dout, fout).t(),
@@ -249,7 +341,7 @@ fn linear_bwd(
             par,
         );
     }
-    col_sums(dout, fout, db, parts);
+    col_sums(dout, fout, &mut g.b, parts);
     if let Some(dx) = dx {
         assert!(dx.len() == rows * fin);
         // SAFETY: as above.
@@ -294,7 +386,9 @@ fn add_to(acc: &mut [f32], x: &[f32]) {
     }
 }
 
-fn layer_norm(x: &[f32], w: &[f32], b: &[f32], out: &mut Norm) {
+/// LayerNorm of the rows of `x` with gain `p.w` and shift `p.b`.
+fn layer_norm(x: &[f32], p: &Affine<&[f32]>, out: &mut Norm) {
+    let (w, b) = (p.w, p.b);
     let d = w.len();
     out.out
         .par_chunks_mut(ROWS * d)
@@ -304,17 +398,15 @@ fn layer_norm(x: &[f32], w: &[f32], b: &[f32], out: &mut Norm) {
         .for_each(|(((o, m), r), x)| k::layer_norm_rows(x, w, b, LN_EPS, o, m, r));
 }
 
-/// Adds LayerNorm's input gradient to `dx`; writes its weight and bias
-/// gradients.
-#[allow(clippy::too_many_arguments)]
+/// Adds the input gradient of a LayerNorm with gain `w` to `dx`; writes
+/// its gain and shift gradients to `g`.
 fn layer_norm_bwd(
     x: &[f32],
     norm: &Norm,
     w: &[f32],
     dy: &[f32],
     dx: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
+    g: &mut Affine<Vec<f32>>,
     parts: &mut Vec<f32>,
 ) {
     let d = w.len();
@@ -332,55 +424,17 @@ fn layer_norm_bwd(
             let (pb, scratch) = rest.split_at_mut(d);
             k::layer_norm_bwd_rows(x, m, r, w, dy, dx, pw, pb, scratch);
         });
-    dw.fill(0.0);
-    db.fill(0.0);
+    g.w.fill(0.0);
+    g.b.fill(0.0);
     for p in parts.chunks_exact(3 * d) {
-        add_to(dw, &p[..d]);
-        add_to(db, &p[d..2 * d]);
-    }
-}
-
-/// The gradients of parameters `i` (a weight) and `i + 1` (its bias).
-fn pair(g: &mut [Vec<f32>], i: usize) -> (&mut [f32], &mut [f32]) {
-    let (lo, hi) = g.split_at_mut(i + 1);
-    (&mut lo[i], &mut hi[0])
-}
-
-/// Per-head sizes of the attention.
-#[derive(Clone, Copy)]
-struct Heads {
-    b: usize,
-    t: usize,
-    h: usize,
-    d: usize,
-    hd: usize,
-}
-
-impl Heads {
-    /// Offset of head `hi` of sequence `bi`'s queries (`part` 0), keys (1)
-    /// or values (2) in the `[N, 3D]` buffer.
-    fn qkv(&self, bi: usize, hi: usize, part: usize) -> usize {
-        bi * self.t * 3 * self.d + part * self.d + hi * self.hd
-    }
-    /// Offset of head `hi` of sequence `bi` in an `[N, D]` buffer.
-    fn out(&self, bi: usize, hi: usize) -> usize {
-        bi * self.t * self.d + hi * self.hd
-    }
-    /// Views of head `hi` of sequence `bi`'s queries, keys and values in
-    /// the `[N, 3D]` buffer `src`.
-    fn heads_of(&self, src: Shared, bi: usize, hi: usize) -> (View, View, View) {
-        let at = |part| src.at(self.qkv(bi, hi, part));
-        (at(0), at(1), at(2))
-    }
-    fn check(&self, qkv: usize, att: usize, out: usize) {
-        let (n, t) = (self.b * self.t, self.t);
-        assert!(qkv == n * 3 * self.d && att == self.b * self.h * t * t && out == n * self.d);
+        add_to(&mut g.w, &p[..d]);
+        add_to(&mut g.b, &p[d..2 * d]);
     }
 }
 
 /// Causal self-attention: `att` gets the probabilities, `y` the heads'
 /// outputs side by side.
-fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
+fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     s.check(qkv.len(), att.len(), y.len());
     let (t, hd) = (s.t, s.hd);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -422,7 +476,7 @@ fn attention(s: Heads, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
 /// The backward of [`attention`]: from `dy` (`[N, D]`) to `dqkv`.
 /// `datt` (the size of `att`) holds the gradients of the scores.
 fn attention_bwd(
-    s: Heads,
+    s: Dims,
     qkv: &[f32],
     att: &[f32],
     dy: &[f32],
@@ -470,291 +524,210 @@ fn host(s: &Storage, l: &candle_core::Layout) -> Result<*const [f32]> {
     }
 }
 
-impl Transformer {
-    /// Every parameter, in the order [`Ix`] indexes.
-    fn ordered_vars(&self) -> Vec<&Var> {
-        let mut v = vec![&self.tok, &self.pos];
-        for b in &self.blocks {
-            v.extend([
-                &b.ln1.w,
-                &b.ln1.b,
-                &b.qkv.w,
-                &b.qkv.b,
-                &b.proj.w,
-                &b.proj.b,
-                &b.ln2.w,
-                &b.ln2.b,
-                &b.fc.w,
-                &b.fc.b,
-                &b.fc_proj.w,
-                &b.fc_proj.b,
-            ]);
+/// The forward from token ids `[B, T]` (row-major) to the logits in
+/// `ws.logits`, keeping in `ws` what the backward needs.
+fn forward(p: &ParamTensors<&[f32]>, s: Dims, ids: &[u32], ws: &mut Workspace) {
+    let (n, d, t) = (s.n, s.d, s.t);
+    // Embeddings:
+    for (r, row) in ws.x[0].chunks_exact_mut(d).enumerate() {
+        let (id, tp) = (ids[r] as usize, r % t);
+        for ((o, a), e) in row
+            .iter_mut()
+            .zip(&p.tok[id * d..(id + 1) * d])
+            .zip(&p.pos[tp * d..(tp + 1) * d])
+        {
+            *o = a + e;
         }
-        v.extend([&self.ln_f.w, &self.ln_f.b, &self.head.w, &self.head.b]);
-        v
     }
-
-    /// Whether [`loss_and_grads_cpu`](Self::loss_and_grads_cpu) applies.
-    pub fn manual_backward(&self) -> bool {
-        self.tok.device().is_cpu() && self.tok.dtype() == candle_core::DType::F32
+    for (l, w) in p.blocks.iter().enumerate() {
+        let (xs, rest) = ws.x.split_at_mut(l + 1);
+        let (x_in, x_out) = (&xs[l], &mut rest[0]);
+        let a = &mut ws.layers[l];
+        layer_norm(x_in, &w.ln1, &mut a.ln1);
+        linear(&mut a.qkv, None, &a.ln1.out, &w.qkv);
+        attention(s, &a.qkv, &mut a.att, &mut a.y);
+        linear(&mut a.mid, Some(x_in), &a.y, &w.proj);
+        layer_norm(&a.mid, &w.ln2, &mut a.ln2);
+        linear(&mut a.act, None, &a.ln2.out, &w.fc);
+        a.act
+            .par_chunks_mut(ROWS * s.f)
+            .zip(a.dact.par_chunks_mut(ROWS * s.f))
+            .for_each(|(u, du)| k::gelu_rows(u, du));
+        linear(x_out, Some(&a.mid), &a.act, &w.fc_proj);
     }
+    debug_assert!(ws.logits.len() == n * s.vocab);
+    layer_norm(&ws.x[s.layers], &p.ln_f, &mut ws.lnf);
+    linear(&mut ws.logits, None, &ws.lnf.out, &p.head);
+}
 
-    /// Mean cross-entropy and every parameter's gradient for token ids
-    /// `[B, T]`. With `last_only`, `y` holds one target per sequence, for
-    /// its last position; otherwise one per position (`[B, T]`).
-    pub fn loss_and_grads_cpu(
-        &self,
-        ids: &Tensor,
-        y: &Tensor,
-        last_only: bool,
-    ) -> Result<(f64, GradStore)> {
-        let (b, t) = ids.dims2()?;
-        let c = &self.cfg;
-        if t > c.context {
-            bail!("sequence length {t} exceeds the context {}", c.context);
-        }
-        let (d, h, nl) = (c.d_model, c.heads, c.layers);
-        let (f, n) = (c.mlp_ratio * d, b * t);
-        let vocab = self.tok.dim(0)?;
-        let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        let y: Vec<u32> = y.flatten_all()?.to_vec1()?;
-        if let Some(bad) = ids.iter().chain(&y).find(|&&i| i as usize >= vocab) {
-            bail!("token id {bad} out of range for a vocabulary of {vocab}");
-        }
-        if y.len() != if last_only { b } else { n } {
-            bail!("{} targets for a [{b}, {t}] batch", y.len());
-        }
+/// Mean cross-entropy of the logits in `ws`, which become their gradient
+/// (0 on rows without a target). `y` as in [`loss_and_grads`].
+fn cross_entropy(s: Dims, y: &[u32], last_only: bool, ws: &mut Workspace) -> f64 {
+    let t = s.t;
+    let counted = y.len();
+    let weight = 1.0 / counted as f32;
+    ws.logits
+        .par_chunks_mut(s.vocab)
+        .zip(ws.row_loss.par_iter_mut())
+        .enumerate()
+        .for_each(|(r, (row, out))| {
+            let target = if last_only {
+                (r % t == t - 1).then(|| y[r / t])
+            } else {
+                Some(y[r])
+            };
+            *out = match target {
+                Some(tg) => k::cross_entropy_row(row, tg as usize, weight),
+                None => {
+                    row.fill(0.0);
+                    0.0
+                }
+            };
+        });
+    // Summed in row order, whatever the threads.
+    ws.row_loss.iter().sum::<f64>() / counted as f64
+}
 
-        let vars = self.ordered_vars();
-        let guards: Vec<_> = vars
-            .iter()
-            .map(|v| v.as_tensor().storage_and_layout())
-            .collect();
-        let ptrs = guards
-            .iter()
-            .map(|(s, l)| host(s, l))
-            .collect::<Result<Vec<_>>>()?;
-        // SAFETY: the read guards above keep the storages alive and
-        // unwritten until the end of this function.
-        let p: Vec<&[f32]> = ptrs.iter().map(|&s| unsafe { &*s }).collect();
-
-        let mut ws_slot = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        if !matches!(&*ws_slot, Some(w) if w.b == b && w.t == t) {
-            *ws_slot = Some(Workspace::new(self, vocab, b, t));
-        }
-        let ws = ws_slot.as_mut().expect("just set");
-        let heads = Heads {
-            b,
-            t,
-            h,
-            d,
-            hd: d / h,
-        };
-
-        // Forward. Embeddings:
-        let (tok, pos) = (p[Ix::TOK], p[Ix::POS]);
-        for (r, row) in ws.x[0].chunks_exact_mut(d).enumerate() {
-            let (id, tp) = (ids[r] as usize, r % t);
-            for ((o, a), e) in row
-                .iter_mut()
-                .zip(&tok[id * d..(id + 1) * d])
-                .zip(&pos[tp * d..(tp + 1) * d])
-            {
-                *o = a + e;
-            }
-        }
-        for l in 0..nl {
-            let w = |j: usize| p[Ix::block(l, j)];
-            let (xs, rest) = ws.x.split_at_mut(l + 1);
-            let (x_in, x_out) = (&xs[l], &mut rest[0]);
-            let a = &mut ws.layers[l];
-            layer_norm(x_in, w(LN1_W), w(LN1_B), &mut a.ln1);
-            linear(
-                &mut a.qkv,
-                None,
-                &a.ln1.out,
-                w(QKV_W),
-                w(QKV_B),
-                n,
-                d,
-                3 * d,
-            );
-            attention(heads, &a.qkv, &mut a.att, &mut a.y);
-            linear(&mut a.mid, Some(x_in), &a.y, w(PROJ_W), w(PROJ_B), n, d, d);
-            layer_norm(&a.mid, w(LN2_W), w(LN2_B), &mut a.ln2);
-            linear(&mut a.act, None, &a.ln2.out, w(FC_W), w(FC_B), n, d, f);
-            a.act
-                .par_chunks_mut(ROWS * f)
-                .zip(a.dact.par_chunks_mut(ROWS * f))
-                .for_each(|(u, du)| k::gelu_rows(u, du));
-            linear(x_out, Some(&a.mid), &a.act, w(FCP_W), w(FCP_B), n, f, d);
-        }
-        let top = 2 + nl * Ix::PER_BLOCK;
-        let (lnf_w, lnf_b, head_w, head_b) = (p[top], p[top + 1], p[top + 2], p[top + 3]);
-        layer_norm(&ws.x[nl], lnf_w, lnf_b, &mut ws.lnf);
-        linear(
-            &mut ws.logits,
-            None,
-            &ws.lnf.out,
-            head_w,
-            head_b,
-            n,
-            d,
-            vocab,
-        );
-
-        // Loss; the logits become their gradient (0 on rows without a target).
-        let counted = y.len();
-        let weight = 1.0 / counted as f32;
-        ws.logits
-            .par_chunks_mut(vocab)
-            .zip(ws.row_loss.par_iter_mut())
-            .enumerate()
-            .for_each(|(r, (row, out))| {
-                let target = if last_only {
-                    (r % t == t - 1).then(|| y[r / t])
-                } else {
-                    Some(y[r])
-                };
-                *out = match target {
-                    Some(tg) => k::cross_entropy_row(row, tg as usize, weight),
-                    None => {
-                        row.fill(0.0);
-                        0.0
-                    }
-                };
-            });
-        // Summed in row order, whatever the threads.
-        let loss = ws.row_loss.iter().sum::<f64>() / counted as f64;
-
-        // Backward.
-        let mut g: Vec<Vec<f32>> = p.iter().map(|s| vec![0f32; s.len()]).collect();
-        let (gw, gb) = pair(&mut g, top + 2);
+/// Every parameter's gradient, from the logits' gradient in `ws.logits`
+/// and what [`forward`] kept.
+fn backward(
+    p: &ParamTensors<&[f32]>,
+    s: Dims,
+    ids: &[u32],
+    ws: &mut Workspace,
+) -> ParamTensors<Vec<f32>> {
+    let (d, t) = (s.d, s.t);
+    let mut g = p.map(|x| vec![0f32; x.len()]);
+    linear_bwd(
+        &ws.logits,
+        &ws.lnf.out,
+        p.head.w,
+        &mut g.head,
+        Some(&mut ws.dn),
+        &mut ws.parts,
+    );
+    ws.dx.fill(0.0);
+    layer_norm_bwd(
+        &ws.x[s.layers],
+        &ws.lnf,
+        p.ln_f.w,
+        &ws.dn,
+        &mut ws.dx,
+        &mut g.ln_f,
+        &mut ws.parts,
+    );
+    for l in (0..s.layers).rev() {
+        let (w, gl) = (&p.blocks[l], &mut g.blocks[l]);
+        let a = &ws.layers[l];
+        // MLP: x_out = mid + fc_proj(gelu(fc(ln2(mid)))); dx holds d x_out.
+        let (dx, parts) = (&mut ws.dx, &mut ws.parts);
         linear_bwd(
-            &ws.logits,
-            &ws.lnf.out,
-            head_w,
-            n,
-            d,
-            vocab,
-            gw,
-            gb,
+            dx,
+            &a.act,
+            w.fc_proj.w,
+            &mut gl.fc_proj,
+            Some(&mut ws.da),
+            parts,
+        );
+        ws.da
+            .par_chunks_mut(ROWS * s.f)
+            .zip(a.dact.par_chunks(ROWS * s.f))
+            .for_each(|(da, du)| k::mul_rows(da, du));
+        linear_bwd(
+            &ws.da,
+            &a.ln2.out,
+            w.fc.w,
+            &mut gl.fc,
             Some(&mut ws.dn),
-            &mut ws.parts,
+            parts,
         );
-        ws.dx.fill(0.0);
-        let (gw, gb) = pair(&mut g, top);
-        layer_norm_bwd(
-            &ws.x[nl],
-            &ws.lnf,
-            lnf_w,
-            &ws.dn,
-            &mut ws.dx,
-            gw,
-            gb,
-            &mut ws.parts,
+        layer_norm_bwd(&a.mid, &a.ln2, w.ln2.w, &ws.dn, dx, &mut gl.ln2, parts);
+        // Attention: mid = x_in + proj(attention(ln1(x_in))); dx holds d mid.
+        linear_bwd(dx, &a.y, w.proj.w, &mut gl.proj, Some(&mut ws.dy), parts);
+        attention_bwd(s, &a.qkv, &a.att, &ws.dy, &mut ws.dqkv, &mut ws.datt);
+        linear_bwd(
+            &ws.dqkv,
+            &a.ln1.out,
+            w.qkv.w,
+            &mut gl.qkv,
+            Some(&mut ws.dn),
+            parts,
         );
-        for l in (0..nl).rev() {
-            let w = |j: usize| p[Ix::block(l, j)];
-            let gi = |j: usize| Ix::block(l, j);
-            let a = &ws.layers[l];
-            // MLP: x_out = mid + fc_proj(gelu(fc(ln2(mid)))); dx holds d x_out.
-            let (gw, gb) = pair(&mut g, gi(FCP_W));
-            linear_bwd(
-                &ws.dx,
-                &a.act,
-                w(FCP_W),
-                n,
-                f,
-                d,
-                gw,
-                gb,
-                Some(&mut ws.da),
-                &mut ws.parts,
-            );
-            ws.da
-                .par_chunks_mut(ROWS * f)
-                .zip(a.dact.par_chunks(ROWS * f))
-                .for_each(|(da, du)| k::mul_rows(da, du));
-            let (gw, gb) = pair(&mut g, gi(FC_W));
-            linear_bwd(
-                &ws.da,
-                &a.ln2.out,
-                w(FC_W),
-                n,
-                d,
-                f,
-                gw,
-                gb,
-                Some(&mut ws.dn),
-                &mut ws.parts,
-            );
-            let (gw, gb) = pair(&mut g, gi(LN2_W));
-            layer_norm_bwd(
-                &a.mid,
-                &a.ln2,
-                w(LN2_W),
-                &ws.dn,
-                &mut ws.dx,
-                gw,
-                gb,
-                &mut ws.parts,
-            );
-            // Attention: mid = x_in + proj(attention(ln1(x_in))); dx holds d mid.
-            let (gw, gb) = pair(&mut g, gi(PROJ_W));
-            linear_bwd(
-                &ws.dx,
-                &a.y,
-                w(PROJ_W),
-                n,
-                d,
-                d,
-                gw,
-                gb,
-                Some(&mut ws.dy),
-                &mut ws.parts,
-            );
-            attention_bwd(heads, &a.qkv, &a.att, &ws.dy, &mut ws.dqkv, &mut ws.datt);
-            let (gw, gb) = pair(&mut g, gi(QKV_W));
-            linear_bwd(
-                &ws.dqkv,
-                &a.ln1.out,
-                w(QKV_W),
-                n,
-                d,
-                3 * d,
-                gw,
-                gb,
-                Some(&mut ws.dn),
-                &mut ws.parts,
-            );
-            let (gw, gb) = pair(&mut g, gi(LN1_W));
-            layer_norm_bwd(
-                &ws.x[l],
-                &a.ln1,
-                w(LN1_W),
-                &ws.dn,
-                &mut ws.dx,
-                gw,
-                gb,
-                &mut ws.parts,
-            );
-        }
-        // Embeddings, in row order.
-        for (r, row) in ws.dx.chunks_exact(d).enumerate() {
-            let (id, tp) = (ids[r] as usize, r % t);
-            add_to(&mut g[Ix::TOK][id * d..(id + 1) * d], row);
-            add_to(&mut g[Ix::POS][tp * d..(tp + 1) * d], row);
-        }
-        drop(guards);
-
-        let mut store = GradStore::default();
-        for (var, gv) in vars.iter().zip(g) {
-            store.insert(
-                var.as_tensor(),
-                Tensor::from_vec(gv, var.shape(), &Device::Cpu)?,
-            );
-        }
-        Ok((loss, store))
+        layer_norm_bwd(&ws.x[l], &a.ln1, w.ln1.w, &ws.dn, dx, &mut gl.ln1, parts);
     }
+    // Embeddings, in row order.
+    for (r, row) in ws.dx.chunks_exact(d).enumerate() {
+        let (id, tp) = (ids[r] as usize, r % t);
+        add_to(&mut g.tok[id * d..(id + 1) * d], row);
+        add_to(&mut g.pos[tp * d..(tp + 1) * d], row);
+    }
+    g
+}
+
+/// Mean cross-entropy and every parameter's gradient for token ids
+/// `[B, T]`, with `heads` attention heads. With `last_only`, `y` holds one
+/// target per sequence, for its last position; otherwise one per position
+/// (`[B, T]`). `workspace` keeps the buffers from step to step.
+pub(super) fn loss_and_grads(
+    vars: &ParamTensors<&Var>,
+    heads: usize,
+    workspace: &std::sync::Mutex<Option<Workspace>>,
+    ids: &Tensor,
+    y: &Tensor,
+    last_only: bool,
+) -> Result<(f64, GradStore)> {
+    let (b, t) = ids.dims2()?;
+    let (vocab, d) = vars.tok.dims2()?;
+    let context = vars.pos.dim(0)?;
+    if t > context {
+        bail!("sequence length {t} exceeds the context {context}");
+    }
+    let s = Dims {
+        b,
+        t,
+        n: b * t,
+        d,
+        h: heads,
+        hd: d / heads,
+        f: match vars.blocks.first() {
+            Some(blk) => blk.fc.b.dim(0)?,
+            None => 0,
+        },
+        vocab,
+        layers: vars.blocks.len(),
+    };
+    let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+    let y: Vec<u32> = y.flatten_all()?.to_vec1()?;
+    if let Some(bad) = ids.iter().chain(&y).find(|&&i| i as usize >= vocab) {
+        bail!("token id {bad} out of range for a vocabulary of {vocab}");
+    }
+    if y.len() != if last_only { b } else { s.n } {
+        bail!("{} targets for a [{b}, {t}] batch", y.len());
+    }
+
+    let guards = vars.map(|v| v.as_tensor().storage_and_layout());
+    let ptrs = guards.try_map(|(st, l)| host(st, l))?;
+    // SAFETY: the read guards above keep the storages alive and unwritten
+    // until they are dropped, after the last use of `p`.
+    let p: ParamTensors<&[f32]> = ptrs.map(|&x| unsafe { &*x });
+
+    let mut ws_slot = workspace.lock().unwrap_or_else(|e| e.into_inner());
+    if !matches!(&*ws_slot, Some(w) if w.dims == s) {
+        *ws_slot = Some(Workspace::new(s));
+    }
+    let ws = ws_slot.as_mut().expect("just set");
+
+    forward(&p, s, &ids, ws);
+    let loss = cross_entropy(s, &y, last_only, ws);
+    let g = backward(&p, s, &ids, ws);
+    drop(guards);
+
+    let mut store = GradStore::default();
+    for (var, gv) in vars.map(|v| *v).into_list().into_iter().zip(g.into_list()) {
+        store.insert(
+            var.as_tensor(),
+            Tensor::from_vec(gv, var.shape(), &Device::Cpu)?,
+        );
+    }
+    Ok((loss, store))
 }
