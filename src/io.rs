@@ -1,4 +1,5 @@
-//! Files written so that a crash never leaves a half-written one behind.
+//! Files written so that a crash never leaves a half-written one behind,
+//! and a helper that reads them back.
 
 use std::io::Write;
 use std::path::Path;
@@ -53,6 +54,12 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     write_atomic(path, text.as_bytes())
+}
+
+/// Reads a number that a record may hold as `null` (serde_json writes NaN
+/// and infinities so) back as NaN, so that no record is unreadable.
+pub fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[cfg(test)]

@@ -1,9 +1,20 @@
 //! sparsity-lab: does the optimizer decide how sparse a trained network ends
 //! up, and which remedies work?
 //!
-//! The parts, from the bottom up: [`optim`] (optimizers equal to PyTorch's,
-//! with every regularisation mode), [`trace`] (optimizer paths on test
-//! functions), and [`cli`], which the binary calls.
+//! The parts, from the bottom up (each uses only parts listed before it):
+//! - [`error`] (usage errors: the user's to fix, one line, exit code 2),
+//!   [`io`] (files written atomically, JSON read back) and [`rng`] (the
+//!   seeded random numbers everything draws from);
+//! - [`data`] (MNIST-like images, character-level text, synthetic tasks),
+//!   [`metrics`] (sparsity measures of plain numbers) and [`optim`]
+//!   (optimizers equal to PyTorch's, with every regularisation mode);
+//! - [`models`] (the MLP and the Transformer on a seeded parameter store)
+//!   and [`provenance`] (the code, machine and data a number came from);
+//! - [`train`] (one run: training, evaluation, every measure, its record)
+//!   and [`trace`] (optimizer paths on test functions);
+//! - [`experiment`] (studies: a grid of runs, one record per run, and the
+//!   report built from the records alone);
+//! - [`cli`], which the binary calls.
 
 pub mod cli;
 pub mod data;

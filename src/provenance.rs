@@ -97,7 +97,7 @@ impl Machine {
             } else {
                 1
             },
-            device: crate::train::device_name(device),
+            device: device_name(device),
             overrides: overrides.to_vec(),
             quick,
             data_sha256,
@@ -212,6 +212,15 @@ pub fn hex(bytes: &[u8]) -> String {
 /// SHA-256 (hex) of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+/// The kind of device, as run records name it: `cpu`, `cuda` or `metal`.
+pub fn device_name(d: &candle_core::Device) -> String {
+    match d {
+        candle_core::Device::Cpu => "cpu".into(),
+        candle_core::Device::Cuda(_) => "cuda".into(),
+        candle_core::Device::Metal(_) => "metal".into(),
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,17 @@
 //! xoshiro256++ seeded through SplitMix64. The same seed gives the same
 //! numbers on every device, because they are drawn on the host.
 
+/// FNV-1a 64: a stable hash (std's hasher is not stable across releases),
+/// for stream names and run file names.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// xoshiro256++ (Blackman & Vigna), a small, fast, well-tested generator.
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -39,12 +50,7 @@ impl Rng {
     /// that drawing more numbers for one purpose never shifts another.
     pub fn derive(seed: u64, purpose: &str) -> Self {
         // FNV-1a of the purpose, mixed with the seed.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in purpose.bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        Self::new(seed ^ h.rotate_left(17))
+        Self::new(seed ^ fnv1a(purpose.as_bytes()).rotate_left(17))
     }
 
     pub fn next_u64(&mut self) -> u64 {

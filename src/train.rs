@@ -1,6 +1,7 @@
 //! One training run: model, data, optimizer, schedule; evaluation on the
 //! held-out split; every measure at the end. The result is a [`RunRecord`],
-//! the JSON written per run.
+//! the JSON written per run (a study adds the run's place in it:
+//! [`crate::experiment::record::StudyRecord`]).
 
 use std::time::Instant;
 
@@ -12,12 +13,13 @@ use tracing::{debug, info, warn};
 
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, DataConfig, Dataset, Split, Task};
+use crate::io::nan_from_null;
 use crate::metrics::{
     self, ActivityBucket, DeadUnits, DeadUnitsReport, GradBucket, LogHistogram, ModelMeasures,
 };
 use crate::models::{Model, ModelConfig};
 use crate::optim::{self, OptimizerConfig};
-use crate::provenance::Provenance;
+use crate::provenance::{self, Provenance};
 
 /// Available memory in bytes, from /proc/meminfo (Linux).
 fn mem_available() -> Option<f64> {
@@ -36,12 +38,6 @@ fn human_bytes(b: f64) -> String {
         i += 1;
     }
     format!("{v:.1} {}", UNITS[i])
-}
-
-/// Reads a number that a record may hold as `null` (serde_json writes NaN
-/// and infinities so) back as NaN, so that no record is unreadable.
-pub fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// The learning rate over the run.
@@ -422,9 +418,6 @@ pub struct RunRecord {
     /// Wall time of the whole run (training, evaluations, final measures).
     #[serde(deserialize_with = "nan_from_null")]
     pub wall_seconds: f64,
-    /// Where the run belongs, when it is part of a study.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub study: Option<StudyRun>,
     /// The code, machine, overrides and data the numbers came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
@@ -432,17 +425,6 @@ pub struct RunRecord {
     /// (safetensors, torch's names, the config in its metadata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
-}
-
-/// A run's place in a study, so that reports can be rebuilt from the run
-/// files alone.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StudyRun {
-    pub study: String,
-    pub task: String,
-    pub label: String,
-    /// (task index, optimizer index) in the study file.
-    pub order: (usize, usize),
 }
 
 /// Options of a run that do not change its numbers.
@@ -617,7 +599,7 @@ pub fn run_on(
         error,
         config: cfg.clone(),
         seed: cfg.seed,
-        device: device_name(device),
+        device: provenance::device_name(device),
         data: ds.description.clone(),
         params: model.params().count(),
         optimizer_state_bytes: opt.state_bytes(),
@@ -625,7 +607,6 @@ pub fn run_on(
         history,
         r#final: final_,
         wall_seconds: start.elapsed().as_secs_f64(),
-        study: None,
         provenance: None,
         checkpoint: None,
     };
@@ -634,8 +615,13 @@ pub fn run_on(
 
 /// A run's final weights as a safetensors file: torch's parameter names,
 /// and in the header's metadata the resolved config (`config`, JSON), the
-/// seed, the status, and the run's place in its study.
-pub fn checkpoint_bytes(model: &Model, record: &RunRecord) -> Result<Vec<u8>> {
+/// seed, the status, the steps done, and `extra` (a study adds the run's
+/// place in it).
+pub fn checkpoint_bytes(
+    model: &Model,
+    record: &RunRecord,
+    extra: &[(&str, String)],
+) -> Result<Vec<u8>> {
     let mut meta = std::collections::HashMap::new();
     meta.insert(
         "format".to_string(),
@@ -650,20 +636,10 @@ pub fn checkpoint_bytes(model: &Model, record: &RunRecord) -> Result<Vec<u8>> {
             .to_string(),
     );
     meta.insert("steps_done".to_string(), record.steps_done.to_string());
-    if let Some(s) = &record.study {
-        meta.insert("study".to_string(), s.study.clone());
-        meta.insert("task".to_string(), s.task.clone());
-        meta.insert("label".to_string(), s.label.clone());
+    for (k, v) in extra {
+        meta.insert(k.to_string(), v.clone());
     }
     model.params().safetensors_bytes(meta)
-}
-
-pub fn device_name(d: &Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => "cuda".into(),
-        Device::Metal(_) => "metal".into(),
-    }
 }
 
 /// Mean loss and accuracy over evaluation batches; collects dead units too.

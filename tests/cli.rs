@@ -443,6 +443,25 @@ fn refused(args: &[&str], code: i32, needle: &str) -> String {
     err
 }
 
+/// `--exp` with a subcommand was silently ignored (`--exp smoke report DIR`
+/// rebuilt DIR, whatever the study); now it is refused in one line, exit 2,
+/// before anything is written.
+#[test]
+fn exp_with_a_subcommand_is_refused() {
+    let dir = tmpdir("exp-report");
+    let d = dir.to_str().unwrap();
+    refused(
+        &["--exp", "smoke", "report", d],
+        2,
+        "--exp runs a study and takes no subcommand",
+    );
+    assert!(!dir.join("results.md").exists());
+    let trace: Vec<&str> = "--exp smoke trace --optimizer sgd --problem quadratic --steps 1"
+        .split(' ')
+        .collect();
+    refused(&trace, 2, "sparsity-lab report DIR");
+}
+
 /// Each input of issue 12 that panicked or trained a meaningless run is
 /// refused before training, in one line that names the setting.
 #[test]

@@ -6,16 +6,18 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use candle_core::Device;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bail_usage;
 use crate::error::is_usage;
-use crate::optim::{OptimizerConfig, RawValue};
+use crate::optim::OptimizerConfig;
 use crate::trace;
 
+mod args;
 mod measure;
-mod train;
+mod train_cmd;
+
+use args::{one_thread_per_run, parse_device, parse_sets};
 
 const ABOUT: &str = "Does the optimizer decide how sparse a trained network ends up?";
 
@@ -89,7 +91,7 @@ enum Command {
     ///
     /// Example: sparsity-lab train --model mlp --data mnist --optimizer adam --set lr=1e-3
     /// --epochs 3 --seed 0 --out runs/adam
-    Train(Box<train::TrainArgs>),
+    Train(Box<train_cmd::TrainArgs>),
     /// The sparsity table of any safetensors checkpoint (also PyTorch's).
     ///
     /// With --json, prints {"tensors": {NAME: M, ...}, "total": M}, where M has numel,
@@ -169,8 +171,11 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match (cli.command, cli.exp) {
+        (Some(_), Some(_)) => bail_usage!(
+            "--exp runs a study and takes no subcommand; to rebuild a study's tables use `sparsity-lab report DIR` (e.g. results/sparsity) without --exp"
+        ),
         (Some(Command::Trace(args)), _) => run_trace(args),
-        (Some(Command::Train(args)), _) => train::run(*args),
+        (Some(Command::Train(args)), _) => train_cmd::run(*args),
         (Some(Command::Measure(args)), _) => measure::run(args),
         (
             Some(Command::Report {
@@ -207,17 +212,6 @@ fn experiments_dir() -> std::path::PathBuf {
         here
     } else {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
-    }
-}
-
-/// Gives each run one thread (Candle's and rayon's pools read
-/// RAYON_NUM_THREADS when they start), unless the user set it. Call before
-/// anything starts a thread or a pool: argument parsing and logging start
-/// none.
-pub(crate) fn one_thread_per_run() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // SAFETY: no other thread exists yet (see above).
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
 }
 
@@ -337,42 +331,6 @@ fn run_trace(args: TraceArgs) -> Result<()> {
     let result = trace::run(&cfg, problem, args.steps, dtype, &device, &mut out);
     out.flush()?;
     result
-}
-
-/// Splits repeated `--set key=value` arguments.
-pub fn parse_sets(sets: &[String]) -> Result<Vec<(&str, RawValue)>> {
-    sets.iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => {
-                Ok((k.trim(), RawValue::Text(v.trim().to_string())))
-            }
-            _ => bail_usage!("invalid --set `{s}`: expected KEY=VALUE, e.g. --set lr=0.001"),
-        })
-        .collect()
-}
-
-/// `cpu`, or `cuda` / `cuda:N` where the build and machine support it.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let ordinal = match s {
-        "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
-        _ => match s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => n,
-            None => bail_usage!("invalid --device `{s}`; expected cpu, cuda or cuda:N"),
-        },
-    };
-    if !candle_core::utils::cuda_is_available() {
-        bail_usage!(
-            "--device {s}: this build has no CUDA support; rebuild with `cargo build --release --features cuda` on a machine with the CUDA toolkit"
-        );
-    }
-    Device::new_cuda(ordinal).map_err(|e| {
-        let why = e.to_string().lines().next().unwrap_or_default().to_string();
-        crate::error::usage(format!("--device {s}: no usable CUDA GPU ({why})"))
-    })
 }
 
 fn clap_error(e: clap::Error) -> ExitCode {

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use tracing::info;
 
-use super::{
+use super::dataset::{
     Dataset, ImageConfig, Split, Task, labels_to_tensor, limit_examples, pixels_to_tensor,
+    split_off_last,
 };
 use crate::error::usage;
 
@@ -133,7 +134,7 @@ pub fn load(which: Which, cfg: &ImageConfig) -> Result<Dataset> {
     };
     let (train, test, held_out) = match cfg.validation {
         Some(n) => {
-            let (train, val) = super::split_off_last(train, n)?;
+            let (train, val) = split_off_last(train, n)?;
             (
                 train,
                 val,
@@ -186,7 +187,7 @@ fn rescaled(images: &candle_core::Tensor) -> Result<candle_core::Tensor> {
         .into_iter()
         .map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8)
         .collect();
-    super::pixels_to_tensor(bytes, n, d)
+    pixels_to_tensor(bytes, n, d)
 }
 
 fn offline() -> bool {

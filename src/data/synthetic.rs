@@ -6,7 +6,7 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Dataset, Split, Task};
+use super::dataset::{Dataset, Split, Task};
 use crate::bail_usage;
 use crate::rng::Rng;
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{Dataset, Split, Task};
+use super::dataset::{Dataset, Split, Task};
 use crate::bail_usage;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod plots;
+pub mod record;
 pub mod report;
 pub mod runner;
 pub mod stats;

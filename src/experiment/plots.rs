@@ -25,23 +25,12 @@ use plotters::element::DashedPathElement;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::report::{Group, mean_std};
+use super::record::{Group, StudyRecord};
+use super::stats::mean_std;
+use super::study::slug;
 use crate::io::write_atomic;
 use crate::optim::OptimizerKind;
 use crate::optim::config::Value;
-use crate::train::RunRecord;
-
-pub fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------------------
 // Statistics
@@ -141,7 +130,7 @@ fn aggregate(series: &[Vec<(f64, f64)>]) -> Vec<Pt> {
         .collect()
 }
 
-fn line_of(g: &Group, series: impl Fn(&RunRecord) -> Vec<(f64, f64)>) -> Line {
+fn line_of(g: &Group, series: impl Fn(&StudyRecord) -> Vec<(f64, f64)>) -> Line {
     let runs: Vec<Vec<(f64, f64)>> = g.done().map(series).collect();
     Line {
         label: g.label.clone(),

@@ -17,10 +17,13 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tracing::warn;
 
-use super::{plots, stats};
+use super::plots;
+use super::record::{Group, StudyRecord};
+use super::stats::{self, mean_std};
+use super::study::slug;
 use crate::bail_usage;
 use crate::io::{write_atomic, write_json};
-use crate::train::{RunRecord, Status};
+use crate::train::Status;
 
 /// What a results folder holds: which study, with which overrides, and the
 /// run files of the full grid (so that `report` can say which are missing).
@@ -44,42 +47,6 @@ pub fn manifest(dir: &Path) -> Option<Manifest> {
 }
 
 pub const MANIFEST: &str = "study.json";
-
-/// The runs of one optimizer on one task.
-pub struct Group {
-    pub task: String,
-    pub label: String,
-    pub order: (usize, usize),
-    pub optimizer: String,
-    pub runs: Vec<RunRecord>,
-}
-
-impl Group {
-    /// Finished runs with final measures.
-    pub fn done(&self) -> impl Iterator<Item = &RunRecord> {
-        self.runs
-            .iter()
-            .filter(|r| r.status == Status::Done && r.r#final.is_some())
-    }
-    fn count(&self, s: Status) -> usize {
-        self.runs.iter().filter(|r| r.status == s).count()
-    }
-}
-
-/// Mean and sample standard deviation.
-pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    let n = xs.len() as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    let sd = if xs.len() > 1 {
-        (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    Some((m, sd))
-}
 
 /// The run files (`*.json`, temporaries aside) of a `runs/` folder, sorted;
 /// None when the folder cannot be read.
@@ -116,7 +83,7 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
     for p in paths {
         let text = std::fs::read_to_string(&p)
             .with_context(|| format!("report: reading {}", p.display()))?;
-        let rec = match serde_json::from_str::<RunRecord>(&text) {
+        let rec = match serde_json::from_str::<StudyRecord>(&text) {
             Ok(r) if r.study.is_some() => r,
             Ok(_) => {
                 foreign.push(format!("{} (not part of a study)", p.display()));
@@ -182,7 +149,7 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
 
 /// The first setting (a dotted key) in which two runs' configurations
 /// differ, the seed aside.
-fn config_difference(a: &RunRecord, b: &RunRecord) -> Option<String> {
+fn config_difference(a: &StudyRecord, b: &StudyRecord) -> Option<String> {
     let (mut ca, mut cb) = (a.config.clone(), b.config.clone());
     ca.seed = 0;
     cb.seed = 0;
@@ -243,7 +210,7 @@ pub fn remeasure(dir: &Path) -> Result<(usize, usize)> {
         .with_context(|| format!("report: cannot read {}", runs_dir.display()))?;
     let (mut done, mut without) = (0, 0);
     for p in paths {
-        let Ok(mut rec) = serde_json::from_str::<RunRecord>(
+        let Ok(mut rec) = serde_json::from_str::<StudyRecord>(
             &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
         ) else {
             continue;
@@ -301,7 +268,7 @@ pub fn write_report(dir: &Path) -> Result<String> {
 type Stat = Option<(f64, Option<f64>)>;
 
 /// A statistic of the finished runs of a group.
-fn stat(g: &Group, f: impl Fn(&RunRecord) -> Option<f64>) -> Stat {
+fn stat(g: &Group, f: impl Fn(&StudyRecord) -> Option<f64>) -> Stat {
     let xs: Vec<f64> = g.done().filter_map(f).collect();
     mean_std(&xs).map(|(m, s)| (m, (xs.len() > 1).then_some(s)))
 }
@@ -342,12 +309,12 @@ fn runs_cell(g: &Group) -> String {
 type Col = (
     &'static str,
     &'static str,
-    fn(&RunRecord) -> Option<f64>,
+    fn(&StudyRecord) -> Option<f64>,
     bool,
 );
 
 fn main_cols() -> Vec<Col> {
-    fn fin(r: &RunRecord) -> &crate::train::Final {
+    fn fin(r: &StudyRecord) -> &crate::train::Final {
         r.r#final.as_ref().expect("done runs have final measures")
     }
     vec![
@@ -429,7 +396,7 @@ fn main_cols() -> Vec<Col> {
 }
 
 fn bias_cols() -> Vec<Col> {
-    fn m(r: &RunRecord) -> &crate::metrics::Measures {
+    fn m(r: &StudyRecord) -> &crate::metrics::Measures {
         &r.r#final.as_ref().expect("final").measures.biases
     }
     vec![
@@ -585,7 +552,7 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
         }
         if let Some(m) = matched(&gs) {
             matched_markdown(&mut out, &m);
-            let slug = plots::slug(&task);
+            let slug = slug(&task);
             for (file, _, what) in PARETO {
                 let _ = writeln!(
                     out,
@@ -639,7 +606,7 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
             let _ = writeln!(out, "- {}: `{}`", g.label, g.optimizer);
         }
         out.push('\n');
-        let slug = plots::slug(&task);
+        let slug = slug(&task);
         let _ = writeln!(
             out,
             "![near-zero weights over training](plots/{slug}-near-zero.svg)\n![accuracy after pruning](plots/{slug}-pruning.svg)\n![weight magnitudes](plots/{slug}-magnitudes.svg)\n"
@@ -759,7 +726,7 @@ fn layer_markdown(out: &mut String, gs: &[&Group]) {
         .map(|g| {
             let mut row = vec![g.label.clone()];
             for n in &names {
-                fn m<'a>(r: &'a RunRecord, n: &str) -> Option<&'a crate::metrics::Measures> {
+                fn m<'a>(r: &'a StudyRecord, n: &str) -> Option<&'a crate::metrics::Measures> {
                     r.r#final.as_ref().and_then(|f| f.measures.tensors.get(n))
                 }
                 row.push(pct(stat(g, |r| m(r, n).map(|m| m.near("1e-3")))));
@@ -802,7 +769,7 @@ fn activity_markdown(out: &mut String, gs: &[&Group]) {
         .map(|g| {
             let mut row = vec![g.label.clone()];
             for (i, _) in buckets.iter().enumerate() {
-                let b = |r: &RunRecord| -> Option<crate::metrics::ActivityBucket> {
+                let b = |r: &StudyRecord| -> Option<crate::metrics::ActivityBucket> {
                     r.r#final.as_ref()?.input_activity.as_ref()?.get(i).cloned()
                 };
                 let m = |f: fn(&crate::metrics::ActivityBucket) -> f64| {
@@ -863,7 +830,7 @@ fn gradient_markdown(out: &mut String, gs: &[&Group], baseline: Option<&str>) {
     let mut rows = vec![];
     for g in gs {
         for (i, name) in names.iter().enumerate() {
-            let b = |r: &RunRecord| -> Option<crate::metrics::GradBucket> {
+            let b = |r: &StudyRecord| -> Option<crate::metrics::GradBucket> {
                 r.r#final
                     .as_ref()?
                     .gradient_buckets
@@ -937,7 +904,7 @@ fn gradient_markdown(out: &mut String, gs: &[&Group], baseline: Option<&str>) {
                     .done()
                     .filter_map(|r| {
                         let b = base.done().find(|b| b.seed == r.seed)?;
-                        let get = |r: &RunRecord| {
+                        let get = |r: &StudyRecord| {
                             r.r#final
                                 .as_ref()?
                                 .gradient_buckets
@@ -1276,7 +1243,7 @@ pub fn matched(gs: &[&Group]) -> Option<Matched> {
 /// against test accuracy, one line per optimizer over its grid (means over
 /// seeds).
 fn pareto_plots(dir: &Path, task: &str, gs: &[&Group]) -> Result<()> {
-    let slug = plots::slug(task);
+    let slug = slug(task);
     for (file, col, what) in PARETO {
         let c = headline_cols()
             .into_iter()
@@ -1488,15 +1455,6 @@ pub fn metrics_csv(groups: &[Group]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mean_and_sample_std() {
-        assert_eq!(mean_std(&[]), None);
-        assert_eq!(mean_std(&[2.0]), Some((2.0, 0.0)));
-        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]).unwrap();
-        assert_eq!(m, 2.5);
-        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
-    }
 
     #[test]
     fn one_seed_shows_no_spread() {

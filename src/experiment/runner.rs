@@ -23,6 +23,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use tracing::{info, warn};
 
 use super::compare;
+use super::record::{StudyRecord, StudyRun};
 use super::report::{self, MANIFEST, Manifest};
 use super::study::{RunSpec, Study, resolve};
 use crate::bail_usage;
@@ -30,7 +31,7 @@ use crate::data::Dataset;
 use crate::error::is_usage;
 use crate::io::{write_atomic, write_json};
 use crate::provenance::{self, Machine};
-use crate::train::{self, RunOptions, RunRecord, Status, StudyRun, TrainConfig};
+use crate::train::{self, RunOptions, RunRecord, Status, TrainConfig};
 
 /// How to run a study.
 #[derive(Clone, Debug)]
@@ -101,7 +102,7 @@ pub fn output_dir(base: &Path, quick: bool, sets: &[(String, String)]) -> PathBu
     let text = text.join("\n");
     let mut readable = super::study::slug(&text.replace('\n', "_"));
     readable.truncate(40);
-    let hash = super::study::fnv1a(text.as_bytes()) as u32;
+    let hash = crate::rng::fnv1a(text.as_bytes()) as u32;
     base.join(format!(
         "{}set-{}-{hash:08x}",
         if quick { "quick-" } else { "" },
@@ -109,7 +110,6 @@ pub fn output_dir(base: &Path, quick: bool, sets: &[(String, String)]) -> PathBu
     ))
 }
 
-/// Runs `--exp NAME|PATH` and, unless sharded, writes the report.
 /// Whether every run of the study trains fastest on one thread
 /// ([`TrainConfig::prefers_one_thread`]): then `--jobs auto` runs one per
 /// core. Reads only the study file.
@@ -157,6 +157,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Runs `--exp NAME|PATH` and, unless sharded, writes the report.
 pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepSummary> {
     let start = Instant::now();
     let (file, _) = resolve(exp, experiments)?;
@@ -304,7 +305,12 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
             let saved = (|| -> Result<()> {
                 if let Some(model) = &model {
                     let ckpt = path.with_extension("safetensors");
-                    let bytes = train::checkpoint_bytes(model, &record)?;
+                    let place = record.study.as_ref().map(StudyRun::metadata);
+                    let bytes = train::checkpoint_bytes(
+                        model,
+                        &record,
+                        place.as_ref().map_or(&[][..], |m| &m[..]),
+                    )?;
                     write_atomic(&ckpt, &bytes)?;
                     record.checkpoint = Some(
                         ckpt.file_name()
@@ -525,7 +531,7 @@ fn run_one(
     device: &Device,
     bar: &ProgressBar,
     study: &str,
-) -> (RunRecord, Option<crate::models::Model>) {
+) -> (StudyRecord, Option<crate::models::Model>) {
     let start = Instant::now();
     let opts = RunOptions {
         progress: Some(bar.clone()),
@@ -552,12 +558,15 @@ fn run_one(
         }
     };
     record.wall_seconds = start.elapsed().as_secs_f64();
-    record.study = Some(StudyRun {
-        study: study.to_string(),
-        task: spec.task.clone(),
-        label: spec.label.clone(),
-        order: spec.order,
-    });
+    let record = StudyRecord {
+        run: record,
+        study: Some(StudyRun {
+            study: study.to_string(),
+            task: spec.task.clone(),
+            label: spec.label.clone(),
+            order: spec.order,
+        }),
+    };
     (record, model)
 }
 
@@ -581,7 +590,7 @@ fn failed_record(
         }),
         config: spec.config.clone(),
         seed: spec.seed,
-        device: train::device_name(device),
+        device: provenance::device_name(device),
         data: ds.description.clone(),
         params: 0,
         optimizer_state_bytes: 0,
@@ -589,7 +598,6 @@ fn failed_record(
         history: vec![],
         r#final: None,
         wall_seconds: 0.0,
-        study: None,
         provenance: None,
         checkpoint: None,
     }

@@ -3,6 +3,21 @@
 //! intervals and tests, and Holm's step-down adjustment for many
 //! comparisons.
 
+/// Mean and sample standard deviation.
+pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let sd = if xs.len() > 1 {
+        (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    Some((m, sd))
+}
+
 /// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9; relative error < 1e-15).
 fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
@@ -187,6 +202,15 @@ pub fn holm(p: &[f64]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(mean_std(&[2.0]), Some((2.0, 0.0)));
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(m, 2.5);
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
 
     #[test]
     fn t_quantiles_match_tables() {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataConfig;
 use crate::models::ModelConfig;
 use crate::optim::OptimizerConfig;
+use crate::rng::fnv1a;
 use crate::train::{Schedule, TrainConfig};
 use crate::{bail_usage, error::usage};
 
@@ -143,6 +144,8 @@ fn short(s: &str) -> String {
     }
 }
 
+/// A label as a file name part: ASCII letters and digits lower-cased, `-`
+/// and `_` kept, anything else `-`. Names the run files and the plots.
 pub fn slug(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -153,16 +156,6 @@ pub fn slug(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// FNV-1a 64: a stable hash (std's hasher is not stable across releases).
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Top-level keys of a study; any other `--set` key applies to every task.

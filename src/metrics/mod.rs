@@ -15,7 +15,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::train::nan_from_null;
+use crate::io::nan_from_null;
 
 /// Absolute near-zero thresholds, with their keys in records.
 pub const NEAR_ZERO: [(&str, f64); 3] = [("1e-4", 1e-4), ("1e-3", 1e-3), ("1e-2", 1e-2)];

@@ -187,10 +187,14 @@ pub enum Model {
     Transformer(Box<Transformer>),
 }
 
-/// Loss, accuracy and (for ReLU models) the hidden activations of a batch.
+/// One batch's evaluation. The hidden activations, when asked for, go to
+/// the `hidden` argument of [`Model::evaluate`], not here.
 pub struct Eval {
+    /// Mean cross-entropy over the predictions (a scalar tensor).
     pub loss: Tensor,
+    /// Predictions whose argmax is the target.
     pub correct: usize,
+    /// Predictions made (examples, or target tokens).
     pub count: usize,
 }
 
@@ -234,7 +238,8 @@ impl Model {
         })
     }
 
-    /// Mean cross-entropy and the number of correct argmax predictions.
+    /// Mean cross-entropy and the number of correct argmax predictions;
+    /// with `hidden`, the hidden activations of ReLU models are pushed there.
     pub fn evaluate(
         &self,
         task: &Task,

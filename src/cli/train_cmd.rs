@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{parse_device, parse_sets};
+use super::args::{one_thread_per_run, parse_device, parse_sets};
 use crate::bail_usage;
 use crate::data::DataConfig;
 use crate::io::{write_atomic, write_json};
@@ -140,7 +140,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     // Before any training: a folder that cannot be written is found now.
     crate::io::check_writable(&a.out, "--out")?;
     if device.is_cpu() && cfg.prefers_one_thread() {
-        super::one_thread_per_run();
+        one_thread_per_run();
     }
     let pb = train::progress_bar(0, "train");
     let dataset = cfg.data.load(cfg.seed)?;
@@ -154,7 +154,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let weights = a.out.join("model.safetensors");
     write_atomic(
         &weights,
-        &train::checkpoint_bytes(&trained.model, &trained.record)?,
+        &train::checkpoint_bytes(&trained.model, &trained.record, &[])?,
     )?;
     trained.record.checkpoint = Some("model.safetensors".into());
     let rec = &trained.record;
