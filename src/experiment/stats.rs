@@ -1,7 +1,7 @@
-//! Paired statistics for study reports: Student's t distribution (through
-//! the regularised incomplete beta function), paired-difference confidence
-//! intervals and tests, and Holm's step-down adjustment for many
-//! comparisons.
+//! Statistics for study reports: the mean and sample standard deviation,
+//! Student's t distribution (through the regularised incomplete beta
+//! function), paired-difference confidence intervals and tests, and Holm's
+//! step-down adjustment for many comparisons.
 
 /// Mean and sample standard deviation.
 pub fn mean_std(xs: &[f64]) -> Option<(f64, f64)> {
