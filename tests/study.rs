@@ -680,3 +680,34 @@ fn report_has_paired_comparisons_and_matched_accuracy() {
     assert!(md.contains("| Adam+L1 prox |"), "{md}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// A study's run file reads as a `StudyRecord` (its place in the study
+/// included) and as the plain `RunRecord` that `train` writes, and writes
+/// back to the same JSON: every committed run file of `smoke`, written when
+/// `study` sat in the middle of the record, round-trips through the
+/// flattened record without losing a field or a digit.
+#[test]
+fn committed_run_files_read_as_study_records_and_round_trip() {
+    use sparsity_lab::experiment::record::StudyRecord;
+    use sparsity_lab::train::RunRecord;
+    let runs = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/smoke/runs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&runs).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let rec: StudyRecord = serde_json::from_str(&text).unwrap();
+        let place = rec.study.as_ref().expect("a study's run names its place");
+        assert_eq!(place.study, "smoke", "{}", p.display());
+        let plain: RunRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(plain.seed, rec.seed);
+        // Field by field, through serde_json's values (key order aside).
+        let original: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let written = serde_json::to_value(&rec).unwrap();
+        assert_eq!(written, original, "{}", p.display());
+        n += 1;
+    }
+    assert!(n >= 6, "only {n} run files in {}", runs.display());
+}
