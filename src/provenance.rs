@@ -52,10 +52,11 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Looks up the repository the binary was built from (at its build
-    /// path, if it is still there) and the CPU.
+    /// Looks up the repository the binary was built from (see
+    /// [`source_dir`]) and the CPU.
     pub fn detect() -> Self {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let repo = source_dir();
+        let repo = repo.as_path();
         Self {
             git_commit: git(repo, &["rev-parse", "HEAD"]),
             // Results are not code: the folders under experiments/ (the
@@ -103,6 +104,27 @@ impl Machine {
             data_sha256,
         }
     }
+}
+
+/// The checkout whose state the records name: the sparsity-lab checkout
+/// that contains the working directory (the README's commands run there, and
+/// `cargo run` builds from it), else the path the binary was compiled at.
+///
+/// Not the compile path first: cargo reuses a build made from identical
+/// sources elsewhere (another clone sharing the target folder, such as CI's),
+/// and that path may since have gone or moved to another commit.
+pub fn source_dir() -> std::path::PathBuf {
+    let is_checkout = |d: &Path| {
+        std::fs::read_to_string(d.join("Cargo.toml"))
+            .map(|t| t.lines().any(|l| l.trim() == "name = \"sparsity-lab\""))
+            .unwrap_or(false)
+    };
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(d) = cwd.ancestors().find(|d| is_checkout(d))
+    {
+        return d.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
 }
 
 fn git(repo: &Path, args: &[&str]) -> Option<String> {

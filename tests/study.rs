@@ -711,3 +711,54 @@ fn committed_run_files_read_as_study_records_and_round_trip() {
     }
     assert!(n >= 6, "only {n} run files in {}", runs.display());
 }
+
+/// Records name the commit of the sparsity-lab checkout the command runs in:
+/// cargo reuses a build made from identical sources at another path (CI's
+/// clone shares the target folder), so the path the binary was compiled at
+/// may be gone or hold another commit.
+#[test]
+fn provenance_names_the_checkout_the_command_runs_in() {
+    let git = |dir: &Path, args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+    };
+    let d = fresh("checkout");
+    if git(&d, &["init", "-q"])
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        eprintln!("SKIPPED provenance_names_the_checkout_the_command_runs_in: no git");
+        return;
+    }
+    std::fs::write(d.join("Cargo.toml"), "[package]\nname = \"sparsity-lab\"\n").unwrap();
+    git(&d, &["add", "."]).unwrap();
+    assert!(
+        git(&d, &["commit", "-q", "-m", "x"])
+            .unwrap()
+            .status
+            .success()
+    );
+    let head = String::from_utf8(git(&d, &["rev-parse", "HEAD"]).unwrap().stdout).unwrap();
+    let o = exp_command(&d, &["--quick"])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs = d.join("smoke/quick/runs");
+    let record = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .expect("a run record");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(v["provenance"]["git_commit"].as_str(), Some(head.trim()));
+    // The results folder is not committed there, so the tree is dirty.
+    assert_eq!(v["provenance"]["git_dirty"].as_bool(), Some(true));
+    std::fs::remove_dir_all(d).unwrap();
+}
