@@ -557,7 +557,8 @@ fn report_refuses_mixed_rows_and_skips_foreign_files() {
     assert!(o.status.success());
     assert!(text.contains("cells differ from the reference"), "{text}");
     assert!(text.contains("train_loss_mean"), "{text}");
-    // Mix one 2-epoch run into the 3-epoch folder: refused.
+    // Mix one 2-epoch run into the 3-epoch folder: the study's grid does not
+    // name it, so it is left out with a warning and the tables stand.
     let two_epoch = run_files(&e)[0].clone();
     std::fs::copy(
         &two_epoch,
@@ -567,6 +568,17 @@ fn report_refuses_mixed_rows_and_skips_foreign_files() {
         )),
     )
     .unwrap();
+    let o = Command::new(BIN)
+        .arg("report")
+        .arg(d.join("smoke"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("left out 1 run file(s)"), "{err}");
+    assert_eq!(outputs(&d), tables);
+    // Without the grid (no study.json) the row mixes configurations: refused.
+    std::fs::remove_file(d.join("smoke/study.json")).unwrap();
     let o = Command::new(BIN)
         .arg("report")
         .arg(d.join("smoke"))
@@ -760,5 +772,37 @@ fn provenance_names_the_checkout_the_command_runs_in() {
     assert_eq!(v["provenance"]["git_commit"].as_str(), Some(head.trim()));
     // The results folder is not committed there, so the tree is dirty.
     assert_eq!(v["provenance"]["git_dirty"].as_bool(), Some(true));
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A study file edited after a run (here a learning rate) retrains only the
+/// changed configuration, and the report leaves the old records out (with a
+/// warning) instead of refusing the row.
+#[test]
+fn an_edited_study_reports_its_current_grid() {
+    let d = fresh("edited");
+    let o = exp(&d, &["--quick"]);
+    let before = std::fs::read_to_string(d.join("smoke/quick/results.csv")).unwrap();
+    let text = std::fs::read_to_string(d.join("smoke.toml")).unwrap();
+    let first_lr = text
+        .lines()
+        .find(|l| l.starts_with("lr = "))
+        .expect("smoke.toml sets an lr")
+        .to_string();
+    std::fs::write(
+        d.join("smoke.toml"),
+        text.replacen(&first_lr, "lr = 0.0123", 1),
+    )
+    .unwrap();
+    let o2 = exp(&d, &["--quick"]);
+    let err = String::from_utf8_lossy(&o2.stderr);
+    assert!(
+        err.contains("left out 1 run file(s)"),
+        "{err}\n{:?}",
+        o.stderr.len()
+    );
+    let after = std::fs::read_to_string(d.join("smoke/quick/results.csv")).unwrap();
+    assert_ne!(before, after);
+    assert!(after.contains("lr=0.0123"), "{after}");
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -75,6 +75,13 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
             dir.display()
         );
     };
+    // Records the study's current grid does not name (left by an earlier
+    // version of the study file, e.g. before a learning rate changed) stay on
+    // disk but out of the tables.
+    let grid: Option<std::collections::BTreeSet<String>> = manifest(dir)
+        .filter(|m| !m.runs.is_empty())
+        .map(|m| m.runs.into_iter().collect());
+    let mut stale = vec![];
     let mut groups: BTreeMap<(usize, usize, String, String), Group> = BTreeMap::new();
     // The file each group's first run came from, to name both in an error.
     let mut first_file: BTreeMap<(usize, usize, String, String), std::path::PathBuf> =
@@ -94,6 +101,11 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
                 continue;
             }
         };
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if grid.as_ref().is_some_and(|g| !g.contains(name.as_ref())) {
+            stale.push(name.into_owned());
+            continue;
+        }
         let s = rec.study.clone().expect("checked above");
         let key = (s.order.0, s.order.1, s.task.clone(), s.label.clone());
         if let Some(g) = groups.get(&key) {
@@ -122,6 +134,15 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
             })
             .runs
             .push(rec);
+    }
+    if let Some(first) = stale.first() {
+        let msg = format!(
+            "report: left out {} run file(s) of {} that the study's grid ({MANIFEST}) does not name, from an earlier version of the study (e.g. {first}); delete them to tidy",
+            stale.len(),
+            runs_dir.display(),
+        );
+        warn!("{msg}");
+        eprintln!("warning: {msg}");
     }
     for f in &foreign {
         warn!("report: skipping {f}: not a run record of a study");
