@@ -17,9 +17,6 @@
 //! and GPU give the same bits up to the rounding of `sqrt` and division on
 //! the device.
 
-// Without the `cuda` feature only the tests launch kernels (`Arg`, `Plan`).
-#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
-
 use anyhow::{Result, bail};
 
 use super::config::{Decay, L1};
@@ -173,7 +170,9 @@ impl KernelReg {
 
 /// One scalar argument of a CUDA kernel: a real (rounded to the parameter's
 /// precision at launch, as the CPU loop rounds its own) or an int flag.
+/// (Without the `cuda` feature only the host test launches kernels.)
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) enum Arg {
     Real(f64),
     Int(i32),
@@ -184,6 +183,7 @@ pub(crate) enum Arg {
 /// scalars in the kernel's order (the rule's reals, flags and fixed flags,
 /// then the regularisation's reals and flags).
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) struct Plan {
     pub kernel: &'static str,
     pub state: [Option<usize>; 3],
@@ -455,9 +455,11 @@ macro_rules! kernels {
         )*
     ) => {
         /// The kernels, in table order.
+        #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
         pub(crate) const NAMES: &[&str] = &[$(stringify!($name)),*];
 
         /// The CUDA source of every kernel, generated from the table.
+        #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
         pub(crate) const SOURCE: &str = concat!(
             "// Generated from src/optim/kernels.rs by the kernels! macro\n",
             "// (src/optim/kernel_gen.rs): do not edit.\n\n",
@@ -558,6 +560,7 @@ macro_rules! kernels {
         /// The CUDA launch of one step: the rule's kernel, its state
         /// pointers and its scalars, computed as `cpu` computes them.
         #[allow(unused_variables, unused_assignments, clippy::redundant_locals)]
+        #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
         pub(crate) fn plan(sc: &Scalars, reg: &KernelReg) -> Plan {
             match *sc {
                 $(

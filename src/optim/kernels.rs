@@ -10,9 +10,6 @@
 //! parameter's precision once per step (`1 - b1` and `1 - (1 - b1)` are
 //! separate scalars because torch's lerp uses both).
 
-// Without the `cuda` feature only the tests use `SOURCE`, `plan` and `NAMES`.
-#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
-
 use super::config::{Decay, L1};
 use super::kernel_gen::{Arg, KernelReg, Plan, Real, ema_sq, fabs, fmax, lerp, run, sgn, sqrt};
 use super::rule::Scalars;
