@@ -384,29 +384,109 @@ impl OptimizerConfig {
         Ok(())
     }
 
-    /// Checks the rules that involve more than one key.
+    /// Checks the rules that involve more than one key (the usage errors of
+    /// [`settings`](Self::settings)).
     pub fn validate(&self) -> Result<()> {
-        if self.kind == OptimizerKind::Sgd && self.flag("nesterov") {
-            let (m, d) = (self.get("momentum"), self.get("dampening"));
-            if m <= 0.0 || d != 0.0 {
-                bail_usage!(
-                    "sgd: nesterov = true needs momentum > 0 and dampening = 0 (got momentum = {m}, dampening = {d})"
-                );
-            }
-        }
-        if self.get("l1") > 0.0 && self.get("l1_prox") > 0.0 {
-            bail_usage!(
-                "{}: choose one L1 mode: l1 (subgradient) = {} and l1_prox (proximal) = {} are both set",
-                self.kind,
-                self.get("l1"),
-                self.get("l1_prox")
-            );
-        }
-        Ok(())
+        self.settings().map(|_| ())
     }
 
-    /// A numeric hyper-parameter. Panics on a key this optimizer does not
-    /// have, which is a programming error, not a user's.
+    /// The configuration resolved into types, once: the only place that
+    /// reads the hyper-parameters by name for the optimizer. Combinations
+    /// the types cannot hold (both L1 modes, Nesterov without momentum or
+    /// with dampening) are usage errors here.
+    pub fn settings(&self) -> Result<Settings> {
+        use OptimizerKind::*;
+        let f = |key: &str| self.get(key);
+        let rule = match self.kind {
+            Sgd => {
+                let (m, d) = (f("momentum"), f("dampening"));
+                let momentum = if self.flag("nesterov") {
+                    if m <= 0.0 || d != 0.0 {
+                        bail_usage!(
+                            "sgd: nesterov = true needs momentum > 0 and dampening = 0 (got momentum = {m}, dampening = {d})"
+                        );
+                    }
+                    Momentum::Nesterov { momentum: m }
+                } else if m == 0.0 {
+                    Momentum::None
+                } else {
+                    Momentum::Heavy {
+                        momentum: m,
+                        dampening: d,
+                    }
+                };
+                RuleSettings::Sgd { momentum }
+            }
+            Adagrad => RuleSettings::Adagrad {
+                lr_decay: f("lr_decay"),
+                initial_accumulator_value: f("initial_accumulator_value"),
+                eps: f("eps"),
+            },
+            Rmsprop => RuleSettings::Rmsprop {
+                alpha: f("alpha"),
+                eps: f("eps"),
+                centered: self.flag("centered"),
+                momentum: f("momentum"),
+            },
+            Adadelta => RuleSettings::Adadelta {
+                rho: f("rho"),
+                eps: f("eps"),
+            },
+            Adam | Adamw => RuleSettings::Adam {
+                beta1: f("beta1"),
+                beta2: f("beta2"),
+                eps: f("eps"),
+                amsgrad: self.flag("amsgrad"),
+            },
+            Nadam => RuleSettings::Nadam {
+                beta1: f("beta1"),
+                beta2: f("beta2"),
+                eps: f("eps"),
+                momentum_decay: f("momentum_decay"),
+            },
+            Radam => RuleSettings::Radam {
+                beta1: f("beta1"),
+                beta2: f("beta2"),
+                eps: f("eps"),
+            },
+            Adamax => RuleSettings::Adamax {
+                beta1: f("beta1"),
+                beta2: f("beta2"),
+                eps: f("eps"),
+            },
+        };
+        let (l1, l1_prox) = (f("l1"), f("l1_prox"));
+        let l1 = match (l1 > 0.0, l1_prox > 0.0) {
+            (true, true) => bail_usage!(
+                "{}: choose one L1 mode: l1 (subgradient) = {l1} and l1_prox (proximal) = {l1_prox} are both set",
+                self.kind
+            ),
+            (true, false) => L1::Subgradient(l1),
+            (false, true) => L1::Proximal(l1_prox),
+            (false, false) => L1::None,
+        };
+        let wd = f("weight_decay");
+        let decay = if wd == 0.0 {
+            Decay::None
+        } else if self.flag("decoupled_weight_decay") {
+            Decay::Decoupled(wd)
+        } else {
+            Decay::Coupled(wd)
+        };
+        Ok(Settings {
+            lr: self.lr(),
+            rule,
+            reg: Regularization {
+                decay,
+                l1,
+                exempt_1d: self.flag("exempt_1d"),
+            },
+        })
+    }
+
+    /// A numeric hyper-parameter, for reports and tests (the optimizer reads
+    /// [`settings`](Self::settings)). Panics on a key this optimizer does
+    /// not have, which is a programming error, not a user's.
     pub fn get(&self, key: &str) -> f64 {
         match self.values.get(key) {
             Some(Value::F(x)) => *x,
@@ -453,6 +533,109 @@ impl OptimizerConfig {
             .collect();
         format!("{}({})", self.kind, parts.join(", "))
     }
+}
+
+/// An optimizer's settings, resolved from its configuration by
+/// [`OptimizerConfig::settings`]: the learning rate, the rule's own
+/// hyper-parameters and the regularisation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    pub lr: f64,
+    pub rule: RuleSettings,
+    pub reg: Regularization,
+}
+
+/// Each rule's hyper-parameters (torch's names; `beta1`, `beta2` are
+/// `betas`). AdamW is [`RuleSettings::Adam`] with [`Decay::Decoupled`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RuleSettings {
+    Sgd {
+        momentum: Momentum,
+    },
+    Adagrad {
+        lr_decay: f64,
+        initial_accumulator_value: f64,
+        eps: f64,
+    },
+    Rmsprop {
+        alpha: f64,
+        eps: f64,
+        centered: bool,
+        momentum: f64,
+    },
+    Adadelta {
+        rho: f64,
+        eps: f64,
+    },
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+    },
+    Nadam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        momentum_decay: f64,
+    },
+    Radam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Adamax {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+}
+
+/// SGD's momentum: none (`momentum = 0`), heavy-ball with dampening, or
+/// Nesterov's (which torch allows only without dampening).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Momentum {
+    None,
+    Heavy { momentum: f64, dampening: f64 },
+    Nesterov { momentum: f64 },
+}
+
+/// The regularisation blocks around the rule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Regularization {
+    pub decay: Decay,
+    pub l1: L1,
+    /// Tensors with fewer than two dimensions skip decay and L1.
+    pub exempt_1d: bool,
+}
+
+impl Regularization {
+    /// Whether a tensor of this rank is decayed and L1-penalised.
+    pub fn applies_to(&self, rank: usize) -> bool {
+        !(self.exempt_1d && rank < 2)
+    }
+}
+
+/// Weight decay, with its weight (`weight_decay = 0` is `None`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decay {
+    None,
+    /// L2 in the gradient, torch's `weight_decay`: `g += wd*p`.
+    Coupled(f64),
+    /// Decoupled (AdamW, or `decoupled_weight_decay = true`):
+    /// `p *= 1 - lr*wd` before the step.
+    Decoupled(f64),
+}
+
+/// The L1 penalty, with its weight: at most one mode.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum L1 {
+    None,
+    /// `l1`: `g += l1*sign(p)`.
+    Subgradient(f64),
+    /// `l1_prox`: after the step, `p = sign(p)*max(|p| - step*l1_prox, 0)`
+    /// with the rule's per-coordinate step size.
+    Proximal(f64),
 }
 
 fn parse_f64(raw: &RawValue) -> Option<f64> {
@@ -593,6 +776,77 @@ mod tests {
         assert!(OptimizerConfig::from_pairs("sgd", with_damp).is_err());
         let ok = [("nesterov", text("true")), ("momentum", text("0.9"))];
         assert!(OptimizerConfig::from_pairs("sgd", ok).is_ok());
+    }
+
+    #[test]
+    fn settings_resolve_each_key_into_its_type() {
+        let settings = |name: &str, pairs: &[(&str, &str)]| {
+            OptimizerConfig::from_text(name, pairs.iter().copied())
+                .unwrap()
+                .settings()
+                .unwrap()
+        };
+        let adamw = settings("adamw", &[]);
+        assert_eq!(adamw.reg.decay, Decay::Decoupled(1e-2));
+        assert_eq!(adamw.reg.l1, L1::None);
+        assert!(matches!(
+            adamw.rule,
+            RuleSettings::Adam { amsgrad: false, .. }
+        ));
+        let adam = settings("adam", &[("weight_decay", "0.1"), ("l1", "0.01")]);
+        assert_eq!(adam.reg.decay, Decay::Coupled(0.1));
+        assert_eq!(adam.reg.l1, L1::Subgradient(0.01));
+        let nadam = settings(
+            "nadam",
+            &[
+                ("weight_decay", "0.1"),
+                ("decoupled_weight_decay", "true"),
+                ("l1_prox", "0.5"),
+                ("exempt_1d", "true"),
+            ],
+        );
+        assert_eq!(nadam.reg.decay, Decay::Decoupled(0.1));
+        assert_eq!(nadam.reg.l1, L1::Proximal(0.5));
+        assert!(nadam.reg.exempt_1d && !nadam.reg.applies_to(1) && nadam.reg.applies_to(2));
+        // weight_decay = 0 is no decay, whatever the coupling flag says.
+        let none = settings("sgd", &[("decoupled_weight_decay", "true")]);
+        assert_eq!(none.reg.decay, Decay::None);
+        assert_eq!(
+            none.rule,
+            RuleSettings::Sgd {
+                momentum: Momentum::None
+            }
+        );
+        let nesterov = settings("sgd", &[("momentum", "0.9"), ("nesterov", "true")]);
+        assert_eq!(
+            nesterov.rule,
+            RuleSettings::Sgd {
+                momentum: Momentum::Nesterov { momentum: 0.9 }
+            }
+        );
+        let heavy = settings("sgd", &[("momentum", "0.9"), ("dampening", "0.1")]);
+        assert_eq!(
+            heavy.rule,
+            RuleSettings::Sgd {
+                momentum: Momentum::Heavy {
+                    momentum: 0.9,
+                    dampening: 0.1
+                }
+            }
+        );
+        assert_eq!(settings("adagrad", &[("lr", "0.5")]).lr, 0.5);
+    }
+
+    #[test]
+    fn both_l1_modes_are_a_usage_error_naming_both_keys() {
+        let err =
+            OptimizerConfig::from_text("adam", [("l1", "0.1"), ("l1_prox", "0.1")]).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(crate::error::is_usage(&err), "{msg}");
+        assert!(
+            msg.contains("l1 (subgradient)") && msg.contains("l1_prox"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -1,178 +1,14 @@
-//! Fused optimizer steps on CUDA: the kernels of `fused.cu` (one thread per
-//! element, one pass over p, g and the state), compiled at run time by
-//! NVRTC and launched through Candle's in-place custom op on the parameter.
-//! The state stays in device tensors, which the kernel updates in place.
+//! Fused optimizer steps on CUDA: the kernels generated from the kernel
+//! table (`kernels.rs`: one thread per element, one pass over p, g and the
+//! state), compiled at run time by NVRTC and launched through Candle's
+//! in-place custom op on the parameter. The state stays in device tensors,
+//! which the kernel updates in place.
 //!
-//! [`plan`] turns a step's [`Scalars`] and regularisation into a kernel
-//! name and argument list; it is compiled on every build, so that the unit
-//! test below can run the same kernels, compiled as C++ for the host,
-//! against the CPU kernels without a GPU.
-
-// Without the `cuda` feature only the test uses the plan.
-#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
-
-use super::fused::Reg;
-use super::rule::Scalars;
-
-/// The kernels' source (CUDA C++).
-pub(crate) const SOURCE: &str = include_str!("fused.cu");
-
-/// One scalar argument: a real (rounded to the parameter's precision at
-/// launch, as the CPU kernels round theirs) or an int flag.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Arg {
-    Real(f64),
-    Int(i32),
-}
-
-/// A kernel launch: its name without the dtype suffix, which state slot
-/// each of the three state pointers takes (None: null), and the scalars,
-/// regularisation last.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Plan {
-    pub kernel: &'static str,
-    pub state: [Option<usize>; 3],
-    pub args: Vec<Arg>,
-}
-
-/// torch's lerp weights as the CPU kernels use them: w, 1 - w (in f64, as
-/// `fused::lerp`) and which branch applies.
-fn lerp_args(w: f64) -> [Arg; 3] {
-    [
-        Arg::Real(w),
-        Arg::Real(1.0 - w),
-        Arg::Int(i32::from(w < 0.5)),
-    ]
-}
-
-/// The Adam-family moment block's scalars (Adam, AMSGrad, AdamW, NAdam,
-/// RAdam share it, as on the CPU): m's lerp weights, b2, 1 - b2, eps.
-fn moment_args(b1: f64, b2: f64, eps: f64) -> Vec<Arg> {
-    let mut a = lerp_args(1.0 - b1).to_vec();
-    a.extend([Arg::Real(b2), Arg::Real(1.0 - b2), Arg::Real(eps)]);
-    a
-}
-
-/// The launch for one step. `slots` is the number of state tensors (the
-/// rule's `state_names()`, in that order).
-pub(crate) fn plan(sc: &Scalars, reg: &Reg, slots: usize) -> Plan {
-    use Arg::{Int, Real};
-    let all = |k: usize| {
-        [
-            (k > 0).then_some(0),
-            (k > 1).then_some(1),
-            (k > 2).then_some(2),
-        ]
-    };
-    let (kernel, state, mut args): (&'static str, [Option<usize>; 3], Vec<Arg>) = match *sc {
-        Scalars::Sgd {
-            lr,
-            momentum,
-            dampening,
-            nesterov,
-            first,
-        } => (
-            "sgd",
-            all(usize::from(momentum != 0.0)),
-            vec![
-                Real(lr),
-                Real(momentum),
-                Real(1.0 - dampening),
-                Int(nesterov.into()),
-                Int(first.into()),
-            ],
-        ),
-        Scalars::Adagrad { clr, eps } => ("adagrad", all(1), vec![Real(clr), Real(eps)]),
-        Scalars::Rmsprop {
-            lr,
-            alpha,
-            eps,
-            centered,
-            momentum,
-        } => {
-            // State order: square_avg, [momentum_buffer], [grad_avg].
-            let mom = (momentum > 0.0).then_some(1);
-            let avg = centered.then_some(slots - 1);
-            let mut a = vec![Real(lr), Real(alpha), Real(1.0 - alpha)];
-            a.extend(lerp_args(1.0 - alpha));
-            a.extend([Real(eps), Real(momentum)]);
-            ("rmsprop", [Some(0), mom, avg], a)
-        }
-        Scalars::Adadelta { lr, rho, eps } => (
-            "adadelta",
-            all(2),
-            vec![Real(lr), Real(rho), Real(1.0 - rho), Real(eps)],
-        ),
-        Scalars::Adam {
-            lr,
-            b1,
-            b2,
-            eps,
-            amsgrad,
-            step_size,
-            inv_bc2_sqrt,
-        } => {
-            let mut a = moment_args(b1, b2, eps);
-            a.extend([Real(step_size), Real(inv_bc2_sqrt), Real(lr)]);
-            ("adam", all(if amsgrad { 3 } else { 2 }), a)
-        }
-        Scalars::Nadam {
-            lr,
-            b1,
-            b2,
-            eps,
-            inv_bc2,
-            c_grad,
-            c_mom,
-        } => {
-            let mut a = moment_args(b1, b2, eps);
-            a.extend([Real(inv_bc2), Real(c_grad), Real(c_mom), Real(lr)]);
-            ("nadam", all(2), a)
-        }
-        Scalars::Radam {
-            lr,
-            b1,
-            b2,
-            eps,
-            inv_bc1,
-            rect,
-            bc2_sqrt,
-        } => {
-            let mut a = moment_args(b1, b2, eps);
-            a.extend([
-                Real(inv_bc1),
-                Int(rect.is_some().into()),
-                Real(rect.unwrap_or(0.0)),
-                Real(bc2_sqrt),
-                Real(lr),
-                Real(lr * rect.unwrap_or(0.0)),
-            ]);
-            ("radam", all(2), a)
-        }
-        Scalars::Adamax {
-            lr,
-            b1,
-            b2,
-            eps,
-            clr,
-        } => {
-            let mut a = lerp_args(1.0 - b1).to_vec();
-            a.extend([Real(b2), Real(eps), Real(clr), Real(lr)]);
-            ("adamax", all(2), a)
-        }
-    };
-    args.extend([
-        Real(reg.l1),
-        Real(reg.wd_coupled),
-        Real(reg.decay.unwrap_or(1.0)),
-        Real(reg.l1_prox),
-    ]);
-    Plan {
-        kernel,
-        state,
-        args,
-    }
-}
+//! The launch (`kernels::plan`: kernel name, state pointers, scalars) is
+//! generated from the same table entry as the kernel's signature, and is
+//! compiled on every build, so that the unit test below can run the same
+//! kernels, compiled as C++ for the host, against the CPU kernels without
+//! a GPU.
 
 #[cfg(feature = "cuda")]
 pub(crate) use device::{applies, step};
@@ -185,8 +21,8 @@ mod device {
     use candle_core::cuda_backend::{CudaDType, WrapErr};
     use candle_core::{CudaStorage, DType, InplaceOp2, Layout, Storage, Tensor};
 
-    use super::{Arg, Plan, SOURCE, plan};
-    use crate::optim::fused::Reg;
+    use crate::optim::kernel_gen::{Arg, KernelReg, Plan};
+    use crate::optim::kernels::{SOURCE, plan};
     use crate::optim::rule::Scalars;
 
     const MODULE: &str = "sparsity_lab_fused_optim";
@@ -292,9 +128,9 @@ mod device {
             };
         }
         let cfg = LaunchConfig::for_num_elems(n as u32);
-        // SAFETY: the argument list matches the kernel's signature (built
-        // by `plan`, checked against the kernels by the host test), and
-        // every pointer covers n elements.
+        // SAFETY: the argument list matches the kernel's signature (both
+        // generated from the same table entry, and checked against the
+        // kernels by the host test), and every pointer covers n elements.
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     }
@@ -334,7 +170,7 @@ mod device {
         p: &Tensor,
         g: &Tensor,
         sc: Scalars,
-        reg: Reg,
+        reg: KernelReg,
         state: &[Tensor],
     ) -> Result<()> {
         let g = g.contiguous()?;
@@ -344,7 +180,7 @@ mod device {
             g
         };
         let op = Step {
-            plan: plan(&sc, &reg, state.len()),
+            plan: plan(&sc, &reg),
             state,
         };
         p.inplace_op2(&g, &op)?;
@@ -358,9 +194,7 @@ mod nvrtc_tests {
     #[test]
     fn kernels_compile_with_nvrtc_and_export_every_entry() {
         let ptx = super::device::ptx().unwrap();
-        for k in [
-            "sgd", "adagrad", "rmsprop", "adadelta", "adam", "nadam", "radam", "adamax",
-        ] {
+        for k in crate::optim::kernels::NAMES {
             for t in ["f32", "f64"] {
                 assert!(ptx.contains(&format!(".entry {k}_{t}(")), "{k}_{t} missing");
             }
@@ -372,8 +206,8 @@ mod nvrtc_tests {
 
 #[cfg(test)]
 mod tests {
-    //! The CUDA kernels compiled as C++ for the host (`fused_host.cpp`) and
-    //! driven by [`plan`], against the optimizer's CPU path, bit for bit:
+    //! The generated CUDA kernels compiled as C++ for the host
+    //! (`fused_host.cpp`) and driven by the generated `plan`, against the optimizer's CPU path, bit for bit:
     //! the same formulas in the same order, without contracted
     //! multiply-adds. This checks the kernels' formulas and every argument
     //! list without a GPU; what it cannot check is the launch itself.
@@ -385,21 +219,25 @@ mod tests {
     use candle_core::backprop::GradStore;
     use candle_core::{DType, Device, Tensor, Var};
 
-    use super::*;
+    use crate::optim::kernel_gen::{Arg, KernelReg, Plan};
+    use crate::optim::kernels::{SOURCE, plan};
     use crate::optim::rule::{ParamState, Rule};
-    use crate::optim::{OptimizerConfig, OptimizerKind, Regularization};
+    use crate::optim::{OptimizerConfig, OptimizerKind};
     use crate::rng::Rng;
 
-    /// Compiles the host harness; None (with a SKIPPED line) without g++.
+    /// Compiles the host harness with the generated kernels (written to
+    /// `fused.cu` next to the executable); None (with a SKIPPED line)
+    /// without g++.
     fn harness() -> Option<PathBuf> {
         let dir =
             std::env::temp_dir().join(format!("sparsity-lab-cuda-host-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("fused.cu"), SOURCE).unwrap();
         let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/optim");
         let exe = dir.join("fused_host");
         let out = Command::new("g++")
             .args(["-std=c++17", "-O1", "-ffp-contract=off", "-I"])
-            .arg(&here)
+            .arg(&dir)
             .arg(here.join("fused_host.cpp"))
             .arg("-o")
             .arg(&exe)
@@ -587,8 +425,13 @@ mod tests {
         let var = Var::from_tensor(&tensor(&p0)).unwrap();
         let mut opt = crate::optim::build(cfg, vec![("p".into(), var.clone())]).unwrap();
 
-        let rule = Rule::new(cfg);
-        let reg = Regularization::of(cfg).fused(cfg.lr());
+        let settings = cfg.settings().unwrap();
+        let rule = Rule::new(settings.rule);
+        let reg = KernelReg {
+            decay: settings.reg.decay,
+            l1: settings.reg.l1,
+            lr: settings.lr,
+        };
         let mut st = ParamState {
             t: 0,
             mu_product: 1.0,
@@ -609,7 +452,7 @@ mod tests {
 
             st.t += 1;
             let sc = rule.scalars(cfg.lr(), &mut st, dtype);
-            let plan = plan(&sc, &reg, state.len());
+            let plan = plan(&sc, &reg);
             (p, state) = run_host(exe, &plan, suffix, &p, &g, &state, dtype == DType::F32);
 
             let same = |a: &[f64], b: &[f64]| {

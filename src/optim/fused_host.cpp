@@ -1,7 +1,8 @@
-// fused.cu compiled for the host, for the unit test in cuda.rs: one
+// The CUDA kernels compiled for the host, for the unit test in cuda.rs: one
 // "thread" walks every element, so each kernel runs its exact per-element
-// code on the CPU. Build: g++ -std=c++17 -ffp-contract=off -I src/optim
-// src/optim/fused_host.cpp (the test does this).
+// code on the CPU. fused.cu is the generated source (`kernels::SOURCE`),
+// which the test writes to a temporary folder DIR; build: g++ -std=c++17
+// -ffp-contract=off -I DIR src/optim/fused_host.cpp (the test does this).
 //
 // Protocol, on stdin (whitespace separated):
 //   <kernel>_<f32|f64> <n> <number of scalars>
@@ -110,14 +111,7 @@ int main() {
 #define ENTRY(K)                                     \
   if (kn == #K "_f32") return run(K##_f32, n, a); \
   if (kn == #K "_f64") return run(K##_f64, n, a);
-  ENTRY(sgd)
-  ENTRY(adagrad)
-  ENTRY(rmsprop)
-  ENTRY(adadelta)
-  ENTRY(adam)
-  ENTRY(nadam)
-  ENTRY(radam)
-  ENTRY(adamax)
+  FUSED_KERNELS(ENTRY)
   fprintf(stderr, "unknown kernel %s\n", name);
   return 2;
 }

@@ -22,6 +22,9 @@
 pub mod config;
 mod cuda;
 mod fused;
+#[macro_use]
+mod kernel_gen;
+mod kernels;
 mod rule;
 
 use anyhow::{Result, bail};
@@ -29,7 +32,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
-pub use config::{OptimizerConfig, OptimizerKind, RawValue};
+pub use config::{
+    Decay, L1, Momentum, OptimizerConfig, OptimizerKind, RawValue, Regularization, RuleSettings,
+    Settings,
+};
+use kernel_gen::KernelReg;
 use rule::{ParamState, Rule, Scalars, StepSize};
 
 /// An optimizer the experiment runner can hold as `Box<dyn Optimizer>`
@@ -104,80 +111,40 @@ pub fn build_for_varmap(config: &OptimizerConfig, varmap: &VarMap) -> Result<Box
     build(config, params)
 }
 
-/// The regularisation blocks of a configuration.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Regularization {
-    weight_decay: f64,
-    decoupled: bool,
-    l1: f64,
-    l1_prox: f64,
-    exempt_1d: bool,
+// The reference path's regularisation (the fused kernels' is in the
+// kernel table, `kernels.rs`).
+
+/// Step 1: the coupled terms, added to the gradient.
+fn coupled_grad(reg: &Regularization, p: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let mut g = g.clone();
+    if let L1::Subgradient(l1) = reg.l1 {
+        g = (g + (p.sign()? * l1)?)?;
+    }
+    if let Decay::Coupled(wd) = reg.decay {
+        g = (g + (p * wd)?)?;
+    }
+    Ok(g)
 }
 
-impl Regularization {
-    pub(crate) fn of(cfg: &OptimizerConfig) -> Self {
-        Self {
-            weight_decay: cfg.get("weight_decay"),
-            decoupled: cfg.flag("decoupled_weight_decay"),
-            l1: cfg.get("l1"),
-            l1_prox: cfg.get("l1_prox"),
-            exempt_1d: cfg.flag("exempt_1d"),
-        }
+/// Step 2: decoupled decay, applied to the weight before the rule.
+fn decoupled_decay(reg: &Regularization, p: &Tensor, lr: f64) -> Result<Tensor> {
+    match reg.decay {
+        Decay::Decoupled(wd) => Ok((p * (1.0 - lr * wd))?),
+        _ => Ok(p.clone()),
     }
+}
 
-    /// Whether a tensor of this rank is decayed and L1-penalised.
-    fn applies_to(&self, rank: usize) -> bool {
-        !(self.exempt_1d && rank < 2)
-    }
-
-    /// Step 1: the coupled terms, added to the gradient.
-    fn coupled_grad(&self, p: &Tensor, g: &Tensor) -> Result<Tensor> {
-        let mut g = g.clone();
-        if self.l1 != 0.0 {
-            g = (g + (p.sign()? * self.l1)?)?;
-        }
-        if self.weight_decay != 0.0 && !self.decoupled {
-            g = (g + (p * self.weight_decay)?)?;
-        }
-        Ok(g)
-    }
-
-    /// Step 2: decoupled decay, applied to the weight before the rule.
-    fn decoupled_decay(&self, p: &Tensor, lr: f64) -> Result<Tensor> {
-        if self.weight_decay != 0.0 && self.decoupled {
-            Ok((p * (1.0 - lr * self.weight_decay))?)
-        } else {
-            Ok(p.clone())
-        }
-    }
-
-    /// The same blocks as constants for the fused kernels.
-    pub(crate) fn fused(&self, lr: f64) -> fused::Reg {
-        fused::Reg {
-            l1: self.l1,
-            wd_coupled: if self.decoupled {
-                0.0
-            } else {
-                self.weight_decay
-            },
-            decay: (self.decoupled && self.weight_decay != 0.0)
-                .then_some(1.0 - lr * self.weight_decay),
-            l1_prox: self.l1_prox,
-        }
-    }
-
-    /// Step 4: the proximal operator of `step*l1_prox*|p|`, a soft threshold.
-    fn prox(&self, p: Tensor, step: StepSize) -> Result<Tensor> {
-        if self.l1_prox == 0.0 {
-            return Ok(p);
-        }
-        let shrunk = match step {
-            StepSize::Uniform(s) => (p.abs()? - s * self.l1_prox)?,
-            StepSize::PerCoord(s) => (p.abs()? - (s * self.l1_prox)?)?,
-            StepSize::Unknown => bail!("internal error: proximal step without a step size"),
-        };
-        Ok((p.sign()? * shrunk.relu()?)?)
-    }
+/// Step 4: the proximal operator of `step*l1_prox*|p|`, a soft threshold.
+fn prox(reg: &Regularization, p: Tensor, step: StepSize) -> Result<Tensor> {
+    let L1::Proximal(l1_prox) = reg.l1 else {
+        return Ok(p);
+    };
+    let shrunk = match step {
+        StepSize::Uniform(s) => (p.abs()? - s * l1_prox)?,
+        StepSize::PerCoord(s) => (p.abs()? - (s * l1_prox)?)?,
+        StepSize::Unknown => bail!("internal error: proximal step without a step size"),
+    };
+    Ok((p.sign()? * shrunk.relu()?)?)
 }
 
 /// Where a parameter's state lives.
@@ -214,13 +181,13 @@ impl ParamOptimizer {
         mut params: Vec<(String, Var)>,
         backend: Backend,
     ) -> Result<Self> {
-        config.validate()?;
+        let settings = config.settings()?;
         params.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(w) = params.windows(2).find(|w| w[0].0 == w[1].0) {
             bail!("two parameters are both named `{}`", w[0].0);
         }
-        let rule = Rule::new(&config);
-        let reg = Regularization::of(&config);
+        let rule = Rule::new(settings.rule);
+        let reg = settings.reg;
         let slots = params
             .into_iter()
             .filter(|(_, v)| v.dtype().is_float())
@@ -251,7 +218,7 @@ impl ParamOptimizer {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            lr: config.lr(),
+            lr: settings.lr,
             config,
             reg,
             rule,
@@ -270,21 +237,18 @@ impl Optimizer for ParamOptimizer {
             let sc: Scalars = self
                 .rule
                 .scalars(self.lr, &mut slot.state, slot.var.dtype());
-            match &mut slot.store {
-                Store::Host(host) => {
-                    let reg = if slot.regularized {
-                        self.reg.fused(self.lr)
-                    } else {
-                        fused::Reg::NONE
-                    };
-                    fused::step(slot.var.as_tensor(), g, sc, reg, host)?;
+            let reg = if slot.regularized {
+                KernelReg {
+                    decay: self.reg.decay,
+                    l1: self.reg.l1,
+                    lr: self.lr,
                 }
+            } else {
+                KernelReg::NONE
+            };
+            match &mut slot.store {
+                Store::Host(host) => fused::step(slot.var.as_tensor(), g, sc, reg, host)?,
                 Store::Device(state) => {
-                    let reg = if slot.regularized {
-                        self.reg.fused(self.lr)
-                    } else {
-                        fused::Reg::NONE
-                    };
                     #[cfg(feature = "cuda")]
                     cuda::step(slot.var.as_tensor(), g, sc, reg, state)?;
                     #[cfg(not(feature = "cuda"))]
@@ -297,16 +261,16 @@ impl Optimizer for ParamOptimizer {
                     let p = slot.var.as_detached_tensor();
                     let (p, g) = if slot.regularized {
                         (
-                            self.reg.decoupled_decay(&p, self.lr)?,
-                            self.reg.coupled_grad(&p, g)?,
+                            decoupled_decay(&self.reg, &p, self.lr)?,
+                            coupled_grad(&self.reg, &p, g)?,
                         )
                     } else {
                         (p, g.clone())
                     };
-                    let want = slot.regularized && self.reg.l1_prox != 0.0;
+                    let want = slot.regularized && matches!(self.reg.l1, L1::Proximal(_));
                     let (mut new_p, step) = rule::step_tensors(&sc, want, &p, &g, tensors)?;
                     if slot.regularized {
-                        new_p = self.reg.prox(new_p, step)?;
+                        new_p = prox(&self.reg, new_p, step)?;
                     }
                     slot.var.set(&new_p)?;
                 }

@@ -4,8 +4,9 @@
 //! A step has two halves. [`Rule::scalars`] computes everything that does
 //! not depend on the element (bias corrections, NAdam's mu, RAdam's
 //! rectification) once per tensor and step; both the tensor path below and
-//! the fused CPU path (`fused.rs`) consume the same [`Scalars`], so the two
-//! cannot disagree on them. The tensor path follows PyTorch's
+//! the fused kernels (`kernels.rs`, CPU and CUDA) consume the same
+//! [`Scalars`], so they cannot disagree on them. This tensor path is the
+//! specification the fused kernels are tested against. The tensor path follows PyTorch's
 //! `_single_tensor_*` functions operation by operation, so that f64 results
 //! agree to rounding and f32 results to a few ulps.
 //!
@@ -16,7 +17,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
-use super::config::{OptimizerConfig, OptimizerKind};
+use super::config::{Momentum, RuleSettings};
 
 /// The effective learning rate the rule applied to each coordinate's
 /// (bias-corrected) direction; the proximal threshold is this times l1_prox.
@@ -96,94 +97,42 @@ pub(crate) enum Scalars {
     },
 }
 
-/// The rule's hyper-parameters, resolved once from the configuration so that
-/// a step reads plain fields (keys the optimizer lacks are 0 / false).
-#[derive(Clone, Copy, Debug, Default)]
-struct Hyper {
-    momentum: f64,
-    dampening: f64,
-    nesterov: bool,
-    lr_decay: f64,
-    initial_accumulator_value: f64,
-    eps: f64,
-    alpha: f64,
-    centered: bool,
-    rho: f64,
-    beta1: f64,
-    beta2: f64,
-    amsgrad: bool,
-    momentum_decay: f64,
-}
-
-impl Hyper {
-    fn of(cfg: &OptimizerConfig) -> Self {
-        use super::config::Value;
-        let values = cfg.values();
-        let f = |key: &str| match values.iter().find(|(k, _)| *k == key) {
-            Some((_, Value::F(x))) => *x,
-            _ => 0.0,
-        };
-        let b = |key: &str| {
-            matches!(
-                values.iter().find(|(k, _)| *k == key),
-                Some((_, Value::B(true)))
-            )
-        };
-        Self {
-            momentum: f("momentum"),
-            dampening: f("dampening"),
-            nesterov: b("nesterov"),
-            lr_decay: f("lr_decay"),
-            initial_accumulator_value: f("initial_accumulator_value"),
-            eps: f("eps"),
-            alpha: f("alpha"),
-            centered: b("centered"),
-            rho: f("rho"),
-            beta1: f("beta1"),
-            beta2: f("beta2"),
-            amsgrad: b("amsgrad"),
-            momentum_decay: f("momentum_decay"),
-        }
-    }
-}
-
-/// An optimizer's update rule: its configuration, without regularisation.
+/// An optimizer's update rule: its typed hyper-parameters, without
+/// regularisation.
 pub(crate) struct Rule {
-    kind: OptimizerKind,
-    h: Hyper,
+    s: RuleSettings,
 }
 
 impl Rule {
-    pub fn new(cfg: &OptimizerConfig) -> Self {
-        Self {
-            kind: cfg.kind,
-            h: Hyper::of(cfg),
-        }
+    pub fn new(settings: RuleSettings) -> Self {
+        Self { s: settings }
     }
 
     /// torch's names of the state tensors, in the order `init` makes them.
     pub fn state_names(&self) -> Vec<&'static str> {
-        use OptimizerKind::*;
-        match self.kind {
-            Sgd if self.h.momentum != 0.0 => vec!["momentum_buffer"],
-            Sgd => vec![],
-            Adagrad => vec!["sum"],
-            Rmsprop => {
+        use RuleSettings::*;
+        match self.s {
+            Sgd {
+                momentum: Momentum::None,
+            } => vec![],
+            Sgd { .. } => vec!["momentum_buffer"],
+            Adagrad { .. } => vec!["sum"],
+            Rmsprop {
+                momentum, centered, ..
+            } => {
                 let mut n = vec!["square_avg"];
-                if self.h.momentum > 0.0 {
+                if momentum > 0.0 {
                     n.push("momentum_buffer");
                 }
-                if self.h.centered {
+                if centered {
                     n.push("grad_avg");
                 }
                 n
             }
-            Adadelta => vec!["square_avg", "acc_delta"],
-            Adam | Adamw if self.h.amsgrad => {
-                vec!["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
-            }
-            Adam | Adamw | Nadam | Radam => vec!["exp_avg", "exp_avg_sq"],
-            Adamax => vec!["exp_avg", "exp_inf"],
+            Adadelta { .. } => vec!["square_avg", "acc_delta"],
+            Adam { amsgrad: true, .. } => vec!["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+            Adam { .. } | Nadam { .. } | Radam { .. } => vec!["exp_avg", "exp_avg_sq"],
+            Adamax { .. } => vec!["exp_avg", "exp_inf"],
         }
     }
 
@@ -193,10 +142,12 @@ impl Rule {
             .iter()
             .map(|_| {
                 let z = p.zeros_like()?;
-                Ok(if self.kind == OptimizerKind::Adagrad {
-                    (z + self.h.initial_accumulator_value)?
-                } else {
-                    z
+                Ok(match self.s {
+                    RuleSettings::Adagrad {
+                        initial_accumulator_value,
+                        ..
+                    } => (z + initial_accumulator_value)?,
+                    _ => z,
                 })
             })
             .collect()
@@ -206,50 +157,65 @@ impl Rule {
     /// NAdam's mu product, which torch keeps in a 0-d tensor of the
     /// parameter's precision.
     pub fn scalars(&self, lr: f64, st: &mut ParamState, dtype: DType) -> Scalars {
-        use OptimizerKind::*;
         let t = st.t as f64;
-        let (b1, b2, eps) = match self.kind {
-            Adam | Adamw | Nadam | Radam | Adamax => (self.h.beta1, self.h.beta2, self.h.eps),
-            _ => (0.0, 0.0, 0.0),
-        };
         // Python's `1 - beta**step`.
-        let (bc1, bc2) = (1.0 - b1.powf(t), 1.0 - b2.powf(t));
-        match self.kind {
-            Sgd => Scalars::Sgd {
+        let bc = |b: f64| 1.0 - b.powf(t);
+        match self.s {
+            RuleSettings::Sgd { momentum } => {
+                let (momentum, dampening, nesterov) = match momentum {
+                    Momentum::None => (0.0, 0.0, false),
+                    Momentum::Heavy {
+                        momentum,
+                        dampening,
+                    } => (momentum, dampening, false),
+                    Momentum::Nesterov { momentum } => (momentum, 0.0, true),
+                };
+                Scalars::Sgd {
+                    lr,
+                    momentum,
+                    dampening,
+                    nesterov,
+                    // torch: the first step copies the gradient into the buffer.
+                    first: st.t == 1,
+                }
+            }
+            RuleSettings::Adagrad { lr_decay, eps, .. } => Scalars::Adagrad {
+                clr: lr / (1.0 + (t - 1.0) * lr_decay),
+                eps,
+            },
+            RuleSettings::Rmsprop {
+                alpha,
+                eps,
+                centered,
+                momentum,
+            } => Scalars::Rmsprop {
                 lr,
-                momentum: self.h.momentum,
-                dampening: self.h.dampening,
-                nesterov: self.h.nesterov,
-                // torch: the first step copies the gradient into the buffer.
-                first: st.t == 1,
+                alpha,
+                eps,
+                centered,
+                momentum,
             },
-            Adagrad => Scalars::Adagrad {
-                clr: lr / (1.0 + (t - 1.0) * self.h.lr_decay),
-                eps: self.h.eps,
-            },
-            Rmsprop => Scalars::Rmsprop {
-                lr,
-                alpha: self.h.alpha,
-                eps: self.h.eps,
-                centered: self.h.centered,
-                momentum: self.h.momentum,
-            },
-            Adadelta => Scalars::Adadelta {
-                lr,
-                rho: self.h.rho,
-                eps: self.h.eps,
-            },
-            Adam | Adamw => Scalars::Adam {
+            RuleSettings::Adadelta { rho, eps } => Scalars::Adadelta { lr, rho, eps },
+            RuleSettings::Adam {
+                beta1: b1,
+                beta2: b2,
+                eps,
+                amsgrad,
+            } => Scalars::Adam {
                 lr,
                 b1,
                 b2,
                 eps,
-                amsgrad: self.h.amsgrad,
-                step_size: lr / bc1,
-                inv_bc2_sqrt: 1.0 / bc2.sqrt(),
+                amsgrad,
+                step_size: lr / bc(b1),
+                inv_bc2_sqrt: 1.0 / bc(b2).sqrt(),
             },
-            Nadam => {
-                let psi = self.h.momentum_decay;
+            RuleSettings::Nadam {
+                beta1: b1,
+                beta2: b2,
+                eps,
+                momentum_decay: psi,
+            } => {
                 let mu = b1 * (1.0 - 0.5 * 0.96f64.powf(t * psi));
                 let mu_next = b1 * (1.0 - 0.5 * 0.96f64.powf((t + 1.0) * psi));
                 st.mu_product = match dtype {
@@ -261,12 +227,17 @@ impl Rule {
                     b1,
                     b2,
                     eps,
-                    inv_bc2: 1.0 / bc2,
+                    inv_bc2: 1.0 / bc(b2),
                     c_grad: -lr * (1.0 - mu) / (1.0 - st.mu_product),
                     c_mom: (-lr * mu_next) / (1.0 - st.mu_product * mu_next),
                 }
             }
-            Radam => {
+            RuleSettings::Radam {
+                beta1: b1,
+                beta2: b2,
+                eps,
+            } => {
+                let bc2 = bc(b2);
                 let rho_inf = 2.0 / (1.0 - b2) - 1.0;
                 let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
                 let rect = (rho_t > 5.0).then(|| {
@@ -279,17 +250,21 @@ impl Rule {
                     b1,
                     b2,
                     eps,
-                    inv_bc1: 1.0 / bc1,
+                    inv_bc1: 1.0 / bc(b1),
                     rect,
                     bc2_sqrt: bc2.sqrt(),
                 }
             }
-            Adamax => Scalars::Adamax {
+            RuleSettings::Adamax {
+                beta1: b1,
+                beta2: b2,
+                eps,
+            } => Scalars::Adamax {
                 lr,
                 b1,
                 b2,
                 eps,
-                clr: lr / bc1,
+                clr: lr / bc(b1),
             },
         }
     }
