@@ -876,7 +876,10 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
         {
             let x0 = x0.max(1e-6);
             let fig = Figure {
-                title: format!("{task}: test accuracy after magnitude pruning (no retraining)"),
+                title: format!(
+                    "{task}: test accuracy after {} (no retraining)",
+                    crate::prune::curve_name(gs[0].runs[0].config.pruning.as_ref())
+                ),
                 note: note.clone(),
                 x_desc: "weights kept (log scale)",
                 y_desc: "test accuracy %",

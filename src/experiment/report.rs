@@ -596,10 +596,8 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
         }
         let fracs = prune_fracs(&gs);
         if !fracs.is_empty() {
-            let _ = writeln!(
-                out,
-                "### Test accuracy % after magnitude pruning (no retraining)\n"
-            );
+            let how = crate::prune::curve_name(gs[0].runs[0].config.pruning.as_ref());
+            let _ = writeln!(out, "### Test accuracy % after {how} (no retraining)\n");
             let mut header = vec!["optimizer".to_string()];
             header.extend(fracs.iter().map(|f| format!("{:.0}% pruned", 100.0 * f)));
             let rows: Vec<Vec<String>> = gs
@@ -611,6 +609,9 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
                 })
                 .collect();
             md_table(&mut out, &header, &rows);
+        }
+        if has_pruning(gs.iter().copied()) {
+            prune_markdown(&mut out, &gs);
         }
         let _ = writeln!(out, "### Biases and the whole model\n");
         let mut header = vec!["optimizer".to_string()];
@@ -648,6 +649,44 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable]) -> String {
     out
 }
 
+/// The pruning scores of a task that prunes.
+fn prune_markdown(out: &mut String, gs: &[&Group]) {
+    let first = gs.iter().flat_map(|g| g.runs.iter()).next().expect("a run");
+    let how = first
+        .config
+        .pruning
+        .as_ref()
+        .map(|p| {
+            serde_json::to_string(p)
+                .unwrap_or_default()
+                .replace(['{', '}', '"'], "")
+                .replace(',', ", ")
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "### Pruning scores\n\nPruning: `{how}`. Test accuracy is the final network's (after any pruning \
+         and fine-tuning). Over the one-shot grid {{0, 50, 70, 80, 90, 95, 98, 99}} % (pruned from the final network \
+         by the run's criterion and scope, no retraining): the prunability AUC is the mean accuracy by the trapezoid \
+         rule on the axis log10(1/(1 − s)), normalised to [0, 1]; the max sparsity is the highest grid point within \
+         1 point of the grid's 0 % (the network as it is). Mask sparsity: the weights the masks remove at the end.\n"
+    );
+    let mut header = vec!["optimizer".to_string(), "test acc %".to_string()];
+    header.extend(prune_cols().iter().map(|c| c.0.to_string()));
+    let rows: Vec<Vec<String>> = gs
+        .iter()
+        .map(|g| {
+            let mut r = vec![
+                g.label.clone(),
+                pct(stat(g, |r| r.r#final.as_ref().map(|f| f.test_acc))),
+            ];
+            r.extend(prune_cols().iter().map(|c| cell(g, c)));
+            r
+        })
+        .collect();
+    md_table(out, &header, &rows);
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -657,7 +696,10 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn csv(groups: &[Group]) -> String {
-    let cols: Vec<Col> = main_cols().into_iter().chain(bias_cols()).collect();
+    let mut cols: Vec<Col> = main_cols().into_iter().chain(bias_cols()).collect();
+    if has_pruning(groups) {
+        cols.extend(prune_cols());
+    }
     let fracs = by_task(groups)
         .iter()
         .map(|(_, gs)| prune_fracs(gs))
@@ -1005,6 +1047,41 @@ fn headline_cols() -> Vec<Col> {
     out
 }
 
+/// The prunability scores (`crate::prune`): shown, and compared with the
+/// baseline, only in tasks that set `pruning`, so that other studies'
+/// tables stay as they were.
+fn prune_cols() -> Vec<Col> {
+    fn sc(r: &RunRecord) -> Option<&crate::prune::PruneScores> {
+        r.r#final.as_ref()?.prune_scores.as_ref()
+    }
+    vec![
+        (
+            "prunability AUC %",
+            "prune_auc",
+            |r| sc(r).map(|s| s.auc),
+            true,
+        ),
+        (
+            "max sparsity within 1 pt %",
+            "prune_max_sparsity_1pt",
+            |r| sc(r).map(|s| s.max_sparsity_within_1pt),
+            true,
+        ),
+        (
+            "mask sparsity %",
+            "mask_sparsity",
+            |r| sc(r)?.mask_sparsity,
+            true,
+        ),
+    ]
+}
+
+/// Whether any run of the groups pruned (set `pruning`).
+fn has_pruning<'a>(gs: impl IntoIterator<Item = &'a Group>) -> bool {
+    gs.into_iter()
+        .any(|g| g.runs.iter().any(|r| r.config.pruning.is_some()))
+}
+
 /// One configuration's paired comparisons: per headline measure, the
 /// comparison and its Holm-adjusted p-value.
 pub struct PairedRow {
@@ -1017,15 +1094,21 @@ pub struct PairedTable {
     pub task: String,
     pub baseline: String,
     pub rows: Vec<PairedRow>,
+    /// The measures compared: the headline ones, and the pruning scores
+    /// in tasks that prune.
+    cols: Vec<Col>,
 }
 
 /// For each task with a baseline: every other configuration minus the
 /// baseline, per shared seed (runs both finished), per headline measure;
 /// Holm's adjustment across all the cells of the task's table.
 pub fn paired_tables(groups: &[Group], baselines: &[(String, String)]) -> Vec<PairedTable> {
-    let cols = headline_cols();
     let mut out = vec![];
     for (task, gs) in by_task(groups) {
+        let mut cols = headline_cols();
+        if has_pruning(gs.iter().copied()) {
+            cols.extend(prune_cols().into_iter().take(2));
+        }
         let Some((_, base_label)) = baselines.iter().find(|(t, _)| *t == task) else {
             continue;
         };
@@ -1080,13 +1163,14 @@ pub fn paired_tables(groups: &[Group], baselines: &[(String, String)]) -> Vec<Pa
             task,
             baseline: base_label.clone(),
             rows,
+            cols,
         });
     }
     out
 }
 
 fn paired_markdown(out: &mut String, t: &PairedTable) {
-    let cols = headline_cols();
+    let cols = &t.cols;
     let n = t
         .rows
         .iter()
@@ -1116,7 +1200,7 @@ fn paired_markdown(out: &mut String, t: &PairedTable) {
         .iter()
         .map(|r| {
             let mut row = vec![r.label.clone()];
-            row.extend(r.cells.iter().zip(&cols).map(|(cell, c)| {
+            row.extend(r.cells.iter().zip(cols).map(|(cell, c)| {
                 let Some((p, holm)) = cell else {
                     return "–".to_string();
                 };
@@ -1152,13 +1236,12 @@ fn paired_markdown(out: &mut String, t: &PairedTable) {
 
 /// Every paired comparison, one row per (task, configuration, measure).
 pub fn paired_csv(tables: &[PairedTable]) -> String {
-    let cols = headline_cols();
     let mut out =
         "task,optimizer,baseline,measure,n,mean_diff,ci95_low,ci95_high,p,p_holm\n".to_string();
     let f = |x: Option<f64>| x.map(|v| format!("{v:.6e}")).unwrap_or_default();
     for t in tables {
         for r in &t.rows {
-            for (cell, c) in r.cells.iter().zip(&cols) {
+            for (cell, c) in r.cells.iter().zip(&t.cols) {
                 let Some((p, holm)) = cell else { continue };
                 let _ = writeln!(
                     out,

@@ -627,6 +627,28 @@ impl Plan {
     }
 }
 
+/// How a run's final one-shot curve prunes, for headings: "magnitude
+/// pruning" without a `pruning` setting (as before it existed).
+pub fn curve_name(cfg: Option<&PruneConfig>) -> String {
+    let Some(c) = cfg else {
+        return "magnitude pruning".into();
+    };
+    let what = match c.criterion {
+        Criterion::Magnitude => "magnitude pruning",
+        Criterion::Wv => "w²·v̂ pruning",
+    };
+    let scope = match c.scope {
+        Scope::Global => "",
+        Scope::Layer => ", per layer",
+    };
+    let of = if c.method == Method::None {
+        ""
+    } else {
+        " of the final, pruned network"
+    };
+    format!("{what}{scope}{of}")
+}
+
 /// Restores every parameter to a snapshot (weights and biases), bit for bit.
 pub fn rewind(model: &Model, snapshot: &BTreeMap<String, Tensor>) -> Result<()> {
     model.params().restore(snapshot)
