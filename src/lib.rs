@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod provenance;
+pub mod prune;
 pub mod rng;
 pub mod trace;
 pub mod train;

@@ -20,6 +20,7 @@ use crate::metrics::{
 use crate::models::{Model, ModelConfig};
 use crate::optim::{self, OptimizerConfig};
 use crate::provenance::{self, Provenance};
+use crate::prune::{self, PruneConfig, PruneScores};
 
 /// Available memory in bytes, from /proc/meminfo (Linux).
 fn mem_available() -> Option<f64> {
@@ -113,6 +114,10 @@ pub struct TrainConfig {
     /// their run-file hashes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub track_gradients: bool,
+    /// Pruning in training ([`crate::prune`]); left out of the JSON when
+    /// absent, so that configs without it keep their run-file hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<PruneConfig>,
 }
 
 fn default_batch() -> usize {
@@ -140,6 +145,7 @@ impl TrainConfig {
             prune_fracs: default_prune(),
             seed: 0,
             track_gradients: false,
+            pruning: None,
         }
     }
 
@@ -171,6 +177,9 @@ impl TrainConfig {
         self.data.validate()?;
         self.check_model_fits_data()?;
         self.optimizer.validate()?;
+        if let Some(p) = &self.pruning {
+            p.validate(&self.optimizer)?;
+        }
         let (task, data_bytes) = self.data.estimate();
         self.check_memory(&task, data_bytes)
     }
@@ -394,6 +403,11 @@ pub struct Final {
     /// bucketed by its sum over steps of |g|: none, then quintiles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gradient_buckets: Option<Vec<GradBucket>>,
+    /// Prunability scores of the final network over [`prune::GRID`] (when
+    /// `prune_fracs` covers it), with the masks' sparsity after pruning in
+    /// training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune_scores: Option<PruneScores>,
 }
 
 /// The record of one run: what ran, what it measured, how it ended.
@@ -462,14 +476,18 @@ pub fn run_on(
     let mut opt = optim::build(&cfg.optimizer, model.named_params())?;
     let mut batcher = Batcher::new(&ds.train, cfg.batch_size, cfg.context(), cfg.seed, device)?;
     let per_epoch = batcher.steps_per_epoch(&ds.train);
-    let total = match (cfg.epochs, cfg.steps) {
+    let train_steps = match (cfg.epochs, cfg.steps) {
         (Some(e), _) => e.saturating_mul(per_epoch),
         (_, Some(s)) => s,
         _ => unreachable!("validated"),
     };
-    if total == 0 {
+    if train_steps == 0 {
         bail_usage!("the run has 0 steps to train; give --steps or --epochs of at least 1");
     }
+    // Fine-tuning and IMP rounds add steps after the training proper.
+    let mut plan = prune::Plan::new(cfg.pruning.as_ref(), train_steps, per_epoch)?;
+    let total = plan.total_steps();
+    plan.start(&model)?;
     let eval_every = cfg.eval_every.unwrap_or(if cfg.epochs.is_some() {
         per_epoch
     } else {
@@ -524,9 +542,9 @@ pub fn run_on(
     } else {
         None
     };
-    history.push(point(0, cfg.schedule.lr(base_lr, 0, total), None)?);
+    history.push(point(0, cfg.schedule.lr(base_lr, 0, train_steps), None)?);
     for t in 0..total {
-        let lr = cfg.schedule.lr(base_lr, t, total);
+        let lr = cfg.schedule.lr(base_lr, plan.schedule_step(t), train_steps);
         opt.set_learning_rate(lr);
         let batch = batcher.next(&ds.train)?;
         let (l, grads) = model.loss_and_grads(&ds.task, &batch)?;
@@ -547,6 +565,7 @@ pub fn run_on(
         }
         opt.step(&grads)?;
         steps_done = t + 1;
+        plan.after_step(steps_done, &model, opt.as_mut())?;
         loss_sum += l;
         loss_n += 1;
         if let Some(pb) = &opts.progress {
@@ -570,7 +589,15 @@ pub fn run_on(
     }
     let mut error = None;
     let final_ = if status == Status::Done {
-        let mut f = final_measures(cfg, &model, ds, &evals, last_train_loss)?;
+        let mut f = final_measures(
+            cfg,
+            &model,
+            ds,
+            &evals,
+            last_train_loss,
+            &plan,
+            opt.as_ref(),
+        )?;
         if let Some(tr) = &tracker {
             f.gradient_buckets = Some(tr.buckets()?);
         }
@@ -792,6 +819,8 @@ fn final_measures(
     ds: &Dataset,
     evals: &[Batch],
     train_loss: f64,
+    plan: &prune::Plan,
+    opt: &dyn optim::Optimizer,
 ) -> Result<Final> {
     let task = &ds.task;
     let mut dead = DeadUnits::default();
@@ -802,7 +831,9 @@ fn final_measures(
         .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect();
     let (measures, weight_histogram) = weight_measures_of(&named)?;
-    let pruning = prune_curve(model, task, evals, &cfg.prune_fracs)?;
+    let (criterion, scope) = plan.curve_settings();
+    let pruning = prune::curve(model, task, evals, &cfg.prune_fracs, criterion, scope, opt)?;
+    let prune_scores = plan.scores(test_acc, &pruning, model, opt)?;
     Ok(Final {
         train_loss,
         test_loss,
@@ -813,48 +844,8 @@ fn final_measures(
         weight_histogram,
         input_activity: input_activity(model, ds)?,
         gradient_buckets: None,
+        prune_scores,
     })
-}
-
-/// Held-out accuracy after global magnitude pruning of the weights (tensors
-/// with two or more dimensions; biases and norm gains are kept), without
-/// retraining. Every weight with |w| at or below the threshold is removed.
-pub fn prune_curve(
-    model: &Model,
-    task: &Task,
-    evals: &[Batch],
-    fracs: &[f64],
-) -> Result<Vec<PrunePoint>> {
-    let params = model.params();
-    let snapshot = params.snapshot()?;
-    let weights: Vec<_> = model
-        .named_params()
-        .into_iter()
-        .filter(|(_, v)| v.rank() >= 2)
-        .collect();
-    let mut abs: Vec<f64> = Vec::new();
-    for (_, v) in &weights {
-        abs.extend(metrics::values(v.as_tensor())?.into_iter().map(f64::abs));
-    }
-    abs.sort_by(f64::total_cmp);
-    let mut out = vec![];
-    for &frac in fracs {
-        if let Some(thr) = metrics::prune_threshold(&abs, frac) {
-            for (name, v) in &weights {
-                let orig = &snapshot[name];
-                let keep = orig.abs()?.gt(thr)?.to_dtype(orig.dtype())?;
-                v.set(&(orig * keep)?)?;
-            }
-        }
-        let (test_loss, test_acc) = evaluate(model, task, evals, None)?;
-        out.push(PrunePoint {
-            frac,
-            test_acc,
-            test_loss,
-        });
-        params.restore(&snapshot)?;
-    }
-    Ok(out)
 }
 
 /// A progress bar in the project's style.
@@ -1011,6 +1002,7 @@ mod tests {
             weight_histogram: LogHistogram::of(&[], -1.0, 1.0, 1.0),
             input_activity: None,
             gradient_buckets: None,
+            prune_scores: None,
         };
         assert_eq!(f.first_non_finite(), None);
         f.pruning[0].test_loss = f64::INFINITY;

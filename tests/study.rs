@@ -806,3 +806,65 @@ fn an_edited_study_reports_its_current_grid() {
     assert!(after.contains("lr=0.0123"), "{after}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// A task that sets `pruning` gets the pruning scores in its tables and its
+/// paired comparisons (the smoke study without it has neither: the test
+/// above counts eight measures); a wrong key in it is a one-line error that
+/// names the key.
+#[test]
+fn pruning_tasks_report_their_scores_and_bad_keys_are_named() {
+    let d = fresh("pruning");
+    let o = exp(
+        &d,
+        &[
+            "--set",
+            "pruning={ method = \"oneshot\", sparsity = 0.5, finetune_epochs = 1, state = \"reset\" }",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let folder = PathBuf::from(
+        out.lines()
+            .find_map(|l| l.strip_prefix("results: "))
+            .expect("the results line"),
+    );
+    let md = std::fs::read_to_string(&folder).unwrap();
+    assert!(md.contains("### Pruning scores"), "{md}");
+    assert!(md.contains("| mask sparsity % |"), "{md}");
+    let paired = std::fs::read_to_string(folder.with_file_name("paired.csv")).unwrap();
+    for m in ["prune_auc", "prune_max_sparsity_1pt"] {
+        assert_eq!(
+            paired
+                .lines()
+                .filter(|l| l.split(',').nth(3) == Some(m))
+                .count(),
+            2,
+            "{paired}"
+        );
+    }
+    let csv = std::fs::read_to_string(folder.with_file_name("results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("mask_sparsity_mean"));
+    let plain = std::fs::read_to_string(d.join("smoke.toml")).unwrap();
+    assert!(!plain.contains("pruning"));
+
+    let o = exp_command(
+        &d,
+        &["--set", "pruning={ method = \"oneshot\", sparsty = 0.5 }"],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sparsty") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    let o = exp_command(
+        &d,
+        &["--set", "pruning={ method = \"none\", criterion = \"wv\" }"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("criterion"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}

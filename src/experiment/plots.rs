@@ -865,7 +865,10 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
         {
             let x0 = x0.max(1e-6);
             let fig = Figure {
-                title: format!("{task}: test accuracy after magnitude pruning (no retraining)"),
+                title: format!(
+                    "{task}: test accuracy after {} (no retraining)",
+                    crate::prune::curve_name(gs[0].runs[0].config.pruning.as_ref())
+                ),
                 note: note.clone(),
                 x_desc: "weights kept (log scale)",
                 y_desc: "test accuracy %",
@@ -910,6 +913,77 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
         }
     }
     Ok(())
+}
+
+/// With pruning tasks (`pruning` set on some): `plots/pruning-methods.svg`,
+/// test accuracy against the weights kept, one panel per optimizer and
+/// criterion, one line per method (task; the `zero` and `reset` state
+/// policies left out), each the one-shot curve of the run's final network
+/// (a pruned run's is flat down to its own sparsity).
+pub fn pruning_methods(dir: &Path, groups: &[Group]) -> Result<()> {
+    use crate::optim::StatePolicy;
+    use crate::prune::Criterion;
+    let setting = |g: &Group| g.runs.first().and_then(|r| r.config.pruning.clone());
+    if !groups.iter().any(|g| setting(g).is_some()) {
+        return Ok(());
+    }
+    let mut labels: Vec<&str> = vec![];
+    for g in groups {
+        if !labels.contains(&g.label.as_str()) {
+            labels.push(&g.label);
+        }
+    }
+    let mut panels = vec![];
+    for label in labels {
+        for (criterion, name) in [(Criterion::Magnitude, "magnitude"), (Criterion::Wv, "w²·v̂")]
+        {
+            let lines: Vec<Line> = groups
+                .iter()
+                .filter(|g| g.label == label && g.done().next().is_some())
+                .filter(|g| {
+                    let p = setting(g);
+                    p.as_ref().map_or(Criterion::Magnitude, |p| p.criterion) == criterion
+                        && p.and_then(|p| p.state)
+                            .is_none_or(|s| s == StatePolicy::Keep)
+                })
+                .map(|g| Line {
+                    label: g.task.clone(),
+                    ..pruning_line(g)
+                })
+                .collect();
+            if !lines.is_empty() {
+                panels.push(Panel {
+                    title: format!("{label}, {name}"),
+                    lines,
+                });
+            }
+        }
+    }
+    let lines: Vec<Line> = panels.iter().flat_map(|p| p.lines.clone()).collect();
+    let (Some((x0, x1)), Some((y0, y1))) = (x_extent(lines.iter()), y_extent(lines.iter(), false))
+    else {
+        return Ok(());
+    };
+    let x0 = x0.max(1e-6);
+    let gs: Vec<&Group> = groups.iter().collect();
+    let fig = Figure {
+        title: "Test accuracy against weights kept, per optimizer and pruning method".into(),
+        note: note(&gs, None).replace(
+            "One panel per optimizer family",
+            "One panel per optimizer and criterion, one line per method",
+        ),
+        x_desc: "weights kept (log scale)",
+        y_desc: "test accuracy %",
+        x: Axis::log(x0, x1.max(x0), 1.12, true, fmt_pct),
+        y: Axis::linear(y0, y1.min(100.0), Some(0.0), fmt_num),
+        vline: None,
+        baseline: None,
+        panels,
+    };
+    write_atomic(
+        &dir.join("plots").join("pruning-methods.svg"),
+        render_figure(&fig)?.as_bytes(),
+    )
 }
 
 // ---------------------------------------------------------------------------

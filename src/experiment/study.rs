@@ -77,6 +77,13 @@ pub struct Task {
     /// (`TrainConfig::track_gradients`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub track_gradients: bool,
+    /// Pruning in training (`TrainConfig::pruning`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruning: Option<crate::prune::PruneConfig>,
+    /// Only these of the study's optimizers, by label (e.g. those a
+    /// pruning criterion applies to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<Vec<String>>,
 }
 
 fn default_batch() -> usize {
@@ -238,6 +245,18 @@ impl Study {
                     slug(&t.label)
                 );
             }
+            let all = t.optimizers.as_deref().unwrap_or(&self.optimizers);
+            if let Some(l) = t
+                .only
+                .iter()
+                .flatten()
+                .find(|l| !all.iter().any(|o| o.label == **l))
+            {
+                bail_usage!(
+                    "{file}: task `{}`: `only` names `{l}`, which is not one of its optimizer labels",
+                    t.label
+                );
+            }
             let opts = self.optimizers_of(t);
             if opts.is_empty() {
                 bail_usage!(
@@ -315,8 +334,13 @@ impl Study {
             .collect()
     }
 
-    fn optimizers_of<'a>(&'a self, t: &'a Task) -> &'a [NamedOptimizer] {
-        t.optimizers.as_deref().unwrap_or(&self.optimizers)
+    fn optimizers_of<'a>(&'a self, t: &'a Task) -> Vec<&'a NamedOptimizer> {
+        t.optimizers
+            .as_deref()
+            .unwrap_or(&self.optimizers)
+            .iter()
+            .filter(|o| t.only.as_ref().is_none_or(|only| only.contains(&o.label)))
+            .collect()
     }
 
     /// Every run of the study, in a fixed order: task, optimizer, seed.
@@ -344,6 +368,7 @@ impl Study {
                     }
                     c.seed = seed;
                     c.track_gradients = t.track_gradients;
+                    c.pruning = t.pruning.clone();
                     out.push(RunSpec {
                         task: t.label.clone(),
                         label: label.clone(),

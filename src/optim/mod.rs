@@ -25,7 +25,10 @@ mod fused;
 #[macro_use]
 mod kernel_gen;
 mod kernels;
+mod mask;
 mod rule;
+
+use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use candle_core::backprop::GradStore;
@@ -37,6 +40,7 @@ pub use config::{
     Settings,
 };
 use kernel_gen::KernelReg;
+pub use mask::StatePolicy;
 use rule::{ParamState, Rule, Scalars, StepSize};
 
 /// An optimizer the experiment runner can hold as `Box<dyn Optimizer>`
@@ -68,6 +72,15 @@ pub trait Optimizer: Send {
 
     /// Bytes of optimizer state over all parameters.
     fn state_bytes(&self) -> usize;
+
+    /// Sets pruning masks (0/1 tensors of their parameters' shapes, by
+    /// parameter name; parameters left out are unmasked), replacing any set
+    /// before; zeroes the masked weights now and applies `policy` to the
+    /// state. From then on masked weights stay exactly zero ([`mask`]).
+    fn set_masks(&mut self, masks: BTreeMap<String, Tensor>, policy: StatePolicy) -> Result<()>;
+
+    /// The masks set, by parameter name.
+    fn masks(&self) -> BTreeMap<String, Tensor>;
 }
 
 /// How steps are computed.
@@ -164,6 +177,7 @@ struct Slot {
     regularized: bool,
     state: ParamState,
     store: Store,
+    mask: Option<Tensor>,
 }
 
 /// The driver: walks the parameters in name order and runs the chain.
@@ -214,6 +228,7 @@ impl ParamOptimizer {
                         mu_product: 1.0,
                     },
                     store,
+                    mask: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -233,6 +248,8 @@ impl Optimizer for ParamOptimizer {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
+            let masked = slot.mask.as_ref().map(|m| mask::grad(g, m)).transpose()?;
+            let g = masked.as_ref().unwrap_or(g);
             slot.state.t += 1;
             let sc: Scalars = self
                 .rule
@@ -275,8 +292,19 @@ impl Optimizer for ParamOptimizer {
                     slot.var.set(&new_p)?;
                 }
             }
+            if let Some(m) = &slot.mask {
+                mask::param(&slot.var, m)?;
+            }
         }
         Ok(())
+    }
+
+    fn set_masks(&mut self, masks: BTreeMap<String, Tensor>, policy: StatePolicy) -> Result<()> {
+        self.set_masks_with(masks, policy)
+    }
+
+    fn masks(&self) -> BTreeMap<String, Tensor> {
+        self.masks_now()
     }
 
     fn learning_rate(&self) -> f64 {
