@@ -20,6 +20,7 @@ use crate::metrics::{
 use crate::models::{Model, ModelConfig};
 use crate::optim::{self, OptimizerConfig};
 use crate::provenance::{self, Provenance};
+pub use crate::prune::PrunePoint;
 use crate::prune::{self, PruneConfig, PruneScores};
 
 /// Available memory in bytes, from /proc/meminfo (Linux).
@@ -366,17 +367,6 @@ impl Final {
             .find(|(_, v)| !v.is_finite())
             .map(|(k, _)| k)
     }
-}
-
-/// Held-out accuracy with a fraction of the weights removed by magnitude.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PrunePoint {
-    #[serde(deserialize_with = "nan_from_null")]
-    pub frac: f64,
-    #[serde(deserialize_with = "nan_from_null")]
-    pub test_acc: f64,
-    #[serde(deserialize_with = "nan_from_null")]
-    pub test_loss: f64,
 }
 
 /// The end of a run.
@@ -832,7 +822,14 @@ fn final_measures(
         .collect();
     let (measures, weight_histogram) = weight_measures_of(&named)?;
     let (criterion, scope) = plan.curve_settings();
-    let pruning = prune::curve(model, task, evals, &cfg.prune_fracs, criterion, scope, opt)?;
+    let pruning = prune::curve(
+        model,
+        || evaluate(model, task, evals, None),
+        &cfg.prune_fracs,
+        criterion,
+        scope,
+        opt,
+    )?;
     let prune_scores = plan.scores(test_acc, &pruning, model, opt)?;
     Ok(Final {
         train_loss,

@@ -12,13 +12,9 @@
 //! [`StatePolicy`]; the README's "Pruning" section describes each policy per
 //! optimizer family.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Result, bail};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
-
-use super::{ParamOptimizer, Store, fused};
 
 /// The optimizer's state when masks are set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +56,7 @@ pub(super) fn param(var: &Var, mask: &Tensor) -> Result<()> {
 
 /// A mask in the parameter's dtype and device, checked: same shape, every
 /// value 0 or 1.
-fn checked(name: &str, var: &Var, mask: &Tensor) -> Result<Tensor> {
+pub(super) fn checked(name: &str, var: &Var, mask: &Tensor) -> Result<Tensor> {
     if mask.dims() != var.dims() {
         bail!(
             "the mask of `{name}` has shape {:?}, but the parameter has {:?}",
@@ -73,82 +69,4 @@ fn checked(name: &str, var: &Var, mask: &Tensor) -> Result<Tensor> {
         bail!("the mask of `{name}` holds {v}; a mask holds only 0 and 1");
     }
     Ok(mask.to_dtype(var.dtype())?.to_device(var.device())?)
-}
-
-impl ParamOptimizer {
-    /// Sets the masks (replacing any before), zeroes the masked weights, and
-    /// applies `policy` to the state.
-    pub(super) fn set_masks_with(
-        &mut self,
-        mut masks: BTreeMap<String, Tensor>,
-        policy: StatePolicy,
-    ) -> Result<()> {
-        if let Some(name) = masks
-            .keys()
-            .find(|n| !self.slots.iter().any(|s| s.name == **n))
-        {
-            bail!("a mask names `{name}`, which is not a parameter of this optimizer");
-        }
-        let mut checked_masks = vec![];
-        for slot in &self.slots {
-            checked_masks.push(match masks.remove(&slot.name) {
-                Some(m) => Some(checked(&slot.name, &slot.var, &m)?),
-                None => None,
-            });
-        }
-        for (slot, mask) in self.slots.iter_mut().zip(checked_masks) {
-            if let Some(m) = &mask {
-                param(&slot.var, m)?;
-            }
-            slot.mask = mask;
-            match policy {
-                StatePolicy::Keep => {}
-                StatePolicy::Zero => {
-                    if let Some(m) = &slot.mask {
-                        zero_state(&mut slot.store, &slot.var, m)?;
-                    }
-                }
-                StatePolicy::Reset => {
-                    let init = self.rule.init(slot.var.as_tensor())?;
-                    slot.store = match &slot.store {
-                        Store::Tensors(_) => Store::Tensors(init),
-                        Store::Device(_) => Store::Device(init),
-                        Store::Host(_) => {
-                            Store::Host(fused::HostState::from_tensors(&init, slot.var.dtype())?)
-                        }
-                    };
-                    slot.state.t = 0;
-                    slot.state.mu_product = 1.0;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn masks_now(&self) -> BTreeMap<String, Tensor> {
-        self.slots
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.mask.clone()?)))
-            .collect()
-    }
-}
-
-/// Multiplies every state buffer of one parameter by its mask.
-fn zero_state(store: &mut Store, var: &Var, mask: &Tensor) -> Result<()> {
-    match store {
-        Store::Tensors(ts) | Store::Device(ts) => {
-            for t in ts.iter_mut() {
-                *t = (&*t * mask)?;
-            }
-        }
-        Store::Host(h) => {
-            let ts = h
-                .to_tensors(var.as_tensor())?
-                .iter()
-                .map(|t| t * mask.to_device(t.device())?)
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            *h = fused::HostState::from_tensors(&ts, var.dtype())?;
-        }
-    }
-    Ok(())
 }

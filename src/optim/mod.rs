@@ -360,3 +360,81 @@ impl Optimizer for ParamOptimizer {
             .sum()
     }
 }
+
+impl ParamOptimizer {
+    /// Sets the masks (replacing any before; see [`mask`]), zeroes the masked weights, and
+    /// applies `policy` to the state.
+    fn set_masks_with(
+        &mut self,
+        mut masks: BTreeMap<String, Tensor>,
+        policy: StatePolicy,
+    ) -> Result<()> {
+        if let Some(name) = masks
+            .keys()
+            .find(|n| !self.slots.iter().any(|s| s.name == **n))
+        {
+            bail!("a mask names `{name}`, which is not a parameter of this optimizer");
+        }
+        let mut checked_masks = vec![];
+        for slot in &self.slots {
+            checked_masks.push(match masks.remove(&slot.name) {
+                Some(m) => Some(mask::checked(&slot.name, &slot.var, &m)?),
+                None => None,
+            });
+        }
+        for (slot, mask) in self.slots.iter_mut().zip(checked_masks) {
+            if let Some(m) = &mask {
+                mask::param(&slot.var, m)?;
+            }
+            slot.mask = mask;
+            match policy {
+                StatePolicy::Keep => {}
+                StatePolicy::Zero => {
+                    if let Some(m) = &slot.mask {
+                        zero_state(&mut slot.store, &slot.var, m)?;
+                    }
+                }
+                StatePolicy::Reset => {
+                    let init = self.rule.init(slot.var.as_tensor())?;
+                    slot.store = match &slot.store {
+                        Store::Tensors(_) => Store::Tensors(init),
+                        Store::Device(_) => Store::Device(init),
+                        Store::Host(_) => {
+                            Store::Host(fused::HostState::from_tensors(&init, slot.var.dtype())?)
+                        }
+                    };
+                    slot.state.t = 0;
+                    slot.state.mu_product = 1.0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn masks_now(&self) -> BTreeMap<String, Tensor> {
+        self.slots
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), s.mask.clone()?)))
+            .collect()
+    }
+}
+
+/// Multiplies every state buffer of one parameter by its mask.
+fn zero_state(store: &mut Store, var: &Var, mask: &Tensor) -> Result<()> {
+    match store {
+        Store::Tensors(ts) | Store::Device(ts) => {
+            for t in ts.iter_mut() {
+                *t = (&*t * mask)?;
+            }
+        }
+        Store::Host(h) => {
+            let ts = h
+                .to_tensors(var.as_tensor())?
+                .iter()
+                .map(|t| t * mask.to_device(t.device())?)
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            *h = fused::HostState::from_tensors(&ts, var.dtype())?;
+        }
+    }
+    Ok(())
+}

@@ -15,11 +15,9 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use crate::bail_usage;
-use crate::data::{Batch, Task};
 use crate::metrics;
 use crate::models::Model;
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, StatePolicy};
-use crate::train::{PrunePoint, evaluate};
 
 /// The fixed grid of one-shot sparsities of the prunability scores. The
 /// first point is the network as it is.
@@ -365,13 +363,13 @@ pub fn mask_sparsity(model: &Model, opt: &dyn Optimizer) -> Result<f64> {
     Ok(zeros as f64 / n.max(1) as f64)
 }
 
-/// Held-out accuracy after one-shot pruning of the weights to each of
+/// Held-out accuracy (`evaluate` gives the model's held-out loss and
+/// accuracy) after one-shot pruning of the weights to each of
 /// `fracs` by the criterion and scope, without retraining; the model is
 /// restored after each.
 pub fn curve(
     model: &Model,
-    task: &Task,
-    evals: &[Batch],
+    mut evaluate: impl FnMut() -> Result<(f64, f64)>,
     fracs: &[f64],
     criterion: Criterion,
     scope: Scope,
@@ -387,7 +385,7 @@ pub fn curve(
         for (name, v) in &w {
             v.set(&(&snapshot[name] * &masks[name])?)?;
         }
-        let (test_loss, test_acc) = evaluate(model, task, evals, None)?;
+        let (test_loss, test_acc) = evaluate()?;
         out.push(PrunePoint {
             frac,
             test_acc,
@@ -652,4 +650,16 @@ pub fn curve_name(cfg: Option<&PruneConfig>) -> String {
 /// Restores every parameter to a snapshot (weights and biases), bit for bit.
 pub fn rewind(model: &Model, snapshot: &BTreeMap<String, Tensor>) -> Result<()> {
     model.params().restore(snapshot)
+}
+
+/// Held-out accuracy with a fraction of the weights removed in one shot
+/// (by the run's criterion and scope), without retraining.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrunePoint {
+    #[serde(deserialize_with = "crate::io::nan_from_null")]
+    pub frac: f64,
+    #[serde(deserialize_with = "crate::io::nan_from_null")]
+    pub test_acc: f64,
+    #[serde(deserialize_with = "crate::io::nan_from_null")]
+    pub test_loss: f64,
 }
