@@ -283,8 +283,11 @@ impl TrainConfig {
     /// batch sizes up to 256, whose matrix products are too small to split
     /// (784-128-10, 2 epochs of MNIST at batch 64: 0.74 s on one thread,
     /// 0.87 s and twice the CPU time on two, with 65,000 context switches).
+    /// The CNN at the same batch sizes too: its convolutions are single
+    /// matrix products of a few million multiply-adds, and a study fills the
+    /// cores with one run each (BENCHMARKS.md, cnn against cnn-2t).
     pub fn prefers_one_thread(&self) -> bool {
-        matches!(self.model, ModelConfig::Mlp(_)) && self.batch_size <= 256
+        matches!(self.model, ModelConfig::Mlp(_) | ModelConfig::Cnn(_)) && self.batch_size <= 256
     }
 
     /// The context length used to cut text into windows (0 for the MLP).

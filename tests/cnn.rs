@@ -221,3 +221,142 @@ fn f32_cpu_path_matches_pytorch() {
 fn f64_candle_conv_path_matches_pytorch() {
     compare(DType::F64, 1e-9, 1e-9);
 }
+
+/// 64 images of 28 x 28: class k is a bright square at a class-dependent
+/// place on a faint noise background, so that the CNN learns something in a
+/// few steps.
+fn tiny_images(n: usize, seed: u64) -> sparsity_lab::data::Split {
+    let mut rng = sparsity_lab::rng::Rng::new(seed);
+    let mut x = vec![0f32; n * 784];
+    let mut y = vec![0u32; n];
+    for i in 0..n {
+        let k = i % 10;
+        y[i] = k as u32;
+        for p in 0..784 {
+            x[i * 784 + p] = 0.1 * rng.uniform_in(0.0, 1.0) as f32;
+        }
+        let (r0, c0) = (2 + (k / 5) * 12, 2 + (k % 5) * 5);
+        for r in r0..r0 + 8 {
+            for c in c0..c0 + 4 {
+                x[i * 784 + r * 28 + c] = 1.0;
+            }
+        }
+    }
+    sparsity_lab::data::Split::Examples {
+        x: Tensor::from_vec(x, (n, 784), &Device::Cpu).unwrap(),
+        y: Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
+    }
+}
+
+fn tiny_run(optimizer: &str, sets: &[(&str, &str)], steps: usize) -> sparsity_lab::train::Trained {
+    use sparsity_lab::data::{DataConfig, Dataset};
+    use sparsity_lab::train::{RunOptions, TrainConfig};
+    let ds = Dataset {
+        name: "fashion-mnist".into(),
+        task: Task::Classify {
+            inputs: 784,
+            classes: 10,
+        },
+        train: tiny_images(256, 1),
+        test: tiny_images(100, 2),
+        description: "synthetic squares".into(),
+        location: None,
+    };
+    let mut cfg = TrainConfig::new(
+        ModelConfig::Cnn(sparsity_lab::models::CnnConfig {
+            channels: vec![4, 8],
+            hidden: 16,
+            batch_norm: true,
+        }),
+        DataConfig::by_name("fashion-mnist").unwrap(),
+        sparsity_lab::optim::OptimizerConfig::from_text(optimizer, sets.iter().copied()).unwrap(),
+    );
+    cfg.steps = Some(steps);
+    cfg.batch_size = 32;
+    cfg.prune_fracs = vec![0.5];
+    sparsity_lab::train::run_on(&cfg, &ds, &Device::Cpu, &RunOptions::default()).unwrap()
+}
+
+/// A short run records the filter measures (with dead filters from the
+/// evaluation pass) beside the dead units of the hidden linear layer, and
+/// its checkpoint holds BatchNorm's buffers under torch's names, which the
+/// weight measures leave out.
+#[test]
+fn a_cnn_run_records_filters_and_checkpoints_buffers() {
+    let t = tiny_run("adam", &[("lr", "0.01")], 12);
+    let rec = &t.record;
+    let f = rec.r#final.as_ref().expect("the run finished");
+    assert!(f.test_acc > 0.5, "learned the squares: {}", f.test_acc);
+    let filters = f.filters.as_ref().expect("filter measures");
+    assert_eq!(
+        filters.layers.keys().collect::<Vec<_>>(),
+        ["conv1", "conv2"]
+    );
+    assert_eq!(filters.layers["conv1"].filters, 4);
+    assert_eq!(filters.total.filters, 12);
+    assert!(filters.total.dead.is_some() && filters.total.gamma_small.is_some());
+    let dead = f.dead_units.as_ref().unwrap();
+    assert_eq!(dead.units, vec![16], "dead units are the hidden layer's");
+    // The record's parameter count leaves the buffers out.
+    assert_eq!(rec.params, t.model.params().count());
+    let bytes = sparsity_lab::train::checkpoint_bytes(&t.model, rec).unwrap();
+    let loaded = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).unwrap();
+    assert_eq!(
+        loaded["bn2.num_batches_tracked"]
+            .to_scalar::<i64>()
+            .unwrap(),
+        12
+    );
+    let rv = tensor_values(&loaded["bn1.running_var"]);
+    assert!(rv.iter().all(|v| *v > 0.0) && rv.iter().any(|v| *v != 1.0));
+    let mut named: Vec<(String, Tensor)> = loaded.into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let (m, _) = sparsity_lab::train::weight_measures_of(&named).unwrap();
+    assert_eq!(m, f.measures, "the checkpoint measures as the record");
+    let from_file = sparsity_lab::metrics::filter_measures(&named)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        from_file.layers["conv2"].small_norm,
+        filters.layers["conv2"].small_norm
+    );
+}
+
+/// BatchNorm's gamma and beta are 1-D, so `exempt_1d` keeps them from
+/// decoupled decay while the 4-D conv weights decay.
+#[test]
+fn exempt_1d_spares_batchnorm_scales() {
+    let lr_wd = [
+        ("lr", "0.0"),
+        ("weight_decay", "0.5"),
+        ("exempt_1d", "true"),
+    ];
+    let (model, task, batch) = build(&fixture()["cases"][0], DType::F32);
+    let before = model.params().snapshot().unwrap();
+    let cfg = sparsity_lab::optim::OptimizerConfig::from_text("adamw", lr_wd.iter().copied());
+    let mut opt = sparsity_lab::optim::build(&cfg.unwrap(), model.named_params()).unwrap();
+    opt.set_learning_rate(0.1);
+    let (_, grads) = model.loss_and_grads(&task, &batch).unwrap();
+    opt.step(&grads).unwrap();
+    let after = model.params().snapshot().unwrap();
+    let moved = |k: &str| {
+        let d = (&after[k] - &before[k]).unwrap().abs().unwrap();
+        d.max_all().unwrap().to_scalar::<f32>().unwrap()
+    };
+    // Adam's first step moves every parameter by about lr; decay adds
+    // lr * wd * |w| on the weights only.
+    let decayed = |k: &str| {
+        let w = (&before[k] * (1.0 - 0.1 * 0.5)).unwrap();
+        (&after[k] - w)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(moved("bn1.weight") <= 0.1 + 1e-6);
+    assert!(decayed("bn1.weight") > 0.01, "gamma is not decayed");
+    assert!(decayed("conv1.weight") <= 0.1 + 1e-6, "conv weights decay");
+}

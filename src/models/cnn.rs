@@ -37,8 +37,9 @@ struct Grid {
 }
 
 /// The 3 x 3, padding 1 patches of rows `[N * H * W, C]` as `[N * H * W,
-/// C * 9]` (column `(c, ky, kx)`, torch's weight order), zero outside the
-/// image. Its backward is [`Col2Im`].
+/// C * 9 + 1]` (column `(c, ky, kx)`, torch's weight order), zero outside
+/// the image, and a last column of ones, which multiplies the bias. Its
+/// backward is [`Col2Im`].
 struct Im2Col(Grid);
 
 /// Calls `f(row, col, src_row)` for every in-image patch entry: output row
@@ -81,9 +82,12 @@ impl candle_core::CustomOp1 for Im2Col {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let (rows, c) = l.shape().dims2()?;
-        let k = c * 9;
+        let k = c * 9 + 1;
         let mut out = vec![0f32; rows * k];
         patches(self.0, c, |row, col, src| out[row * k + col] = x[src]);
+        for row in out.chunks_exact_mut(k) {
+            row[k - 1] = 1.0;
+        }
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((rows, k)),
@@ -102,7 +106,8 @@ impl candle_core::CustomOp1 for Im2Col {
     }
 }
 
-/// The adjoint of [`Im2Col`]: sums each patch entry back onto its pixel.
+/// The adjoint of [`Im2Col`]: sums each patch entry back onto its pixel
+/// (the ones column has no input).
 struct Col2Im(Grid, usize);
 
 impl candle_core::CustomOp1 for Col2Im {
@@ -214,6 +219,147 @@ impl candle_core::CustomOp2 for MaxPoolBwd {
     }
 }
 
+/// Per column of rows `[M, C]`: the mean and the biased variance, `[2, C]`
+/// (sums in f64).
+struct ColStats;
+
+impl candle_core::CustomOp1 for ColStats {
+    fn name(&self) -> &'static str {
+        "column-stats"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let z = f32_slice(s, l, self.name())?;
+        let (m, c) = l.shape().dims2()?;
+        let mut sum = vec![0f64; c];
+        for row in z.chunks_exact(c) {
+            for (a, v) in sum.iter_mut().zip(row) {
+                *a += *v as f64;
+            }
+        }
+        let mean: Vec<f64> = sum.iter().map(|v| v / m as f64).collect();
+        let mut sq = vec![0f64; c];
+        for row in z.chunks_exact(c) {
+            for ((a, v), mu) in sq.iter_mut().zip(row).zip(&mean) {
+                let d = *v as f64 - mu;
+                *a += d * d;
+            }
+        }
+        let mut out: Vec<f32> = mean.iter().map(|v| *v as f32).collect();
+        out.extend(sq.iter().map(|v| (v / m as f64) as f32));
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from((2, c)),
+        ))
+    }
+}
+
+/// Train-mode BatchNorm and ReLU in one pass over rows `[M, C]`:
+/// `relu(gamma * (z - mean) / sqrt(var + eps) + beta)`, with arguments `z`,
+/// `[gamma; beta]` `[2, C]` and the batch's [`ColStats`]. Its backward is
+/// the usual closed form (the statistics depend on `z`):
+/// `dz = gamma / (M sqrt(var + eps)) * (M dy - sum dy - xhat * sum(dy xhat))`
+/// with `dy` the output gradient masked by the ReLU.
+struct BnReluTrain;
+
+impl BnReluTrain {
+    /// Per column: gamma * inv_std, beta - mean * gamma * inv_std, inv_std.
+    fn coefficients(gb: &[f32], stats: &[f32], c: usize) -> Vec<(f32, f32, f32, f32)> {
+        (0..c)
+            .map(|j| {
+                let inv = 1.0 / ((stats[c + j] as f64) + BN_EPS).sqrt();
+                let a = gb[j] as f64 * inv;
+                (
+                    a as f32,
+                    (gb[c + j] as f64 - stats[j] as f64 * a) as f32,
+                    inv as f32,
+                    stats[j],
+                )
+            })
+            .collect()
+    }
+}
+
+impl candle_core::CustomOp3 for BnReluTrain {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let z = f32_slice(s1, l1, self.name())?;
+        let gb = f32_slice(s2, l2, self.name())?;
+        let stats = f32_slice(s3, l3, self.name())?;
+        let c = l1.shape().dims2()?.1;
+        let k = Self::coefficients(gb, stats, c);
+        let mut out = Vec::with_capacity(z.len());
+        for row in z.chunks_exact(c) {
+            out.extend(row.iter().zip(&k).map(|(v, k)| (k.0 * v + k.1).max(0.0)));
+        }
+        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        z: &Tensor,
+        gb: &Tensor,
+        stats: &Tensor,
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (m, c) = z.dims2()?;
+        let zv = z.flatten_all()?.to_vec1::<f32>()?;
+        let ov = out.flatten_all()?.to_vec1::<f32>()?;
+        let gv = grad.flatten_all()?.to_vec1::<f32>()?;
+        let gbv = gb.flatten_all()?.to_vec1::<f32>()?;
+        let k = Self::coefficients(&gbv, &stats.flatten_all()?.to_vec1::<f32>()?, c);
+        // Column sums of dy and dy * xhat.
+        let (mut sdy, mut sdyx) = (vec![0f64; c], vec![0f64; c]);
+        for ((zr, or), gr) in zv
+            .chunks_exact(c)
+            .zip(ov.chunks_exact(c))
+            .zip(gv.chunks_exact(c))
+        {
+            for j in 0..c {
+                if or[j] > 0.0 {
+                    let xhat = (zr[j] - k[j].3) * k[j].2;
+                    sdy[j] += gr[j] as f64;
+                    sdyx[j] += (gr[j] * xhat) as f64;
+                }
+            }
+        }
+        let inv_m = 1.0 / m as f32;
+        let mut dz = Vec::with_capacity(zv.len());
+        for ((zr, or), gr) in zv
+            .chunks_exact(c)
+            .zip(ov.chunks_exact(c))
+            .zip(gv.chunks_exact(c))
+        {
+            for j in 0..c {
+                let dy = if or[j] > 0.0 { gr[j] } else { 0.0 };
+                let xhat = (zr[j] - k[j].3) * k[j].2;
+                let g = gbv[j] * k[j].2;
+                dz.push(g * (dy - (sdy[j] as f32 + xhat * sdyx[j] as f32) * inv_m));
+            }
+        }
+        let mut dgb: Vec<f32> = sdyx.iter().map(|v| *v as f32).collect();
+        dgb.extend(sdy.iter().map(|v| *v as f32));
+        Ok((
+            Some(Tensor::from_vec(dz, (m, c), z.device())?),
+            Some(Tensor::from_vec(dgb, (2, c), z.device())?),
+            None,
+        ))
+    }
+}
+
 /// BatchNorm's epsilon and momentum, torch's defaults.
 pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -320,28 +466,25 @@ impl BatchNorm {
         Ok(())
     }
 
-    /// On rows `[M, C]`: column statistics as products with a row of ones
-    /// (one matrix product each, where Candle's reductions over a leading
-    /// dimension are slow).
-    fn forward_rows(&self, z: &Tensor, train: bool) -> Result<Tensor> {
+    /// BatchNorm and ReLU on rows `[M, C]` (CPU, f32): in train mode the
+    /// fused [`BnReluTrain`] (Candle's reductions over a leading dimension,
+    /// which the backward of every broadcast op needs, were a fifth of the
+    /// step); in eval mode plain tensor ops.
+    fn forward_relu_rows(&self, z: &Tensor, train: bool) -> Result<Tensor> {
         let (m, c) = z.dims2()?;
-        let row = |t: &Tensor| t.reshape((1, c));
-        let (gamma, beta) = (row(self.gamma.as_tensor())?, row(self.beta.as_tensor())?);
         if train {
-            let ones = Tensor::ones((1, m), z.dtype(), z.device())?;
-            let mean = (ones.matmul(z)? / m as f64)?;
-            let centered = z.broadcast_sub(&mean)?;
-            let var = (ones.matmul(&centered.sqr()?)? / m as f64)?;
-            self.update_running(&mean, &var, m)?;
-            let scale = gamma.broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-            Ok(centered.broadcast_mul(&scale)?.broadcast_add(&beta)?)
-        } else {
-            let scale =
-                gamma.broadcast_div(&(row(self.running_var.as_tensor())? + BN_EPS)?.sqrt()?)?;
-            Ok(z.broadcast_sub(&row(self.running_mean.as_tensor())?)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&beta)?)
+            let stats = z.apply_op1_no_bwd(&ColStats)?;
+            self.update_running(&stats.get(0)?, &stats.get(1)?, m)?;
+            let gb = Tensor::stack(&[self.gamma.as_tensor(), self.beta.as_tensor()], 0)?;
+            return Ok(z.apply_op3(&gb, &stats, BnReluTrain)?);
         }
+        let row = |t: &Tensor| t.reshape((1, c));
+        let scale = row(self.gamma.as_tensor())?
+            .broadcast_div(&(row(self.running_var.as_tensor())? + BN_EPS)?.sqrt()?)?;
+        Ok(z.broadcast_sub(&row(self.running_mean.as_tensor())?)?
+            .broadcast_mul(&scale)?
+            .broadcast_add(&row(self.beta.as_tensor())?)?
+            .relu()?)
     }
 
     /// On `[N, C, H, W]` (devices other than the CPU, dtypes other than f32).
@@ -501,13 +644,19 @@ impl Cnn {
             };
             let c = block.w.dim(0)?;
             let cols = a.contiguous()?.apply_op1(Im2Col(grid))?;
-            let mut z = cols
-                .matmul(&block.w.as_tensor().flatten_from(1)?.t()?)?
-                .broadcast_add(&block.b.as_tensor().reshape((1, c))?)?;
-            if let Some(bn) = &block.bn {
-                z = bn.forward_rows(&z, train)?;
-            }
-            let r = z.relu()?;
+            // [weights | bias]: the bias multiplies im2col's ones column.
+            let wb = Tensor::cat(
+                &[
+                    block.w.as_tensor().flatten_from(1)?,
+                    block.b.as_tensor().reshape((c, 1))?,
+                ],
+                1,
+            )?;
+            let z = cols.matmul(&wb.t()?)?;
+            let r = match &block.bn {
+                Some(bn) => bn.forward_relu_rows(&z, train)?,
+                None => z.relu()?,
+            };
             if let Some(out) = hidden.as_deref_mut() {
                 out.push(r.reshape((n, side * side, c))?.max(1)?);
             }
