@@ -70,7 +70,11 @@ fn check_at(what: &str, ours: &[f64], reference: &[f64], atol: f64, rel: f64) {
         .iter()
         .zip(reference)
         .enumerate()
-        .filter(|(_, (a, b))| !((*a - *b).abs() <= atol + rel * b.abs()))
+        .filter(|(_, (a, b))| {
+            // Written so that a NaN fails.
+            let within = (*a - *b).abs() <= atol + rel * b.abs();
+            !within
+        })
         .take(5)
         .map(|(i, (a, b))| format!("[{i}] ours {a:e}, torch {b:e}"))
         .collect();

@@ -671,7 +671,7 @@ impl Cnn {
             .contiguous()?
             .reshape((n, c_in * side * side))?;
         let h = Self::linear(&flat, &self.fc1)?.relu()?;
-        if let Some(out) = hidden.as_deref_mut() {
+        if let Some(out) = hidden {
             out.push(h.clone());
         }
         Self::linear(&h, &self.fc2)
@@ -701,7 +701,7 @@ impl Cnn {
             h = max_pool_nchw(&h)?;
         }
         let h = Self::linear(&h.flatten_from(1)?, &self.fc1)?.relu()?;
-        if let Some(out) = hidden.as_deref_mut() {
+        if let Some(out) = hidden {
             out.push(h.clone());
         }
         Self::linear(&h, &self.fc2)
