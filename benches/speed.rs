@@ -4,7 +4,8 @@
 //!
 //! Usage: `cargo bench --bench speed -- [CASE ...]` with CASE one of
 //! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256,
-//! transformer, or `all`; and, for profiling (not in `all`), transformer-fwd,
+//! transformer, cnn and cnn-2t (the same CNN step; the script runs it on one
+//! and on two threads), or `all`; and, for profiling (not in `all`), transformer-fwd,
 //! transformer-fwdbwd and transformer-matmuls (the forward alone, forward and
 //! backward, and the step's matrix products alone), opt-adamax-1m and
 //! opt-rmsprop-centered-1m. Threads follow RAYON_NUM_THREADS (Candle's
@@ -15,7 +16,7 @@ use std::time::Instant;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use sparsity_lab::data::{Batch, Task};
-use sparsity_lab::models::{MlpConfig, ModelConfig, TransformerConfig};
+use sparsity_lab::models::{CnnConfig, MlpConfig, ModelConfig, TransformerConfig};
 use sparsity_lab::optim::{self, OptimizerConfig};
 use sparsity_lab::rng::Rng;
 
@@ -104,6 +105,29 @@ fn mlp_case(b: usize) -> (f64, usize) {
     .unwrap();
     train_case(
         ModelConfig::Mlp(MlpConfig { hidden: vec![128] }),
+        Task::Classify {
+            inputs: 784,
+            classes: 10,
+        },
+        Batch { x, y },
+        cfg("adam", &[("lr", "0.001")]),
+    )
+}
+
+/// The default CNN (conv 32, conv 64, BatchNorm, hidden 128) on a batch of
+/// 64 images, Adam: one training step.
+fn cnn_case() -> (f64, usize) {
+    let b = 64;
+    let mut rng = Rng::new(4);
+    let x = randn(&[b, 784], &mut rng).affine(0.3, 0.1).unwrap();
+    let y = Tensor::from_vec(
+        (0..b as u32).map(|i| i % 10).collect::<Vec<_>>(),
+        b,
+        &Device::Cpu,
+    )
+    .unwrap();
+    train_case(
+        ModelConfig::Cnn(CnnConfig::default()),
         Task::Classify {
             inputs: 784,
             classes: 10,
@@ -214,7 +238,7 @@ fn main() {
         cases = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
             .iter()
             .flat_map(|o| [format!("opt-{o}-1m"), format!("opt-{o}-10m")])
-            .chain(["mlp-64", "mlp-256", "transformer"].map(String::from))
+            .chain(["mlp-64", "mlp-256", "transformer", "cnn", "cnn-2t"].map(String::from))
             .collect();
     }
     for case in cases {
@@ -231,6 +255,7 @@ fn main() {
                 "mlp-64" => mlp_case(64),
                 "mlp-256" => mlp_case(256),
                 "transformer" => transformer_case(),
+                "cnn" | "cnn-2t" => cnn_case(),
                 "transformer-fwd" => transformer_parts(false),
                 "transformer-matmuls" => transformer_matmuls(),
                 "transformer-fwdbwd" => transformer_parts(true),

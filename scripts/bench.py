@@ -29,13 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 OPTS = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
-CASES = [f"opt-{o}-{s}" for o in OPTS for s in ("1m", "10m")] + ["mlp-64", "mlp-256", "transformer"]
+CASES = [f"opt-{o}-{s}" for o in OPTS for s in ("1m", "10m")] + [
+    "mlp-64", "mlp-256", "transformer", "cnn", "cnn-2t"]
 
 
 def threads_of(case):
     """Threads per case, as in the speed issue: the MLP step on one thread,
-    optimizer steps and the Transformer on two."""
-    return 1 if case.startswith("mlp") else 2
+    optimizer steps and the Transformer on two; the CNN step on one (`cnn`,
+    as a study runs it) and on two (`cnn-2t`)."""
+    return 1 if case.startswith("mlp") or case == "cnn" else 2
 
 
 def timeit(f, min_runs=20, budget=2.0):
@@ -133,6 +135,38 @@ def torch_transformer(impl):
     return timeit(step, min_runs=10, budget=5.0)
 
 
+class Cnn(nn.Module):
+    """src/models/cnn.rs's default CNN (the same as scripts/cnn_reference.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.fc1, self.fc2 = nn.Linear(3136, 128), nn.Linear(128, 10)
+
+    def forward(self, x):
+        h = x.view(-1, 1, 28, 28)
+        h = F.max_pool2d(F.relu(self.bn1(self.conv1(h))), 2)
+        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
+        return self.fc2(F.relu(self.fc1(h.flatten(1))))
+
+
+def torch_cnn(impl):
+    torch.manual_seed(0)
+    m = Cnn().train()
+    kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, **kw)
+    x = torch.randn(64, 784) * 0.3 + 0.1
+    y = torch.arange(64) % 10
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+
+    return timeit(step, min_runs=10, budget=3.0)
+
+
 def peer(case):
     """Best PyTorch time over its implementations (fused, foreach, for-loop)."""
     torch.set_num_threads(threads_of(case))
@@ -147,6 +181,8 @@ def peer(case):
                 results[impl] = torch_opt(name, 1_000_000 if size == "1m" else 10_000_000, impl)
             elif case.startswith("mlp-"):
                 results[impl] = torch_mlp(int(case.split("-")[1]), impl)
+            elif case.startswith("cnn"):
+                results[impl] = torch_cnn(impl)
             else:
                 results[impl] = torch_transformer(impl)
         except (RuntimeError, TypeError) as e:  # an implementation torch lacks here

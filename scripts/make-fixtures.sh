@@ -8,3 +8,4 @@ python3 -c "import torch, numpy" 2>/dev/null || python3 -m pip install --quiet t
 python3 -c "import safetensors" 2>/dev/null || python3 -m pip install --quiet safetensors
 python3 tests/golden/make_optim_fixtures.py
 python3 tests/golden/make_measure_fixture.py
+python3 tests/golden/make_cnn_fixture.py

@@ -235,13 +235,16 @@ impl TrainConfig {
                 ModelConfig::Mlp(_),
                 DataConfig::Mnist(_) | DataConfig::FashionMnist(_) | DataConfig::Teacher(_)
             ) | (
+                ModelConfig::Cnn(_),
+                DataConfig::Mnist(_) | DataConfig::FashionMnist(_)
+            ) | (
                 ModelConfig::Transformer(_),
                 DataConfig::Modadd(_) | DataConfig::Text(_)
             )
         );
         if !ok {
             bail_usage!(
-                "model `{}` cannot learn `{}`; use mlp for mnist, fashion-mnist and teacher, transformer for text and modadd",
+                "model `{}` cannot learn `{}`; use mlp for mnist, fashion-mnist and teacher, cnn for mnist and fashion-mnist, transformer for text and modadd",
                 self.model.name(),
                 self.data.name()
             );
@@ -286,15 +289,18 @@ impl TrainConfig {
     /// batch sizes up to 256, whose matrix products are too small to split
     /// (784-128-10, 2 epochs of MNIST at batch 64: 0.74 s on one thread,
     /// 0.87 s and twice the CPU time on two, with 65,000 context switches).
+    /// The CNN at the same batch sizes too: its convolutions are single
+    /// matrix products of a few million multiply-adds, and a study fills the
+    /// cores with one run each (BENCHMARKS.md, cnn against cnn-2t).
     pub fn prefers_one_thread(&self) -> bool {
-        matches!(self.model, ModelConfig::Mlp(_)) && self.batch_size <= 256
+        matches!(self.model, ModelConfig::Mlp(_) | ModelConfig::Cnn(_)) && self.batch_size <= 256
     }
 
     /// The context length used to cut text into windows (0 for the MLP).
     pub fn context(&self) -> usize {
         match &self.model {
             ModelConfig::Transformer(t) => t.context,
-            ModelConfig::Mlp(_) => 0,
+            ModelConfig::Mlp(_) | ModelConfig::Cnn(_) => 0,
         }
     }
 }
@@ -379,8 +385,13 @@ pub struct Final {
     #[serde(deserialize_with = "nan_from_null")]
     pub test_acc: f64,
     pub measures: ModelMeasures,
-    /// For ReLU models only.
+    /// For ReLU models only (the CNN: its hidden linear layer's units).
     pub dead_units: Option<DeadUnitsReport>,
+    /// For models with conv layers: filter-level sparsity per layer and in
+    /// total (dead filters on the held-out set, small filter norms, small
+    /// BatchNorm scales).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<metrics::FilterMeasures>,
     pub pruning: Vec<PrunePoint>,
     /// log10 |w| of the weights (tensors with >= 2 dims).
     pub weight_histogram: LogHistogram,
@@ -821,6 +832,8 @@ fn final_measures(
         .map(|(k, v)| (k, v.as_tensor().clone()))
         .collect();
     let (measures, weight_histogram) = weight_measures_of(&named)?;
+    let conv = dead.split_first(model.conv_layers()).report();
+    let filters = metrics::filter_measures(&named)?.map(|f| f.with_dead(&conv.per_layer));
     let (criterion, scope) = plan.curve_settings();
     let pruning = prune::curve(
         model,
@@ -837,6 +850,7 @@ fn final_measures(
         test_acc,
         measures,
         dead_units: model.has_relu_units().then(|| dead.report()),
+        filters,
         pruning,
         weight_histogram,
         input_activity: input_activity(model, ds)?,
@@ -991,6 +1005,7 @@ mod tests {
                 total: m,
             },
             dead_units: None,
+            filters: None,
             pruning: vec![PrunePoint {
                 frac: 0.5,
                 test_acc: 0.8,

@@ -239,7 +239,8 @@ fn measure_json_matches_numpy_on_a_pytorch_checkpoint() {
     let mut top: Vec<_> = ours.as_object().unwrap().keys().cloned().collect();
     top.sort();
     assert_eq!(top, ["tensors", "total"]);
-    // The int64 BatchNorm counter is not a float tensor: skipped, as in the fixture.
+    // The int64 BatchNorm counter is not a float tensor, and the running
+    // statistics are buffers: skipped, as in the fixture.
     assert_eq!(
         ours["tensors"].as_object().unwrap().len(),
         expected["tensors"].as_object().unwrap().len()

@@ -24,6 +24,9 @@ pub struct MeasureArgs {
 struct Output {
     tensors: BTreeMap<String, Measures>,
     total: Measures,
+    /// Conv layers' filter measures from the weights alone (no dead filters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filters: Option<metrics::FilterMeasures>,
 }
 
 pub fn run(args: MeasureArgs) -> Result<()> {
@@ -43,6 +46,7 @@ pub fn run(args: MeasureArgs) -> Result<()> {
     let mut named: Vec<_> = tensors.into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let m = metrics::measure_tensors(&named)?;
+    let filters = metrics::filter_measures(&named)?;
     if m.tensors.is_empty() {
         bail_usage!(
             "measure: {} holds no floating-point tensors",
@@ -54,12 +58,16 @@ pub fn run(args: MeasureArgs) -> Result<()> {
             "{}",
             serde_json::to_string(&Output {
                 tensors: m.tensors,
-                total: m.total
+                total: m.total,
+                filters,
             })?
         );
         return Ok(());
     }
     println!("{}", table(&m));
+    if let Some(f) = filters {
+        println!("{}", f.table());
+    }
     Ok(())
 }
 

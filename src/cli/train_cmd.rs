@@ -16,7 +16,7 @@ use crate::train::{self, RunOptions, Schedule, Status, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// mlp or transformer.
+    /// mlp, cnn or transformer.
     #[arg(long, default_value = "mlp")]
     model: String,
     /// mnist, fashion-mnist, teacher (planted sparse teacher), modadd (modular addition) or text.
@@ -54,9 +54,16 @@ pub struct TrainArgs {
     warmup_steps: usize,
     #[arg(long, default_value_t = 0.1)]
     min_lr_frac: f64,
-    /// MLP hidden widths, comma-separated.
+    /// MLP hidden widths, comma-separated; for the cnn, the one width of its
+    /// hidden linear layer.
     #[arg(long, value_delimiter = ',', value_name = "W,...")]
     hidden: Option<Vec<usize>>,
+    /// CNN: output channels of each conv block, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "C,...")]
+    channels: Option<Vec<usize>>,
+    /// CNN: BatchNorm after each convolution (true or false).
+    #[arg(long, value_name = "BOOL")]
+    batch_norm: Option<bool>,
     /// Transformer layers.
     #[arg(long)]
     layers: Option<usize>,
@@ -90,7 +97,35 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
         }
     }
     let mut model = ModelConfig::by_name(&a.model)?;
+    if !matches!(model, ModelConfig::Cnn(_)) && (a.channels.is_some() || a.batch_norm.is_some()) {
+        bail_usage!(
+            "--channels and --batch-norm are cnn options; this is --model {}",
+            a.model
+        );
+    }
     match &mut model {
+        ModelConfig::Cnn(c) => {
+            if a.layers.is_some() || a.d_model.is_some() || a.heads.is_some() || a.context.is_some()
+            {
+                bail_usage!(
+                    "--layers, --d-model, --heads and --context are transformer options; this is --model cnn"
+                );
+            }
+            if let Some(h) = &a.hidden {
+                let [h] = h.as_slice() else {
+                    bail_usage!(
+                        "--hidden: the cnn has one hidden linear layer; give one width, e.g. --hidden 128"
+                    );
+                };
+                c.hidden = *h;
+            }
+            if let Some(ch) = &a.channels {
+                c.channels = ch.clone();
+            }
+            if let Some(bn) = a.batch_norm {
+                c.batch_norm = bn;
+            }
+        }
         ModelConfig::Mlp(m) => {
             if let Some(h) = &a.hidden {
                 m.hidden = h.clone();
@@ -214,6 +249,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 d.total,
                 100.0 * d.frac
             );
+        }
+        if let Some(fm) = &f.filters {
+            println!("{}", fm.table());
         }
         let prune: Vec<String> = f
             .pruning

@@ -17,6 +17,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::nan_from_null;
 
+pub mod filters;
+pub use filters::{FilterCounts, FilterMeasures, filter_measures};
+
+/// Whether a named tensor is a buffer rather than a parameter (BatchNorm's
+/// running statistics, by torch's names): saved in checkpoints, never
+/// measured as a weight or a bias.
+pub fn is_buffer(name: &str) -> bool {
+    [".running_mean", ".running_var", ".num_batches_tracked"]
+        .iter()
+        .any(|s| name.ends_with(s))
+}
+
 /// Absolute near-zero thresholds, with their keys in records.
 pub const NEAR_ZERO: [(&str, f64); 3] = [("1e-4", 1e-4), ("1e-3", 1e-3), ("1e-2", 1e-2)];
 
@@ -229,12 +241,13 @@ pub fn values(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?)
 }
 
-/// Measures of named tensors. Non-float tensors are skipped.
+/// Measures of named tensors. Non-float tensors and buffers
+/// ([`is_buffer`]) are skipped.
 pub fn measure_tensors(named: &[(String, Tensor)]) -> Result<ModelMeasures> {
     let mut tensors = BTreeMap::new();
     let mut parts = vec![];
     for (name, t) in named {
-        if !t.dtype().is_float() {
+        if !t.dtype().is_float() || is_buffer(name) {
             continue;
         }
         let v = values(t)?;
@@ -344,6 +357,15 @@ impl DeadUnits {
             }
         }
         Ok(())
+    }
+
+    /// Splits off the first `n` layers (the CNN's conv filters): returns
+    /// them, keeping the rest.
+    pub fn split_first(&mut self, n: usize) -> DeadUnits {
+        let n = n.min(self.max.len());
+        DeadUnits {
+            max: self.max.drain(..n).collect(),
+        }
     }
 
     pub fn report(&self) -> DeadUnitsReport {

@@ -1,6 +1,7 @@
-//! The models: an MLP and a small decoder-only Transformer, both built on a
+//! The models: an MLP, a small CNN and a small decoder-only Transformer, all built on a
 //! [`Params`] store whose initial values come from the project's seeded RNG.
 
+pub mod cnn;
 pub mod kernels;
 pub mod mlp;
 pub mod ops;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bail_usage;
 use crate::data::{Batch, Task};
+pub use cnn::{Cnn, CnnConfig};
 pub use mlp::Mlp;
 pub use params::{Init, Params};
 pub use transformer::{Transformer, TransformerConfig};
@@ -23,6 +25,8 @@ pub use transformer::{Transformer, TransformerConfig};
 pub enum ModelConfig {
     /// An MLP; input and output sizes come from the data.
     Mlp(MlpConfig),
+    /// A CNN for 1-channel square images (mnist, fashion-mnist).
+    Cnn(CnnConfig),
     Transformer(TransformerConfig),
 }
 
@@ -43,14 +47,16 @@ impl ModelConfig {
     pub fn by_name(name: &str) -> Result<Self> {
         Ok(match name {
             "mlp" => ModelConfig::Mlp(MlpConfig::default()),
+            "cnn" => ModelConfig::Cnn(CnnConfig::default()),
             "transformer" => ModelConfig::Transformer(TransformerConfig::default()),
-            _ => bail_usage!("unknown model `{name}`; expected mlp or transformer"),
+            _ => bail_usage!("unknown model `{name}`; expected mlp, cnn or transformer"),
         })
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             ModelConfig::Mlp(_) => "mlp",
+            ModelConfig::Cnn(_) => "cnn",
             ModelConfig::Transformer(_) => "transformer",
         }
     }
@@ -67,6 +73,7 @@ impl ModelConfig {
                     );
                 }
             }
+            ModelConfig::Cnn(c) => c.validate()?,
             ModelConfig::Transformer(c) => {
                 for (key, v) in [
                     ("layers", c.layers),
@@ -104,6 +111,20 @@ impl ModelConfig {
                 sizes.push(*classes as f64);
                 sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
             }
+            (ModelConfig::Cnn(c), Task::Classify { inputs, classes }) => {
+                let side = (*inputs as f64).sqrt().floor() as usize;
+                let bn = if c.batch_norm { 2.0 } else { 0.0 };
+                let mut c_in = 1.0;
+                let mut n = 0.0;
+                for &ch in &c.channels {
+                    let ch = ch as f64;
+                    n += ch * c_in * 9.0 + ch + bn * ch;
+                    c_in = ch;
+                }
+                let s = c.final_side(side) as f64;
+                let (flat, h) = (c_in * s * s, c.hidden as f64);
+                n + flat * h + h + h * *classes as f64 + *classes as f64
+            }
             (
                 ModelConfig::Transformer(c),
                 Task::LastToken { vocab, .. } | Task::NextToken { vocab },
@@ -127,6 +148,20 @@ impl ModelConfig {
             (ModelConfig::Mlp(c), Task::Classify { inputs, classes }) => {
                 let widths: f64 = c.hidden.iter().map(|h| *h as f64).sum();
                 b * (*inputs as f64 + 3.0 * widths + 3.0 * *classes as f64)
+            }
+            (ModelConfig::Cnn(c), Task::Classify { inputs, classes }) => {
+                // Per block: the im2col columns (9 per input channel), the
+                // conv output, BatchNorm's temporaries, ReLU and the pool,
+                // at the block's input resolution.
+                let mut pixels = *inputs as f64;
+                let mut c_in = 1.0;
+                let mut n = b * pixels;
+                for &ch in &c.channels {
+                    n += b * pixels * (9.0 * c_in + 8.0 * ch as f64);
+                    c_in = ch as f64;
+                    pixels /= 4.0;
+                }
+                n + b * (3.0 * c.hidden as f64 + 3.0 * *classes as f64)
             }
             (
                 ModelConfig::Transformer(c),
@@ -158,6 +193,9 @@ impl ModelConfig {
                 sizes.push(*classes);
                 Model::Mlp(Mlp::new(&sizes, params)?)
             }
+            (ModelConfig::Cnn(c), Task::Classify { inputs, classes }) => {
+                Model::Cnn(Cnn::new(c, c.side(*inputs)?, *classes, params)?)
+            }
             (
                 ModelConfig::Transformer(c),
                 Task::LastToken { vocab, .. } | Task::NextToken { vocab },
@@ -175,7 +213,7 @@ impl ModelConfig {
                 )?))
             }
             (m, t) => bail_usage!(
-                "model `{}` cannot learn this task ({t:?}); use mlp for mnist, fashion-mnist and teacher, transformer for text and modadd",
+                "model `{}` cannot learn this task ({t:?}); use mlp for mnist, fashion-mnist and teacher, cnn for mnist and fashion-mnist, transformer for text and modadd",
                 m.name()
             ),
         })
@@ -184,6 +222,7 @@ impl ModelConfig {
 
 pub enum Model {
     Mlp(Mlp),
+    Cnn(Cnn),
     Transformer(Box<Transformer>),
 }
 
@@ -202,6 +241,7 @@ impl Model {
     pub fn params(&self) -> &Params {
         match self {
             Model::Mlp(m) => &m.params,
+            Model::Cnn(c) => &c.params,
             Model::Transformer(t) => &t.params,
         }
     }
@@ -212,11 +252,24 @@ impl Model {
 
     /// Whether the model has ReLU units (dead units are defined for those).
     pub fn has_relu_units(&self) -> bool {
-        matches!(self, Model::Mlp(_))
+        matches!(self, Model::Mlp(_) | Model::Cnn(_))
+    }
+
+    /// How many of the activations that [`logits`](Self::logits) collects
+    /// come first and are conv filters (per-image channel maxima) rather
+    /// than hidden units.
+    pub fn conv_layers(&self) -> usize {
+        match self {
+            Model::Cnn(c) => c.conv_layers(),
+            _ => 0,
+        }
     }
 
     /// Logits `[N, C]` and targets `[N]` for a batch, flattening sequence
-    /// positions where every position is predicted.
+    /// positions where every position is predicted. The model is in eval
+    /// mode (the CNN's BatchNorm uses its running statistics); `hidden`
+    /// collects the post-ReLU activations of ReLU models (for the CNN, the
+    /// conv blocks' per-image channel maxima first).
     pub fn logits(
         &self,
         task: &Task,
@@ -225,6 +278,7 @@ impl Model {
     ) -> Result<(Tensor, Tensor)> {
         Ok(match (self, task) {
             (Model::Mlp(m), _) => (m.forward_collect(&batch.x, hidden)?, batch.y.clone()),
+            (Model::Cnn(c), _) => (c.forward(&batch.x, false, hidden)?, batch.y.clone()),
             (Model::Transformer(t), Task::LastToken { .. }) => {
                 let out = t.forward(&batch.x)?;
                 let last = out.dim(1)? - 1;
@@ -295,8 +349,13 @@ impl Model {
         Ok((value, loss.backward()?))
     }
 
-    /// The training loss of a batch (mean cross-entropy).
+    /// The training loss of a batch (mean cross-entropy). The CNN runs in
+    /// train mode, as torch's `model.train()`: BatchNorm uses the batch's
+    /// statistics and moves its running statistics.
     pub fn loss(&self, task: &Task, batch: &Batch) -> Result<Tensor> {
+        if let Model::Cnn(c) = self {
+            return cross_entropy(&c.forward(&batch.x, true, None)?, &batch.y);
+        }
         let (logits, y) = self.logits(task, batch, None)?;
         cross_entropy(&logits, &y)
     }

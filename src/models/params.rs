@@ -25,6 +25,9 @@ pub enum Init {
 /// Parameters by name. Iteration is in sorted name order.
 pub struct Params {
     vars: BTreeMap<String, Var>,
+    /// State that is saved but not optimized (BatchNorm's running
+    /// statistics), torch's "buffers".
+    buffers: BTreeMap<String, Var>,
     rng: Rng,
     dtype: DType,
     device: Device,
@@ -34,6 +37,7 @@ impl Params {
     pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
         Self {
             vars: BTreeMap::new(),
+            buffers: BTreeMap::new(),
             rng: Rng::derive(seed, "init"),
             dtype,
             device: device.clone(),
@@ -58,6 +62,33 @@ impl Params {
         let var = Var::from_tensor(&t)?;
         self.vars.insert(name.to_string(), var.clone());
         Ok(var)
+    }
+
+    /// Adds a buffer: saved in the checkpoint, never given to an optimizer,
+    /// not counted as a parameter. Draws nothing from the init stream.
+    pub fn add_buffer(&mut self, name: &str, value: Tensor) -> Result<Var> {
+        if self.vars.contains_key(name) || self.buffers.contains_key(name) {
+            bail!("`{name}` defined twice");
+        }
+        let var = Var::from_tensor(&value.to_device(&self.device)?)?;
+        self.buffers.insert(name.to_string(), var.clone());
+        Ok(var)
+    }
+
+    /// (name, buffer) pairs in sorted name order.
+    pub fn buffers(&self) -> Vec<(String, Var)> {
+        self.buffers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// (name, variable) pairs in sorted name order.
@@ -95,7 +126,7 @@ impl Params {
         Ok(())
     }
 
-    /// The parameters as a safetensors file (torch's names), with
+    /// The parameters and buffers as a safetensors file (torch's names), with
     /// `metadata` (string pairs) in its header.
     pub fn safetensors_bytes(
         &self,
@@ -104,6 +135,7 @@ impl Params {
         let tensors: Vec<(&str, &Tensor)> = self
             .vars
             .iter()
+            .chain(&self.buffers)
             .map(|(k, v)| (k.as_str(), v.as_tensor()))
             .collect();
         safetensors::serialize(tensors, Some(metadata))

@@ -29,6 +29,9 @@ def read_safetensors(path):
     for name, t in header.items():
         if name == "__metadata__" or t["dtype"] not in DTYPES:
             continue
+        # BatchNorm's running statistics are buffers, not weights.
+        if name.endswith((".running_mean", ".running_var", ".num_batches_tracked")):
+            continue
         lo, hi = t["data_offsets"]
         out[name] = np.frombuffer(data[8 + n + lo : 8 + n + hi], dtype=DTYPES[t["dtype"]]).astype(np.float64)
     return out

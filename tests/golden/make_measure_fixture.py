@@ -51,7 +51,12 @@ def main():
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     sd["extra.double"] = torch.linspace(-1, 1, 7, dtype=torch.float64)
     save_file(sd, os.path.join(HERE, "torch_checkpoint.safetensors"))
-    floats = {k: v for k, v in sorted(sd.items()) if v.is_floating_point()}
+    # BatchNorm's running statistics are buffers, not weights: `measure`
+    # leaves them out (like the int64 counter, which is not a float tensor).
+    buffers = (".running_mean", ".running_var", ".num_batches_tracked")
+    floats = {
+        k: v for k, v in sorted(sd.items()) if v.is_floating_point() and not k.endswith(buffers)
+    }
     out = {
         "tensors": {k: measures(v.numpy()) for k, v in floats.items()},
         "total": measures(np.concatenate([v.double().numpy().ravel() for v in floats.values()])),
