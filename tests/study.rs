@@ -868,3 +868,88 @@ fn pruning_tasks_report_their_scores_and_bad_keys_are_named() {
     assert!(!o.status.success() && err.contains("criterion"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// A Transformer study's report groups the weight matrices by role
+/// (attention, MLP, embedding, head): each group's |w| < 1e-3 fraction is
+/// the size-weighted mean of its matrices' fractions in the run files, and
+/// each configuration is paired against the baseline.
+#[test]
+fn transformer_report_has_weights_by_role() {
+    let d = std::env::temp_dir().join(format!("sparsity-lab-study-{}-roles", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let study = r#"
+name = "roles"
+description = "tiny Transformer"
+seeds = [0, 1]
+baseline = "SGD"
+[[tasks]]
+label = "modadd"
+model = { name = "transformer", layers = 1, d_model = 8, heads = 2, context = 4, mlp_ratio = 2 }
+data = { name = "modadd", modulus = 7, train_frac = 0.5, seed = 0 }
+steps = 3
+batch_size = 8
+prune_fracs = [0.5]
+[[optimizers]]
+label = "SGD"
+name = "sgd"
+lr = 0.1
+[[optimizers]]
+label = "Adam"
+name = "adam"
+lr = 0.01
+"#;
+    std::fs::write(d.join("roles.toml"), study).unwrap();
+    let o = Command::new(BIN)
+        .arg("--exp")
+        .arg(d.join("roles.toml"))
+        .arg("--out")
+        .arg(d.join("roles"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(d.join("roles/results.md")).unwrap();
+    assert!(md.contains("### Weights by role"), "{md}");
+    assert!(md.contains("Paired by seed against SGD"), "{md}");
+    // Adam's attention |w| < 1e-3 %, mean over seeds, from the run files.
+    let mut fracs = vec![];
+    for e in std::fs::read_dir(d.join("roles/runs")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        if !(name.starts_with("modadd--adam--") && name.ends_with(".json")) {
+            continue;
+        }
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let (mut num, mut den) = (0.0, 0.0);
+        for (k, m) in r["final"]["measures"]["tensors"].as_object().unwrap() {
+            if k.ends_with(".attn.qkv.weight") || k.ends_with(".attn.proj.weight") {
+                let n = m["numel"].as_f64().unwrap();
+                num += n * m["near_zero_frac"]["1e-3"].as_f64().unwrap();
+                den += n;
+            }
+        }
+        assert_eq!(den, (8 * 24 + 8 * 8) as f64);
+        fracs.push(num / den);
+    }
+    assert_eq!(fracs.len(), 2);
+    let mean = 100.0 * (fracs[0] + fracs[1]) / 2.0;
+    let table = &md[md.find("### Weights by role").unwrap()..];
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("| Adam |"))
+        .expect("Adam's row");
+    let cells: Vec<&str> = row.split(" | ").collect();
+    // optimizer, test loss, then attention's |w| < 1e-3 %.
+    assert!(
+        cells[2].starts_with(&format!("{mean:.2} ± ")),
+        "{row} against {mean:.2}"
+    );
+    let paired = table
+        .lines()
+        .filter(|l| l.starts_with("| Adam |"))
+        .nth(1)
+        .expect("Adam's paired row");
+    assert!(paired.contains('['), "a 95 % interval: {paired}");
+    std::fs::remove_dir_all(d).unwrap();
+}

@@ -112,6 +112,7 @@ fn every_parameter_receives_a_gradient() {
     let dc = DataConfig::Text(data::text::TextConfig {
         path: Some(text.clone()),
         holdout: 0.1,
+        validation: None,
     });
     let ds = dc.load(0).unwrap();
     let model = ModelConfig::Transformer(tiny_transformer())

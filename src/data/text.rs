@@ -1,5 +1,7 @@
 //! Character-level text from a local file; tiny-shakespeare is the
 //! reference corpus. The last `holdout` fraction of the text is held out.
+//! With `validation`, the part of the text just before the held-out end is
+//! evaluated on instead, for tuning; the held-out end is then not used.
 
 use std::path::PathBuf;
 
@@ -17,6 +19,11 @@ pub struct TextConfig {
     pub path: Option<PathBuf>,
     /// Fraction of the text, at the end, held out for evaluation.
     pub holdout: f64,
+    /// Fraction of the whole text, just before the held-out end, to evaluate
+    /// on instead of the held-out end (a validation split of the training
+    /// text, for tuning). Without it: evaluate on the held-out end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<f64>,
 }
 
 impl Default for TextConfig {
@@ -24,6 +31,7 @@ impl Default for TextConfig {
         Self {
             path: None,
             holdout: 0.1,
+            validation: None,
         }
     }
 }
@@ -32,6 +40,14 @@ impl Default for TextConfig {
 pub fn check(c: &TextConfig) -> Result<()> {
     if !(c.holdout > 0.0 && c.holdout < 1.0) {
         bail_usage!("text: `holdout` must be in (0, 1), got {}", c.holdout);
+    }
+    if let Some(v) = c.validation
+        && !(v > 0.0 && v + c.holdout < 1.0)
+    {
+        bail_usage!(
+            "text: `validation` must be > 0 and leave training text (validation + holdout < 1), got {v} with holdout {}; e.g. validation = 0.1",
+            c.holdout
+        );
     }
     Ok(())
 }
@@ -69,7 +85,23 @@ pub fn load(c: &TextConfig) -> Result<Dataset> {
         .iter()
         .map(|ch| vocab.binary_search(ch).expect("in vocab") as u32)
         .collect();
-    let n_train = ((ids.len() as f64) * (1.0 - c.holdout)) as usize;
+    let n_test = ((ids.len() as f64) * (1.0 - c.holdout)) as usize;
+    let (n_train, end, held_out) = match c.validation {
+        None => (
+            n_test,
+            ids.len(),
+            format!("the last {:.0}%", 100.0 * c.holdout),
+        ),
+        Some(v) => (
+            n_test - ((ids.len() as f64) * v) as usize,
+            n_test,
+            format!(
+                "validation: the {:.0}% of the text before the last {:.0}% (unused)",
+                100.0 * v,
+                100.0 * c.holdout
+            ),
+        ),
+    };
     Ok(Dataset {
         name: "text".into(),
         task: Task::NextToken { vocab: vocab.len() },
@@ -77,17 +109,16 @@ pub fn load(c: &TextConfig) -> Result<Dataset> {
             tokens: ids[..n_train].to_vec(),
         },
         test: Split::Stream {
-            tokens: ids[n_train..].to_vec(),
+            tokens: ids[n_train..end].to_vec(),
         },
         description: format!(
-            "text {}: {} characters (vocabulary {}), held out: the last {:.0}% ({} characters)",
+            "text {}: {} characters (vocabulary {}), held out: {held_out} ({} characters)",
             path.file_name()
                 .map(|f| f.to_string_lossy().to_string())
                 .unwrap_or_default(),
             ids.len(),
             vocab.len(),
-            100.0 * c.holdout,
-            ids.len() - n_train
+            end - n_train
         ),
         location: Some(path.display().to_string()),
     })
@@ -106,6 +137,7 @@ mod tests {
         let d = load(&TextConfig {
             path: Some(path.clone()),
             holdout: 0.25,
+            validation: None,
         })
         .unwrap();
         // distinct chars: '\n', ' ', b, e, n, o, r, t
@@ -116,10 +148,38 @@ mod tests {
             panic!()
         };
         assert_eq!(tokens[..2], [7, 5]); // "to"
+
+        // A validation split: the 20% before the held-out 25%, which is not used.
+        let v = load(&TextConfig {
+            path: Some(path.clone()),
+            holdout: 0.25,
+            validation: Some(0.2),
+        })
+        .unwrap();
+        let (Split::Stream { tokens: vtrain }, Split::Stream { tokens: vtest }) =
+            (&v.train, &v.test)
+        else {
+            panic!()
+        };
+        assert_eq!(vtrain.len(), text.len() * 3 / 4 - text.len() / 5);
+        assert_eq!(vtest.len(), text.len() * 20 / 100);
+        assert_eq!(vtrain[..], tokens[..vtrain.len()]);
+        assert_eq!(vtest[..], tokens[vtrain.len()..]);
+        assert!(v.description.contains("validation"), "{}", v.description);
+        for bad in [0.0, -0.1, 0.75, 0.9] {
+            let err = load(&TextConfig {
+                path: Some(path.clone()),
+                holdout: 0.25,
+                validation: Some(bad),
+            })
+            .unwrap_err();
+            assert!(format!("{err}").contains("`validation`"), "{bad}: {err}");
+        }
         std::fs::remove_file(path).unwrap();
         let err = load(&TextConfig {
             path: Some("/nonexistent.txt".into()),
             holdout: 0.1,
+            validation: None,
         })
         .unwrap_err();
         assert!(format!("{err}").contains("/nonexistent.txt"));
