@@ -15,10 +15,14 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::values;
+/// The values of a float tensor, as f64 (as `metrics::values`; this file
+/// is a child of `metrics` and does not import its parent).
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?)
+}
 
 /// Thresholds relative to the layer's median filter norm, with their keys.
 pub const FILTER_NORM_REL: [(&str, f64); 2] = [("0.01", 0.01), ("0.1", 0.1)];
