@@ -22,6 +22,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::kernels;
 use super::ops::f32_slice;
 use super::params::{Init, Params};
 use crate::bail_usage;
@@ -134,32 +135,55 @@ impl candle_core::CustomOp1 for Col2Im {
 /// 2 x 2 max-pool, stride 2, of rows `[N * H * W, C]` to `[N * (H / 2) *
 /// (W / 2), C]` (odd last rows and columns dropped, as torch). The
 /// gradient goes to the first maximum of each window in row-major order,
-/// as torch's.
-struct MaxPool(Grid);
+/// as torch's (a NaN wins its window). The forward keeps each output's
+/// winner (0..4, one byte) for the backward.
+struct MaxPool {
+    grid: Grid,
+    winners: std::sync::Mutex<Vec<u8>>,
+}
 
 impl MaxPool {
-    /// For each output entry, the input index of its window's first max.
-    fn argmax(&self, x: &[f32], c: usize) -> Vec<usize> {
-        let Grid { n, h, w } = self.0;
+    fn new(grid: Grid) -> Self {
+        Self {
+            grid,
+            winners: Default::default(),
+        }
+    }
+
+    /// Calls `f(window, out_row)` for every window: its four input rows
+    /// (pixels) in row-major order, and its output row.
+    fn windows(&self, mut f: impl FnMut([usize; 4], usize)) {
+        let Grid { n, h, w } = self.grid;
         let (oh, ow) = (h / 2, w / 2);
-        let mut idx = Vec::with_capacity(n * oh * ow * c);
         for img in 0..n {
             for py in 0..oh {
                 for px in 0..ow {
-                    for ci in 0..c {
-                        let mut best = ((img * h + 2 * py) * w + 2 * px) * c + ci;
-                        for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
-                            let i = ((img * h + 2 * py + dy) * w + 2 * px + dx) * c + ci;
-                            if x[i] > x[best] || x[i].is_nan() {
-                                best = i;
-                            }
-                        }
-                        idx.push(best);
-                    }
+                    let top = (img * h + 2 * py) * w + 2 * px;
+                    let out = (img * oh + py) * ow + px;
+                    f([top, top + 1, top + w, top + w + 1], out);
                 }
             }
         }
-        idx
+    }
+
+    /// The max of every window of `x` (rows of `c` values) into `out`,
+    /// and its position (0..4: the first maximum, or the last NaN) into
+    /// `winners`, channel by channel, so that it vectorises over channels.
+    fn pool(&self, x: &[f32], c: usize, out: &mut [f32], winners: &mut [u8]) {
+        self.windows(|win, o| {
+            let best = &mut out[o * c..(o + 1) * c];
+            let k = &mut winners[o * c..(o + 1) * c];
+            best.copy_from_slice(&x[win[0] * c..(win[0] + 1) * c]);
+            k.fill(0);
+            for (r, &row) in win.iter().enumerate().skip(1) {
+                let src = &x[row * c..(row + 1) * c];
+                for ((b, k), &v) in best.iter_mut().zip(k.iter_mut()).zip(src) {
+                    let take = v > *b || v.is_nan();
+                    *b = if take { v } else { *b };
+                    *k = if take { r as u8 } else { *k };
+                }
+            }
+        });
     }
 }
 
@@ -174,8 +198,12 @@ impl candle_core::CustomOp1 for MaxPool {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let c = l.shape().dims2()?.1;
-        let out: Vec<f32> = self.argmax(x, c).into_iter().map(|i| x[i]).collect();
-        let rows = out.len() / c.max(1);
+        let Grid { n, h, w } = self.grid;
+        let rows = n * (h / 2) * (w / 2);
+        let mut out = vec![0f32; rows * c];
+        let mut winners = vec![0u8; rows * c];
+        self.pool(x, c, &mut out, &mut winners);
+        *self.winners.lock().expect("max-pool winners") = winners;
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((rows, c)),
@@ -184,38 +212,60 @@ impl candle_core::CustomOp1 for MaxPool {
     fn bwd(
         &self,
         arg: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &MaxPoolBwd(MaxPool(self.0)),
-        )?))
+        let mut winners = std::mem::take(&mut *self.winners.lock().expect("max-pool winners"));
+        if winners.len() != res.elem_count() {
+            // Not from this op's forward (a second backward): recompute.
+            let x = arg.flatten_all()?.to_vec1::<f32>()?;
+            let mut out = vec![0f32; res.elem_count()];
+            winners = vec![0u8; res.elem_count()];
+            self.pool(&x, arg.dim(1)?, &mut out, &mut winners);
+        }
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&MaxPoolBwd {
+            pool: MaxPool::new(self.grid),
+            winners,
+            input: arg.shape().clone(),
+        })?))
     }
 }
 
-/// (input, gradient of the output) -> gradient of the input.
-struct MaxPoolBwd(MaxPool);
+/// Gradient of the output -> gradient of the input, by the forward's
+/// winners.
+struct MaxPoolBwd {
+    pool: MaxPool,
+    winners: Vec<u8>,
+    input: candle_core::Shape,
+}
 
-impl candle_core::CustomOp2 for MaxPoolBwd {
+impl candle_core::CustomOp1 for MaxPoolBwd {
     fn name(&self) -> &'static str {
         "max-pool-2x2-bwd"
     }
     fn cpu_fwd(
         &self,
-        s1: &candle_core::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
-        let c = l1.shape().dims2()?.1;
-        let mut out = vec![0f32; x.len()];
-        for (i, g) in self.0.argmax(x, c).into_iter().zip(g) {
-            out[i] += g;
-        }
-        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
+        let g = f32_slice(s, l, self.name())?;
+        let c = self.input.dims2()?.1;
+        // Windows do not overlap: each input pixel gets its window's
+        // gradient or 0; pixels outside every window (odd edges) stay 0.
+        let mut out = vec![0f32; self.input.elem_count()];
+        self.pool.windows(|win, o| {
+            let go = &g[o * c..(o + 1) * c];
+            let k = &self.winners[o * c..(o + 1) * c];
+            for (r, &row) in win.iter().enumerate() {
+                let dst = &mut out[row * c..(row + 1) * c];
+                for ((d, &k), &g) in dst.iter_mut().zip(k).zip(go) {
+                    // `0.0 + g`, as the scatter-add this replaced: -0.0
+                    // becomes 0.0.
+                    *d = if k as usize == r { 0.0 + g } else { 0.0 };
+                }
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), self.input.clone()))
     }
 }
 
@@ -321,35 +371,25 @@ impl candle_core::CustomOp3 for BnReluTrain {
         let gv = grad.flatten_all()?.to_vec1::<f32>()?;
         let gbv = gb.flatten_all()?.to_vec1::<f32>()?;
         let k = Self::coefficients(&gbv, &stats.flatten_all()?.to_vec1::<f32>()?, c);
-        // Column sums of dy and dy * xhat.
+        // Per column, as separate arrays so that the row loops vectorise.
+        let mean: Vec<f32> = k.iter().map(|k| k.3).collect();
+        let inv: Vec<f32> = k.iter().map(|k| k.2).collect();
+        let gain: Vec<f32> = gbv[..c].iter().zip(&inv).map(|(g, i)| g * i).collect();
+        let cols = kernels::BnColumns {
+            mean: &mean,
+            inv: &inv,
+            gain: &gain,
+        };
         let (mut sdy, mut sdyx) = (vec![0f64; c], vec![0f64; c]);
-        for ((zr, or), gr) in zv
-            .chunks_exact(c)
-            .zip(ov.chunks_exact(c))
-            .zip(gv.chunks_exact(c))
-        {
-            for j in 0..c {
-                if or[j] > 0.0 {
-                    let xhat = (zr[j] - k[j].3) * k[j].2;
-                    sdy[j] += gr[j] as f64;
-                    sdyx[j] += (gr[j] * xhat) as f64;
-                }
-            }
-        }
+        kernels::bn_relu_bwd_sums(&zv, &ov, &gv, &cols, &mut sdy, &mut sdyx);
+        let (sdy32, sdyx32): (Vec<f32>, Vec<f32>) = sdy
+            .iter()
+            .zip(&sdyx)
+            .map(|(a, b)| (*a as f32, *b as f32))
+            .unzip();
+        let mut dz = vec![0f32; zv.len()];
         let inv_m = 1.0 / m as f32;
-        let mut dz = Vec::with_capacity(zv.len());
-        for ((zr, or), gr) in zv
-            .chunks_exact(c)
-            .zip(ov.chunks_exact(c))
-            .zip(gv.chunks_exact(c))
-        {
-            for j in 0..c {
-                let dy = if or[j] > 0.0 { gr[j] } else { 0.0 };
-                let xhat = (zr[j] - k[j].3) * k[j].2;
-                let g = gbv[j] * k[j].2;
-                dz.push(g * (dy - (sdy[j] as f32 + xhat * sdyx[j] as f32) * inv_m));
-            }
-        }
+        kernels::bn_relu_bwd_dz(&zv, &ov, &gv, &cols, &sdy32, &sdyx32, inv_m, &mut dz);
         let mut dgb: Vec<f32> = sdyx.iter().map(|v| *v as f32).collect();
         dgb.extend(sdy.iter().map(|v| *v as f32));
         Ok((
@@ -660,7 +700,7 @@ impl Cnn {
             if let Some(out) = hidden.as_deref_mut() {
                 out.push(r.reshape((n, side * side, c))?.max(1)?);
             }
-            a = r.apply_op1(MaxPool(grid))?;
+            a = r.apply_op1(MaxPool::new(grid))?;
             side /= 2;
             c_in = c;
         }

@@ -488,3 +488,57 @@ mod tests {
         }
     }
 }
+
+/// Per-column vectors of BatchNorm's backward (train mode, rows `[M, C]`,
+/// `C` = the slices' length): the batch mean, 1 / sqrt(var + eps), and
+/// gamma / sqrt(var + eps).
+pub struct BnColumns<'a> {
+    pub mean: &'a [f32],
+    pub inv: &'a [f32],
+    pub gain: &'a [f32],
+}
+
+simd_fn! {
+    /// BatchNorm + ReLU backward, first pass: per column, the sums over rows
+    /// of `dy` and `dy * xhat` (each column in row order, in f64), where `dy`
+    /// is the output gradient `g` where the output `o` is positive, else 0,
+    /// and `xhat = (z - mean) * inv`.
+    pub fn bn_relu_bwd_sums(
+        z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], sdyx: &mut [f64]
+    ) {
+        let c = cols.mean.len();
+        let (mean, inv) = (&cols.mean[..c], &cols.inv[..c]);
+        let (sdy, sdyx) = (&mut sdy[..c], &mut sdyx[..c]);
+        for ((zr, or), gr) in z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c)) {
+            for j in 0..c {
+                let on = or[j] > 0.0;
+                let xhat = (zr[j] - mean[j]) * inv[j];
+                let dy = if on { gr[j] } else { 0.0 };
+                let dyx = if on { gr[j] * xhat } else { 0.0 };
+                sdy[j] += dy as f64;
+                sdyx[j] += dyx as f64;
+            }
+        }
+    }
+}
+simd_fn! {
+    /// BatchNorm + ReLU backward, second pass: `dz = gain * (dy - (sdy +
+    /// xhat * sdyx) / M)` per entry, with the first pass's sums (as f32)
+    /// and `inv_m` = 1 / M.
+    pub fn bn_relu_bwd_dz(
+        z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &[f32], sdyx: &[f32], inv_m: f32,
+        dz: &mut [f32]
+    ) {
+        let c = cols.mean.len();
+        let (mean, inv, gain) = (&cols.mean[..c], &cols.inv[..c], &cols.gain[..c]);
+        let (sdy, sdyx) = (&sdy[..c], &sdyx[..c]);
+        let rows = z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c));
+        for (((zr, or), gr), dzr) in rows.zip(dz.chunks_exact_mut(c)) {
+            for j in 0..c {
+                let dy = if or[j] > 0.0 { gr[j] } else { 0.0 };
+                let xhat = (zr[j] - mean[j]) * inv[j];
+                dzr[j] = gain[j] * (dy - (sdy[j] + xhat * sdyx[j]) * inv_m);
+            }
+        }
+    }
+}
