@@ -37,11 +37,54 @@ struct Grid {
     w: usize,
 }
 
+/// A 3 x 3, padding 1 convolution of rows `[N * H * W, C_in]` by
+/// `[weights | bias]` `[C, C_in * 9 + 1]` (torch's weight order, the bias
+/// last) to rows `[N * H * W, C]`: the patches as a matrix
+/// ([`im2col`]) times the weights transposed. One op, so that the
+/// gradient of the patch matrix (9 times the input) never becomes a tensor
+/// that autograd allocates, zeroes and adds; the products are Candle's
+/// own (the same `gemm` calls, so the same bits).
+struct Conv3x3 {
+    grid: Grid,
+    /// The forward's patch matrix, for the weights' gradient.
+    cols: std::sync::Mutex<Vec<f32>>,
+}
+
 /// The 3 x 3, padding 1 patches of rows `[N * H * W, C]` as `[N * H * W,
 /// C * 9 + 1]` (column `(c, ky, kx)`, torch's weight order), zero outside
-/// the image, and a last column of ones, which multiplies the bias. Its
-/// backward is [`Col2Im`].
-struct Im2Col(Grid);
+/// the image, and a last column of ones, which multiplies the bias.
+fn im2col(x: &[f32], g: Grid, c: usize) -> Vec<f32> {
+    let k = c * 9 + 1;
+    let mut out = vec![0f32; g.n * g.h * g.w * k];
+    patches(g, c, |row, col, src| out[row * k + col] = x[src]);
+    for row in out.chunks_exact_mut(k) {
+        row[k - 1] = 1.0;
+    }
+    out
+}
+
+/// The adjoint of [`im2col`]: sums each patch entry back onto its pixel
+/// (the ones column has no input).
+fn col2im(cols: &[f32], g: Grid, c: usize) -> Vec<f32> {
+    let k = c * 9 + 1;
+    let mut out = vec![0f32; g.n * g.h * g.w * c];
+    patches(g, c, |row, col, src| out[src] += cols[row * k + col]);
+    out
+}
+
+/// `[m, k] x [k, n]` as Candle's CPU matmul does it for operands with
+/// these strides (`View`s), into a new row-major `[m, n]`.
+fn matmul(m: usize, n: usize, k: usize, a: kernels::View, b: kernels::View) -> Vec<f32> {
+    let mut dst = vec![0f32; m * n];
+    let par = match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    // SAFETY: `dst` holds m x n; the callers' views address k x (m or n)
+    // elements of slices they hold, which do not overlap `dst`.
+    unsafe { kernels::matmul(m, n, k, dst.as_mut_ptr(), n, false, a, b, par) };
+    dst
+}
 
 /// Calls `f(row, col, src_row)` for every in-image patch entry: output row
 /// `row`, column `col`, source pixel row `src_row`, channel `col / 9`.
@@ -72,74 +115,97 @@ fn patches(g: Grid, c: usize, mut f: impl FnMut(usize, usize, usize)) {
     }
 }
 
-impl candle_core::CustomOp1 for Im2Col {
+impl candle_core::CustomOp2 for Conv3x3 {
     fn name(&self) -> &'static str {
-        "im2col-3x3"
+        "conv-3x3"
     }
     fn cpu_fwd(
         &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let x = f32_slice(s, l, self.name())?;
-        let (rows, c) = l.shape().dims2()?;
-        let k = c * 9 + 1;
-        let mut out = vec![0f32; rows * k];
-        patches(self.0, c, |row, col, src| out[row * k + col] = x[src]);
-        for row in out.chunks_exact_mut(k) {
-            row[k - 1] = 1.0;
+        let x = f32_slice(s1, l1, self.name())?;
+        let wb = f32_slice(s2, l2, self.name())?;
+        let (rows, c_in) = l1.shape().dims2()?;
+        let (c, k) = l2.shape().dims2()?;
+        if k != c_in * 9 + 1 {
+            candle_core::bail!("conv-3x3: weights [{c}, {k}] for {c_in} input channels");
         }
+        let cols = im2col(x, self.grid, c_in);
+        // cols · wbᵀ, as Candle's `cols.matmul(&wb.t())`.
+        let z = matmul(
+            rows,
+            c,
+            k,
+            kernels::View::rows(&cols, k),
+            kernels::View::rows(wb, k).t(),
+        );
+        *self.cols.lock().expect("conv patches") = cols;
         Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((rows, k)),
+            candle_core::CpuStorage::F32(z),
+            candle_core::Shape::from((rows, c)),
         ))
     }
     fn bwd(
         &self,
-        arg: &Tensor,
-        _res: &Tensor,
+        x: &Tensor,
+        wb: &Tensor,
+        _z: &Tensor,
         grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let c = arg.dim(1)?;
-        Ok(Some(
-            grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0, c))?,
-        ))
-    }
-}
-
-/// The adjoint of [`Im2Col`]: sums each patch entry back onto its pixel
-/// (the ones column has no input).
-struct Col2Im(Grid, usize);
-
-impl candle_core::CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im-3x3"
-    }
-    fn cpu_fwd(
-        &self,
-        s: &candle_core::CpuStorage,
-        l: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let g = f32_slice(s, l, self.name())?;
-        let (rows, k) = l.shape().dims2()?;
-        let c = self.1;
-        let mut out = vec![0f32; rows * c];
-        patches(self.0, c, |row, col, src| out[src] += g[row * k + col]);
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, c_in) = x.dims2()?;
+        let (c, k) = wb.dims2()?;
+        let mut cols = std::mem::take(&mut *self.cols.lock().expect("conv patches"));
+        if cols.len() != rows * k {
+            // Not from this op's forward (a second backward): recompute.
+            cols = im2col(&x.flatten_all()?.to_vec1::<f32>()?, self.grid, c_in);
+        }
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let w = wb.flatten_all()?.to_vec1::<f32>()?;
+        // The weights' gradient as Candle's matmul backward gives it,
+        // colsᵀ · grad ([k, c]), then transposed.
+        let dwt = matmul(
+            k,
+            c,
+            rows,
+            kernels::View::rows(&cols, k).t(),
+            kernels::View::rows(&g, c),
+        );
+        let mut dw = vec![0f32; c * k];
+        for (i, row) in dwt.chunks_exact(c).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                dw[j * k + i] = *v;
+            }
+        }
+        let dw = Tensor::from_vec(dw, (c, k), wb.device())?;
+        if !x.track_op() {
+            return Ok((None, Some(dw)));
+        }
+        // The patches' gradient, grad · wb, summed back onto the pixels.
+        let dcols = matmul(
+            rows,
+            k,
+            c,
+            kernels::View::rows(&g, c),
+            kernels::View::rows(&w, k),
+        );
+        let dx = col2im(&dcols, self.grid, c_in);
         Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((rows, c)),
+            Some(Tensor::from_vec(dx, (rows, c_in), x.device())?),
+            Some(dw),
         ))
     }
 }
 
 /// 2 x 2 max-pool, stride 2, of rows `[N * H * W, C]` to `[N * (H / 2) *
-/// (W / 2), C]` (odd last rows and columns dropped, as torch). The
-/// gradient goes to the first maximum of each window in row-major order,
-/// as torch's (a NaN wins its window). The forward keeps each output's
-/// winner (0..4, one byte) for the backward.
+/// (W / 2), C]` ([`kernels::max_pool_2x2`]: odd last rows and columns
+/// dropped, and the gradient to the first maximum of each window, as
+/// torch). The forward keeps each output's winner for the backward.
 struct MaxPool {
     grid: Grid,
-    winners: std::sync::Mutex<Vec<u8>>,
+    winners: std::sync::Mutex<Vec<f32>>,
 }
 
 impl MaxPool {
@@ -150,40 +216,18 @@ impl MaxPool {
         }
     }
 
-    /// Calls `f(window, out_row)` for every window: its four input rows
-    /// (pixels) in row-major order, and its output row.
-    fn windows(&self, mut f: impl FnMut([usize; 4], usize)) {
+    fn pixels(&self, c: usize) -> kernels::Pixels {
         let Grid { n, h, w } = self.grid;
-        let (oh, ow) = (h / 2, w / 2);
-        for img in 0..n {
-            for py in 0..oh {
-                for px in 0..ow {
-                    let top = (img * h + 2 * py) * w + 2 * px;
-                    let out = (img * oh + py) * ow + px;
-                    f([top, top + 1, top + w, top + w + 1], out);
-                }
-            }
-        }
+        kernels::Pixels { n, h, w, c }
     }
 
-    /// The max of every window of `x` (rows of `c` values) into `out`,
-    /// and its position (0..4: the first maximum, or the last NaN) into
-    /// `winners`, channel by channel, so that it vectorises over channels.
-    fn pool(&self, x: &[f32], c: usize, out: &mut [f32], winners: &mut [u8]) {
-        self.windows(|win, o| {
-            let best = &mut out[o * c..(o + 1) * c];
-            let k = &mut winners[o * c..(o + 1) * c];
-            best.copy_from_slice(&x[win[0] * c..(win[0] + 1) * c]);
-            k.fill(0);
-            for (r, &row) in win.iter().enumerate().skip(1) {
-                let src = &x[row * c..(row + 1) * c];
-                for ((b, k), &v) in best.iter_mut().zip(k.iter_mut()).zip(src) {
-                    let take = v > *b || v.is_nan();
-                    *b = if take { v } else { *b };
-                    *k = if take { r as u8 } else { *k };
-                }
-            }
-        });
+    /// The pooled rows and each output's winner.
+    fn pool(&self, x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
+        let Grid { n, h, w } = self.grid;
+        let len = n * (h / 2) * (w / 2) * c;
+        let (mut out, mut winners) = (vec![0f32; len], vec![0f32; len]);
+        kernels::max_pool_2x2(x, self.pixels(c), &mut out, &mut winners);
+        (out, winners)
     }
 }
 
@@ -198,12 +242,9 @@ impl candle_core::CustomOp1 for MaxPool {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let x = f32_slice(s, l, self.name())?;
         let c = l.shape().dims2()?.1;
-        let Grid { n, h, w } = self.grid;
-        let rows = n * (h / 2) * (w / 2);
-        let mut out = vec![0f32; rows * c];
-        let mut winners = vec![0u8; rows * c];
-        self.pool(x, c, &mut out, &mut winners);
+        let (out, winners) = self.pool(x, c);
         *self.winners.lock().expect("max-pool winners") = winners;
+        let rows = out.len() / c.max(1);
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((rows, c)),
@@ -219,24 +260,21 @@ impl candle_core::CustomOp1 for MaxPool {
         if winners.len() != res.elem_count() {
             // Not from this op's forward (a second backward): recompute.
             let x = arg.flatten_all()?.to_vec1::<f32>()?;
-            let mut out = vec![0f32; res.elem_count()];
-            winners = vec![0u8; res.elem_count()];
-            self.pool(&x, arg.dim(1)?, &mut out, &mut winners);
+            winners = self.pool(&x, arg.dim(1)?).1;
         }
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&MaxPoolBwd {
-            pool: MaxPool::new(self.grid),
-            winners,
-            input: arg.shape().clone(),
-        })?))
+        let pixels = self.pixels(arg.dim(1)?);
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op1_no_bwd(&MaxPoolBwd { pixels, winners })?,
+        ))
     }
 }
 
 /// Gradient of the output -> gradient of the input, by the forward's
 /// winners.
 struct MaxPoolBwd {
-    pool: MaxPool,
-    winners: Vec<u8>,
-    input: candle_core::Shape,
+    pixels: kernels::Pixels,
+    winners: Vec<f32>,
 }
 
 impl candle_core::CustomOp1 for MaxPoolBwd {
@@ -249,23 +287,13 @@ impl candle_core::CustomOp1 for MaxPoolBwd {
         l: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let g = f32_slice(s, l, self.name())?;
-        let c = self.input.dims2()?.1;
-        // Windows do not overlap: each input pixel gets its window's
-        // gradient or 0; pixels outside every window (odd edges) stay 0.
-        let mut out = vec![0f32; self.input.elem_count()];
-        self.pool.windows(|win, o| {
-            let go = &g[o * c..(o + 1) * c];
-            let k = &self.winners[o * c..(o + 1) * c];
-            for (r, &row) in win.iter().enumerate() {
-                let dst = &mut out[row * c..(row + 1) * c];
-                for ((d, &k), &g) in dst.iter_mut().zip(k).zip(go) {
-                    // `0.0 + g`, as the scatter-add this replaced: -0.0
-                    // becomes 0.0.
-                    *d = if k as usize == r { 0.0 + g } else { 0.0 };
-                }
-            }
-        });
-        Ok((candle_core::CpuStorage::F32(out), self.input.clone()))
+        let kernels::Pixels { n, h, w, c } = self.pixels;
+        let mut dx = vec![0f32; n * h * w * c];
+        kernels::max_pool_2x2_bwd(g, &self.winners, self.pixels, &mut dx);
+        Ok((
+            candle_core::CpuStorage::F32(dx),
+            candle_core::Shape::from((n * h * w, c)),
+        ))
     }
 }
 
@@ -683,7 +711,6 @@ impl Cnn {
                 w: side,
             };
             let c = block.w.dim(0)?;
-            let cols = a.contiguous()?.apply_op1(Im2Col(grid))?;
             // [weights | bias]: the bias multiplies im2col's ones column.
             let wb = Tensor::cat(
                 &[
@@ -692,7 +719,13 @@ impl Cnn {
                 ],
                 1,
             )?;
-            let z = cols.matmul(&wb.t()?)?;
+            let z = a.contiguous()?.apply_op2(
+                &wb,
+                Conv3x3 {
+                    grid,
+                    cols: Default::default(),
+                },
+            )?;
             let r = match &block.bn {
                 Some(bn) => bn.forward_relu_rows(&z, train)?,
                 None => z.relu()?,

@@ -1,7 +1,8 @@
-//! CPU kernels for the hand-written Transformer step (`transformer/manual.rs`):
-//! a matrix product over strided views (the `gemm` crate, which Candle's
-//! own matmul uses), and vectorisable f32 loops for exp, GELU, causal
-//! softmax, LayerNorm and cross-entropy.
+//! CPU kernels for the hand-written Transformer step (`transformer/manual.rs`)
+//! and the CNN's custom ops (`cnn.rs`): a matrix product over strided views
+//! (the `gemm` crate, which Candle's own matmul uses), and vectorisable f32
+//! loops for exp, GELU, causal softmax, LayerNorm, cross-entropy, 2 x 2
+//! max-pool and the BatchNorm + ReLU backward.
 //!
 //! Every loop is compiled twice, plainly and for AVX2+FMA, and the CPU
 //! picks at run time ([`simd_fn!`]). Neither version contracts `a * b + c`
@@ -389,6 +390,142 @@ pub unsafe fn matmul(
     }
 }
 
+/// Per-column vectors of BatchNorm's backward (train mode, rows `[M, C]`,
+/// `C` = the slices' length): the batch mean, 1 / sqrt(var + eps), and
+/// gamma / sqrt(var + eps).
+pub struct BnColumns<'a> {
+    pub mean: &'a [f32],
+    pub inv: &'a [f32],
+    pub gain: &'a [f32],
+}
+
+simd_fn! {
+    /// BatchNorm + ReLU backward, first pass: per column, the sums over rows
+    /// of `dy` and `dy * xhat` (each column in row order, in f64), where `dy`
+    /// is the output gradient `g` where the output `o` is positive, else 0,
+    /// and `xhat = (z - mean) * inv`.
+    pub fn bn_relu_bwd_sums(
+        z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], sdyx: &mut [f64]
+    ) {
+        let c = cols.mean.len();
+        let (mean, inv) = (&cols.mean[..c], &cols.inv[..c]);
+        let (sdy, sdyx) = (&mut sdy[..c], &mut sdyx[..c]);
+        for ((zr, or), gr) in z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c)) {
+            for j in 0..c {
+                let on = or[j] > 0.0;
+                let xhat = (zr[j] - mean[j]) * inv[j];
+                let dy = if on { gr[j] } else { 0.0 };
+                let dyx = if on { gr[j] * xhat } else { 0.0 };
+                sdy[j] += dy as f64;
+                sdyx[j] += dyx as f64;
+            }
+        }
+    }
+}
+simd_fn! {
+    /// BatchNorm + ReLU backward, second pass: `dz = gain * (dy - (sdy +
+    /// xhat * sdyx) / M)` per entry, with the first pass's sums (as f32)
+    /// and `inv_m` = 1 / M.
+    pub fn bn_relu_bwd_dz(
+        z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &[f32], sdyx: &[f32], inv_m: f32,
+        dz: &mut [f32]
+    ) {
+        let c = cols.mean.len();
+        let (mean, inv, gain) = (&cols.mean[..c], &cols.inv[..c], &cols.gain[..c]);
+        let (sdy, sdyx) = (&sdy[..c], &sdyx[..c]);
+        let rows = z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c));
+        for (((zr, or), gr), dzr) in rows.zip(dz.chunks_exact_mut(c)) {
+            for j in 0..c {
+                let dy = if or[j] > 0.0 { gr[j] } else { 0.0 };
+                let xhat = (zr[j] - mean[j]) * inv[j];
+                dzr[j] = gain[j] * (dy - (sdy[j] + xhat * sdyx[j]) * inv_m);
+            }
+        }
+    }
+}
+
+/// The shape of rows `[N * H * W, C]`: one row per pixel (n, y, x).
+#[derive(Clone, Copy, Debug)]
+pub struct Pixels {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Pixels {
+    /// Calls `f(window, out_row)` for every 2 x 2, stride 2 window: its
+    /// four input rows in row-major order, and its output row (odd last
+    /// rows and columns belong to no window).
+    #[inline(always)]
+    fn windows(self, mut f: impl FnMut([usize; 4], usize)) {
+        let Self { n, h, w, .. } = self;
+        let (oh, ow) = (h / 2, w / 2);
+        for img in 0..n {
+            for py in 0..oh {
+                for px in 0..ow {
+                    let top = (img * h + 2 * py) * w + 2 * px;
+                    f(
+                        [top, top + 1, top + w, top + w + 1],
+                        (img * oh + py) * ow + px,
+                    );
+                }
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// 2 x 2 max-pool, stride 2, of rows `x` to rows `out` (`[N * (H / 2) *
+    /// (W / 2), C]`), and in `winners` each output's position in its window
+    /// (0..4, as f32): the first maximum in row-major order, as torch's, or
+    /// the last NaN.
+    pub fn max_pool_2x2(x: &[f32], p: Pixels, out: &mut [f32], winners: &mut [f32]) {
+        let c = p.c;
+        p.windows(|win, o| {
+            let best = &mut out[o * c..(o + 1) * c];
+            let k = &mut winners[o * c..(o + 1) * c];
+            best.copy_from_slice(&x[win[0] * c..(win[0] + 1) * c]);
+            k.fill(0.0);
+            for (r, &row) in win.iter().enumerate().skip(1) {
+                let src = &x[row * c..(row + 1) * c];
+                for ((b, k), &v) in best.iter_mut().zip(k.iter_mut()).zip(src) {
+                    let take = v > *b || v.is_nan();
+                    *b = if take { v } else { *b };
+                    *k = if take { r as f32 } else { *k };
+                }
+            }
+        });
+    }
+}
+simd_fn! {
+    /// The backward of [`max_pool_2x2`]: each input pixel gets its window's
+    /// output gradient `g` where it was the winner, else 0 (windows do not
+    /// overlap). `dx` must be zero where no window reaches (odd edges).
+    pub fn max_pool_2x2_bwd(g: &[f32], winners: &[f32], p: Pixels, dx: &mut [f32]) {
+        let Pixels { n, h, w, c } = p;
+        let (oh, ow) = (h / 2, w / 2);
+        for img in 0..n {
+            for py in 0..oh {
+                for px in 0..ow {
+                    let o = (img * oh + py) * ow + px;
+                    let (go, k) = (&g[o * c..(o + 1) * c], &winners[o * c..(o + 1) * c]);
+                    let top = (img * h + 2 * py) * w + 2 * px;
+                    for (r, row) in [top, top + 1, top + w, top + w + 1].into_iter().enumerate() {
+                        let dst = &mut dx[row * c..(row + 1) * c];
+                        let r = r as f32;
+                        for j in 0..c {
+                            // `0.0 + g`, as a scatter-add into zeros: -0.0
+                            // becomes 0.0.
+                            dst[j] = if k[j] == r { 0.0 + go[j] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,58 +624,65 @@ mod tests {
             }
         }
     }
-}
 
-/// Per-column vectors of BatchNorm's backward (train mode, rows `[M, C]`,
-/// `C` = the slices' length): the batch mean, 1 / sqrt(var + eps), and
-/// gamma / sqrt(var + eps).
-pub struct BnColumns<'a> {
-    pub mean: &'a [f32],
-    pub inv: &'a [f32],
-    pub gain: &'a [f32],
-}
-
-simd_fn! {
-    /// BatchNorm + ReLU backward, first pass: per column, the sums over rows
-    /// of `dy` and `dy * xhat` (each column in row order, in f64), where `dy`
-    /// is the output gradient `g` where the output `o` is positive, else 0,
-    /// and `xhat = (z - mean) * inv`.
-    pub fn bn_relu_bwd_sums(
-        z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], sdyx: &mut [f64]
-    ) {
-        let c = cols.mean.len();
-        let (mean, inv) = (&cols.mean[..c], &cols.inv[..c]);
-        let (sdy, sdyx) = (&mut sdy[..c], &mut sdyx[..c]);
-        for ((zr, or), gr) in z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c)) {
-            for j in 0..c {
-                let on = or[j] > 0.0;
-                let xhat = (zr[j] - mean[j]) * inv[j];
-                let dy = if on { gr[j] } else { 0.0 };
-                let dyx = if on { gr[j] * xhat } else { 0.0 };
-                sdy[j] += dy as f64;
-                sdyx[j] += dyx as f64;
+    /// The max-pool kernels against a plain per-window definition, on odd
+    /// sides (the last row and column belong to no window), with ties
+    /// (values from a small set) and NaNs: the first maximum wins, or the
+    /// last NaN, and the gradient goes to the winner only.
+    #[test]
+    fn max_pool_matches_its_definition_with_ties_nans_and_odd_sides() {
+        let p = Pixels {
+            n: 2,
+            h: 5,
+            w: 7,
+            c: 11,
+        };
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let len = p.n * p.h * p.w * p.c;
+        let x: Vec<f32> = (0..len)
+            .map(|_| match next() % 13 {
+                0 => f32::NAN,
+                v => (v % 4) as f32 - 1.5,
+            })
+            .collect();
+        let outs = p.n * (p.h / 2) * (p.w / 2) * p.c;
+        let g: Vec<f32> = (0..outs).map(|i| i as f32 + 1.0).collect();
+        let (mut y, mut k) = (vec![0f32; outs], vec![0f32; outs]);
+        max_pool_2x2(&x, p, &mut y, &mut k);
+        let mut dx = vec![0f32; len];
+        max_pool_2x2_bwd(&g, &k, p, &mut dx);
+        let mut want_dx = vec![0f32; len];
+        let mut nans = 0;
+        for img in 0..p.n {
+            for py in 0..p.h / 2 {
+                for px in 0..p.w / 2 {
+                    for ci in 0..p.c {
+                        let at = |dy: usize, dx: usize| {
+                            ((img * p.h + 2 * py + dy) * p.w + 2 * px + dx) * p.c + ci
+                        };
+                        let idx = [at(0, 0), at(0, 1), at(1, 0), at(1, 1)];
+                        let mut best = 0;
+                        for r in 1..4 {
+                            if x[idx[r]] > x[idx[best]] || x[idx[r]].is_nan() {
+                                best = r;
+                            }
+                        }
+                        let o = ((img * (p.h / 2) + py) * (p.w / 2) + px) * p.c + ci;
+                        nans += x[idx[best]].is_nan() as usize;
+                        assert_eq!(y[o].to_bits(), x[idx[best]].to_bits(), "output {o}");
+                        assert_eq!(k[o], best as f32, "winner of output {o}");
+                        want_dx[idx[best]] = g[o];
+                    }
+                }
             }
         }
-    }
-}
-simd_fn! {
-    /// BatchNorm + ReLU backward, second pass: `dz = gain * (dy - (sdy +
-    /// xhat * sdyx) / M)` per entry, with the first pass's sums (as f32)
-    /// and `inv_m` = 1 / M.
-    pub fn bn_relu_bwd_dz(
-        z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &[f32], sdyx: &[f32], inv_m: f32,
-        dz: &mut [f32]
-    ) {
-        let c = cols.mean.len();
-        let (mean, inv, gain) = (&cols.mean[..c], &cols.inv[..c], &cols.gain[..c]);
-        let (sdy, sdyx) = (&sdy[..c], &sdyx[..c]);
-        let rows = z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c));
-        for (((zr, or), gr), dzr) in rows.zip(dz.chunks_exact_mut(c)) {
-            for j in 0..c {
-                let dy = if or[j] > 0.0 { gr[j] } else { 0.0 };
-                let xhat = (zr[j] - mean[j]) * inv[j];
-                dzr[j] = gain[j] * (dy - (sdy[j] + xhat * sdyx[j]) * inv_m);
-            }
-        }
+        assert!(nans > 0, "the input has windows won by a NaN");
+        assert_eq!(dx, want_dx);
     }
 }
