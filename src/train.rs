@@ -650,7 +650,7 @@ pub fn checkpoint_bytes(
     record: &RunRecord,
     extra: &[(&str, String)],
 ) -> Result<Vec<u8>> {
-    let mut meta = std::collections::HashMap::new();
+    let mut meta = std::collections::BTreeMap::new();
     meta.insert(
         "format".to_string(),
         "sparsity-lab run checkpoint".to_string(),

@@ -127,18 +127,77 @@ impl Params {
     }
 
     /// The parameters and buffers as a safetensors file (torch's names), with
-    /// `metadata` (string pairs) in its header.
-    pub fn safetensors_bytes(
-        &self,
-        metadata: std::collections::HashMap<String, String>,
-    ) -> Result<Vec<u8>> {
+    /// `metadata` (string pairs) in its header. The same parameters and
+    /// metadata give the same bytes: the header's keys are sorted (the
+    /// `safetensors` crate writes its metadata map in hash order).
+    pub fn safetensors_bytes(&self, metadata: BTreeMap<String, String>) -> Result<Vec<u8>> {
         let tensors: Vec<(&str, &Tensor)> = self
             .vars
             .iter()
             .chain(&self.buffers)
             .map(|(k, v)| (k.as_str(), v.as_tensor()))
             .collect();
-        safetensors::serialize(tensors, Some(metadata))
-            .map_err(|e| anyhow::anyhow!("serialising the checkpoint: {e}"))
+        let bytes = safetensors::serialize(tensors, Some(metadata.into_iter().collect()))
+            .map_err(|e| anyhow::anyhow!("serialising the checkpoint: {e}"))?;
+        sorted_header(bytes)
+    }
+}
+
+/// A safetensors file with its JSON header rewritten with sorted keys
+/// (`serde_json::Value` keeps objects sorted), padded with spaces to the
+/// same length, so the tensors' offsets do not move.
+fn sorted_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n])?;
+    let sorted = serde_json::to_vec(&header)?;
+    anyhow::ensure!(
+        sorted.len() <= n,
+        "serialising the checkpoint: the sorted header is longer ({} > {n} bytes)",
+        sorted.len()
+    );
+    bytes[8..8 + sorted.len()].copy_from_slice(&sorted);
+    bytes[8 + sorted.len()..8 + n].fill(b' ');
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two serialisations of the same parameters and metadata are the same
+    /// bytes (before sorting, the metadata map came out in hash order, which
+    /// differs between maps), and the file still loads, tensors and
+    /// metadata intact.
+    #[test]
+    fn checkpoint_bytes_do_not_depend_on_hash_order() -> Result<()> {
+        let mut p = Params::new(3, DType::F32, &Device::Cpu);
+        p.add("b.weight", &[3, 4], Init::Uniform(0.5))?;
+        p.add("a.bias", &[4], Init::Uniform(0.5))?;
+        let meta: BTreeMap<String, String> = (0..40)
+            .map(|i| (format!("key{i}"), format!("value \"{i}\"")))
+            .collect();
+        let first = p.safetensors_bytes(meta.clone())?;
+        for _ in 0..5 {
+            assert!(p.safetensors_bytes(meta.clone())? == first);
+        }
+        let (n, read) = safetensors::SafeTensors::read_metadata(&first)?;
+        assert_eq!(n % 8, 0, "the header keeps its 8-byte alignment");
+        let read = read.metadata().clone().expect("metadata");
+        assert_eq!(read.into_iter().collect::<BTreeMap<_, _>>(), meta);
+        let loaded = candle_core::safetensors::load_buffer(&first, &Device::Cpu)?;
+        for (name, var) in &p.vars {
+            let (a, b) = (
+                loaded[name].to_vec2::<f32>(),
+                var.as_tensor().to_vec2::<f32>(),
+            );
+            match (a, b) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                _ => assert_eq!(
+                    loaded[name].to_vec1::<f32>()?,
+                    var.as_tensor().to_vec1::<f32>()?
+                ),
+            }
+        }
+        Ok(())
     }
 }
