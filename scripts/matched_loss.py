@@ -13,9 +13,11 @@ among the task's optimizers at that seed (diverged runs left out), so every
 run reaches it. Each run is measured where its held-out loss first falls to
 L*(s): each measure is interpolated linearly, on the loss axis, between the
 two evaluations that bracket the crossing (the run record's `history`, one
-point per `eval_every` steps). The optimizer that sets L*(s) is measured at
-its last step. Rows are paired with the baseline by seed; the 95 % interval
-is Student's t on the paired differences (n - 1 degrees of freedom).
+point per `eval_every` steps); the optimizer that sets L*(s) reaches it at
+its last evaluation at the latest (earlier where its loss rose at the end).
+Rows are paired with the baseline by seed, over the seeds both finished;
+the 95 % interval is Student's t on the paired differences (n - 1 degrees
+of freedom).
 
 Only the run records are read (no checkpoints); the output is Markdown.
 """
@@ -28,9 +30,9 @@ import os
 import sys
 
 MEASURES = [
-    ("|w| < 0.01 RMS %", lambda p: p["weights_scale_rel_near_zero_frac"]["0.01"]),
-    ("|w| < 0.1 RMS %", lambda p: p["weights_scale_rel_near_zero_frac"]["0.1"]),
-    ("|w| < 1e-3 %", lambda p: p["weights_near_zero_frac"]["1e-3"]),
+    ("\\|w\\| < 0.01 RMS %", lambda p: p["weights_scale_rel_near_zero_frac"]["0.01"]),
+    ("\\|w\\| < 0.1 RMS %", lambda p: p["weights_scale_rel_near_zero_frac"]["0.1"]),
+    ("\\|w\\| < 1e-3 %", lambda p: p["weights_near_zero_frac"]["1e-3"]),
     ("w = 0 %", lambda p: p["weights_exact_zero_frac"]),
 ]
 
@@ -129,17 +131,17 @@ def main():
     if args.baseline not in runs:
         sys.exit(f"error: no runs of the baseline `{args.baseline}` in task `{args.task}` under {args.study}/runs")
     labels = sorted(runs, key=lambda l: min(r["study"]["order"] for r in runs[l].values()))
-    done = lambda r: r["status"] == "done"  # noqa: E731
-    seeds = sorted(s for s, r in runs[args.baseline].items() if done(r))
-    seeds = [s for s in seeds if all(s in runs[l] and done(runs[l][s]) for l in labels)]
-    if len(seeds) < 2:
-        sys.exit(f"error: fewer than 2 seeds where every optimizer finished ({seeds})")
-    level = {s: max(runs[l][s]["final"]["test_loss"] for l in labels) for s in seeds}
-    setter = {s: max(labels, key=lambda l: runs[l][s]["final"]["test_loss"]) for s in seeds}
-    at = {(l, s): at_level(runs[l][s]["history"], level[s]) for l in labels for s in seeds}
+    done = lambda l, s: s in runs[l] and runs[l][s]["status"] == "done"  # noqa: E731
+    seeds = sorted(s for s in runs[args.baseline] if done(args.baseline, s))
+    if not seeds:
+        sys.exit(f"error: no finished run of the baseline `{args.baseline}`")
+    # Per seed, the level every finished run of that seed reaches.
+    final = lambda l, s: runs[l][s]["final"]["test_loss"]  # noqa: E731
+    level = {s: max(final(l, s) for l in labels if done(l, s)) for s in seeds}
+    setter = {s: max((l for l in labels if done(l, s)), key=lambda l: final(l, s)) for s in seeds}
+    at = {(l, s): at_level(runs[l][s]["history"], level[s]) for l in labels for s in seeds if done(l, s)}
+    paired = {l: [s for s in seeds if done(l, s)] for l in labels}
 
-    n = len(seeds)
-    tc = t_critical(n - 1)
     out = []
     out.append(f"# Sparsity at matched held-out loss: `{os.path.basename(os.path.normpath(args.study))}`, task `{args.task}`\n")
     out.append(
@@ -148,31 +150,38 @@ def main():
         f"({', '.join(f'seed {s}: {level[s]:.4f}, set by {setter[s]}' for s in seeds)}); "
         "each run is measured where its held-out loss first falls to that level, interpolated between "
         "evaluations. Weights are the tensors with two or more dimensions. "
-        f"Differences are paired by seed with `{args.baseline}`: mean [95 % CI], n = {n} seeds, "
-        f"Student's t with {n - 1} degrees of freedom (t = {tc:.3f}).\n"
+        f"Differences are paired by seed with `{args.baseline}`: mean [95 % CI] over the n seeds both "
+        "finished, Student's t with n − 1 degrees of freedom.\n"
     )
-    head = "| optimizer | step at the level | " + " | ".join(m for m, _ in MEASURES) + " |"
+    head = "| optimizer | n | step at the level | " + " | ".join(m for m, _ in MEASURES) + " |"
     out.append(head)
-    out.append("|---|---:|" + "---:|" * len(MEASURES))
+    out.append("|---|---:|---:|" + "---:|" * len(MEASURES))
     for l in labels:
-        steps = [at[l, s][0] for s in seeds]
-        cells = [f"{mean_sd(steps)[0]:.0f}"]
+        ss = paired[l]
+        if not ss:
+            out.append(f"| {l} | 0 | – |" + " – |" * len(MEASURES))
+            continue
+        cells = [str(len(ss)), f"{mean_sd([at[l, s][0] for s in ss])[0]:.0f}"]
         for k in range(len(MEASURES)):
-            m, sd = mean_sd([100 * at[l, s][2][k] for s in seeds])
-            cells.append(f"{m:.2f} ± {sd:.2f}")
+            m, sd = mean_sd([100 * at[l, s][2][k] for s in ss])
+            cells.append(f"{m:.2f} ± {sd:.2f}" if len(ss) > 1 else f"{m:.2f}")
         out.append(f"| {l} | " + " | ".join(cells) + " |")
     out.append("")
     out.append(f"Paired differences, optimizer − {args.baseline}, percentage points (mean [95 % CI]); † where the interval excludes 0:\n")
-    out.append("| optimizer | " + " | ".join(m for m, _ in MEASURES) + " |")
-    out.append("|---|" + "---:|" * len(MEASURES))
+    out.append("| optimizer | n | " + " | ".join(m for m, _ in MEASURES) + " |")
+    out.append("|---|---:|" + "---:|" * len(MEASURES))
     for l in labels:
+        ss = paired[l]
         if l == args.baseline:
             continue
-        cells = []
+        cells = [str(len(ss))]
         for k in range(len(MEASURES)):
-            d = [100 * (at[l, s][2][k] - at[args.baseline, s][2][k]) for s in seeds]
+            d = [100 * (at[l, s][2][k] - at[args.baseline, s][2][k]) for s in ss]
+            if len(d) < 2:
+                cells.append(f"{d[0]:+.2f} (one seed)" if d else "–")
+                continue
             m, sd = mean_sd(d)
-            h = tc * sd / math.sqrt(n)
+            h = t_critical(len(d) - 1) * sd / math.sqrt(len(d))
             mark = " †" if (m - h > 0 or m + h < 0) else ""
             cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{mark}")
         out.append(f"| {l} | " + " | ".join(cells) + " |")
