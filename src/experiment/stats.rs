@@ -288,7 +288,7 @@ mod tests {
         // n = 3, sd = 1: t_{0.975,2} / sqrt(3).
         let (m, h) = ci95(&[-1.0, 0.0, 1.0]).unwrap();
         assert_eq!(m, 0.0);
-        assert!((h - 4.302_652_7 / 3f64.sqrt()).abs() < 1e-9, "{h}");
+        assert!((h - 4.302_652_729_9 / 3f64.sqrt()).abs() < 1e-9, "{h}");
         // n = 2: sd = sqrt(2), so the half-width is t_{0.975,1} = 12.706.
         let (m, h) = ci95(&[1.0, 3.0]).unwrap();
         assert_eq!(m, 2.0);
