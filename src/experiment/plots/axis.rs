@@ -1,9 +1,11 @@
 //! Linear and logarithmic axes (possibly reversed) with explicit ticks,
 //! and the extents of a set of lines.
 
-use super::lines::Line;
-use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use std::ops::Range;
+
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
+
+use super::lines::Line;
 
 /// A linear or logarithmic axis, possibly reversed, with explicit ticks.
 #[derive(Clone)]

@@ -2,6 +2,11 @@
 //! accuracy after pruning and weight magnitudes; the pruning methods; and
 //! the Pareto plots of sparsity against accuracy.
 
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
 use super::axis::{Axis, fmt_num, fmt_pct, fmt_pow10, x_extent, y_extent};
 use super::lines::{Line, magnitude_line, near_zero_line, pruning_line, trim_tails};
 use super::panels::{PanelSpec, panel_specs};
@@ -10,9 +15,6 @@ use super::style::{FONT, draw_key, draw_marker, draw_path, plot_err, style};
 use crate::experiment::record::Group;
 use crate::experiment::study::slug;
 use crate::io::write_atomic;
-use anyhow::{Result, anyhow};
-use plotters::prelude::*;
-use std::path::Path;
 
 /// The magnitude histogram's y axis starts here (% of weights a bin); bins
 /// below it are drawn at it, and x values where every line is below it are

@@ -1,14 +1,15 @@
 //! A figure of small multiples: panels on shared axes, the baseline in
 //! every panel, bands under the lines, and a legend under each panel.
 
+use anyhow::Result;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
 use super::axis::Axis;
 use super::lines::{Line, Pt};
 use super::style::{
     Area, FONT, Marker, Style, baseline_style, draw_key, draw_marker, draw_path, plot_err, style,
 };
-use anyhow::Result;
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 pub(super) struct Panel {
     pub(super) title: String,
