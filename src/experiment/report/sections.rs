@@ -127,7 +127,7 @@ fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTa
     layer_markdown(out, gs);
     transformer_group_markdown(
         out,
-        &gs,
+        gs,
         paired
             .iter()
             .find(|t| t.task == task)
@@ -136,7 +136,7 @@ fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTa
     activity_markdown(out, gs);
     gradient_markdown(
         out,
-        &gs,
+        gs,
         paired
             .iter()
             .find(|t| t.task == task)
