@@ -20,6 +20,11 @@ use sparsity_lab::models::{CnnConfig, MlpConfig, ModelConfig, TransformerConfig}
 use sparsity_lab::optim::{self, OptimizerConfig};
 use sparsity_lab::rng::Rng;
 
+/// The binary's allocator (see src/main.rs), so that the timings are the
+/// binary's: glibc's malloc costs a third of a Transformer step.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn cfg(name: &str, sets: &[(&str, &str)]) -> OptimizerConfig {
     OptimizerConfig::from_text(name, sets.iter().copied()).unwrap()
 }

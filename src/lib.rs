@@ -8,13 +8,19 @@
 //! - [`data`] (MNIST-like images, character-level text, synthetic tasks),
 //!   [`metrics`] (sparsity measures of plain numbers) and [`optim`]
 //!   (optimizers equal to PyTorch's, with every regularisation mode);
-//! - [`models`] (the MLP and the Transformer on a seeded parameter store)
-//!   and [`provenance`] (the code, machine and data a number came from);
+//! - [`models`] (the MLP, the CNN and the Transformer on a seeded
+//!   parameter store) and [`provenance`] (the code, machine and data a
+//!   number came from);
+//! - [`prune`] (magnitude and w²·v̂ pruning: one-shot curves, gradual and
+//!   iterative schedules, their masks and the prunability scores);
 //! - [`train`] (one run: training, evaluation, every measure, its record)
 //!   and [`trace`] (optimizer paths on test functions);
 //! - [`experiment`] (studies: a grid of runs, one record per run, and the
 //!   report built from the records alone);
 //! - [`cli`], which the binary calls.
+//!
+//! The binary also picks the allocator (mimalloc); the library leaves that
+//! to whoever uses it.
 
 pub mod cli;
 pub mod data;
@@ -29,9 +35,3 @@ pub mod prune;
 pub mod rng;
 pub mod trace;
 pub mod train;
-
-/// Training allocates and frees many large temporaries per step. glibc's
-/// malloc maps each one over 128 KiB afresh and faults it in page by page,
-/// which cost a third of a Transformer step here; mimalloc reuses them.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
