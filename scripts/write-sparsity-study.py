@@ -16,7 +16,7 @@ RESULTS = os.path.join(ROOT, "experiments", "sparsity-lr", "results.csv")
 OUT = os.path.join(ROOT, "experiments", "sparsity.toml")
 
 HEADER = '''# The main study: does the optimizer decide how sparse a trained network ends up?
-# (../shared/STUDY.md, claims C1-C4.) Run with `cargo run --release -- --exp sparsity`:
+# (docs/STUDY.md, claims C1-C4.) Run with `cargo run --release -- --exp sparsity`:
 # the results go to results/sparsity/ and are compared with the committed ones in
 # experiments/sparsity/.
 #

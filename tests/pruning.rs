@@ -190,7 +190,7 @@ fn state_of(opt: &dyn optim::Optimizer, p: &str) -> BTreeMap<String, Vec<f64>> {
         .collect()
 }
 
-/// The README's policies: keep leaves the state as it was; zero multiplies
+/// The policies of docs/pruning.md: keep leaves the state as it was; zero multiplies
 /// every per-coordinate buffer by the mask and keeps the step count; reset
 /// restarts every parameter's state (masked or not) as at construction,
 /// step counts at 0.

@@ -1,5 +1,5 @@
-//! The worked examples of ../shared/STUDY.md, and the classic behavioural
-//! tests, through the public API.
+//! The worked examples of the research brief (docs/STUDY.md), and the
+//! classic behavioural tests, through the public API.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
