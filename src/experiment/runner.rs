@@ -22,6 +22,7 @@ use candle_core::Device;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use tracing::{info, warn};
 
+use super::claim::{Claim, clean_stale_temporaries, is_finished};
 use super::compare;
 use super::record::{StudyRecord, StudyRun};
 use super::report::{self, MANIFEST, Manifest};
@@ -467,137 +468,6 @@ fn finish(
     })
 }
 
-/// An exclusive claim on one run, held while it trains: the file
-/// `<run>.claim` beside the run's record, created only if absent, holding
-/// the host and process id. A claim whose process is gone (on this host) is
-/// stale and is taken over; claims of other hosts are respected.
-struct Claim {
-    path: PathBuf,
-}
-
-impl Claim {
-    fn take(run: &Path) -> Result<Option<Claim>> {
-        let path = run.with_extension("claim");
-        let me = format!("{} {}\n", hostname(), std::process::id());
-        // The claim appears with its content or not at all: written to a
-        // temporary file, then hard-linked to its name, which fails if the
-        // name exists. (Created empty and then written, a process killed in
-        // between would leave a claim nobody could judge stale.)
-        let tmp = path.with_file_name(format!(
-            ".tmp.{}.{}",
-            std::process::id(),
-            path.file_name().expect("a file name").to_string_lossy()
-        ));
-        let cannot = |e: std::io::Error, p: &Path| {
-            anyhow::Error::new(e).context(format!(
-                "cannot write in the results folder: creating {}",
-                p.display()
-            ))
-        };
-        for _ in 0..2 {
-            std::fs::write(&tmp, &me).map_err(|e| cannot(e, &tmp))?;
-            let linked = std::fs::hard_link(&tmp, &path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => return Ok(Some(Claim { path })),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let held = std::fs::read_to_string(&path).unwrap_or_default();
-                    if !claim_is_stale(&held) {
-                        return Ok(None);
-                    }
-                    warn!(
-                        "{}: stale claim ({}); taking it over",
-                        path.display(),
-                        held.trim()
-                    );
-                    let _ = std::fs::remove_file(&path);
-                }
-                Err(e) => return Err(cannot(e, &path)),
-            }
-        }
-        Ok(None)
-    }
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-/// Whether process `pid` of this host is gone.
-fn process_gone(pid: u32) -> bool {
-    pid != std::process::id()
-        && !Path::new(&format!("/proc/{pid}")).exists()
-        && Path::new("/proc/self").exists()
-}
-
-/// A claim (`host pid`) is stale when it names this host and a process that
-/// no longer runs. (Claims are never half-written: see [`Claim::take`].)
-fn claim_is_stale(text: &str) -> bool {
-    let mut parts = text.split_whitespace();
-    match (
-        parts.next(),
-        parts.next().and_then(|p| p.parse::<u32>().ok()),
-    ) {
-        (Some(host), Some(pid)) => host == hostname() && process_gone(pid),
-        _ => false,
-    }
-}
-
-/// Removes temporary files (`.tmp.<pid>.*`) and stale claims left by killed
-/// processes of this host in a results folder.
-fn clean_stale_temporaries(dir: &Path) {
-    for sub in [dir.to_path_buf(), dir.join("runs"), dir.join("plots")] {
-        let Ok(entries) = std::fs::read_dir(&sub) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let pid = name
-                .strip_prefix(".tmp.")
-                .and_then(|rest| rest.split('.').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            let stale = match pid {
-                Some(pid) => process_gone(pid),
-                None if name.ends_with(".claim") => {
-                    claim_is_stale(&std::fs::read_to_string(e.path()).unwrap_or_default())
-                }
-                None => false,
-            };
-            if stale {
-                info!("removing {}, left by a killed process", e.path().display());
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-}
-
-/// A run file that holds a finished run (done or diverged). Failed runs are
-/// retried; an unreadable file (from an older version) is redone.
-fn is_finished(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    match serde_json::from_str::<RunRecord>(&text) {
-        Ok(r) => r.status != Status::Failed,
-        Err(e) => {
-            warn!(
-                "{}: unreadable run record ({e}); running it again",
-                path.display()
-            );
-            false
-        }
-    }
-}
-
 /// Loads each distinct dataset once per sweep. Missing data stops the sweep
 /// with the loader's error: every run would fail the same way.
 fn data_key(c: &TrainConfig) -> String {
@@ -738,30 +608,5 @@ mod tests {
         // Long overrides give a bounded name.
         let long = output_dir(base, false, &set(&[("description", &"x".repeat(500))]));
         assert!(long.file_name().unwrap().len() < 60);
-    }
-
-    #[test]
-    fn claims_are_exclusive_and_stale_ones_are_taken_over() {
-        let dir = std::env::temp_dir().join(format!("sparsity-lab-claim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = dir.join("r.json");
-        let first = Claim::take(&run).unwrap().expect("free");
-        assert!(Claim::take(&run).unwrap().is_none(), "held by this process");
-        drop(first);
-        assert!(!run.with_extension("claim").exists(), "released on drop");
-        // A claim by a process of this host that no longer runs.
-        std::fs::write(
-            run.with_extension("claim"),
-            format!("{} 4000000\n", hostname()),
-        )
-        .unwrap();
-        assert!(
-            Claim::take(&run).unwrap().is_some(),
-            "stale claim taken over"
-        );
-        // A claim by another host is respected.
-        std::fs::write(run.with_extension("claim"), "another-host 1\n").unwrap();
-        assert!(Claim::take(&run).unwrap().is_none());
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
