@@ -409,6 +409,11 @@ pub struct Final {
     /// training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_scores: Option<PruneScores>,
+    /// The weights (tensors with >= 2 dims) against their values at step
+    /// 0: the fraction with |w_end| <= c * |w_init| (none in records
+    /// written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrinkage: Option<metrics::ShrinkageReport>,
 }
 
 /// The record of one run: what ran, what it measured, how it ended.
@@ -489,6 +494,7 @@ pub fn run_on(
     let mut plan = prune::Plan::new(cfg.pruning.as_ref(), train_steps, per_epoch)?;
     let total = plan.total_steps();
     plan.start(&model)?;
+    let initial = initial_weights(&model)?;
     let eval_every = cfg.eval_every.unwrap_or(if cfg.epochs.is_some() {
         per_epoch
     } else {
@@ -602,6 +608,7 @@ pub fn run_on(
         if let Some(tr) = &tracker {
             f.gradient_buckets = Some(tr.buckets()?);
         }
+        f.shrinkage = Some(shrinkage(&model, &initial)?);
         match f.first_non_finite() {
             None => Some(f),
             Some(what) => {
@@ -707,6 +714,31 @@ fn weight_measures(model: &Model) -> Result<metrics::Measures> {
     }
     let parts: Vec<&[f64]> = w.iter().map(|v| v.as_slice()).collect();
     Ok(metrics::Measures::of_group(&parts))
+}
+
+/// The values of the weights (tensors with two or more dimensions) by
+/// name, for [`shrinkage`].
+fn initial_weights(model: &Model) -> Result<Vec<(String, Vec<f64>)>> {
+    model
+        .named_params()
+        .into_iter()
+        .filter(|(_, v)| v.rank() >= 2)
+        .map(|(k, v)| Ok((k, metrics::values(v.as_tensor())?)))
+        .collect()
+}
+
+/// The weights now against `initial` ([`initial_weights`] at step 0).
+fn shrinkage(model: &Model, initial: &[(String, Vec<f64>)]) -> Result<metrics::ShrinkageReport> {
+    let end = initial_weights(model)?;
+    let named: Vec<(String, Vec<f64>, Vec<f64>)> = initial
+        .iter()
+        .zip(end)
+        .map(|((k, i), (k2, e))| {
+            debug_assert_eq!(k, &k2);
+            (k.clone(), i.clone(), e)
+        })
+        .collect();
+    Ok(metrics::ShrinkageReport::of(&named))
 }
 
 /// The sum over steps of |g| of every weight element (tensors with two or
@@ -856,6 +888,7 @@ fn final_measures(
         input_activity: input_activity(model, ds)?,
         gradient_buckets: None,
         prune_scores,
+        shrinkage: None,
     })
 }
 
@@ -1015,6 +1048,7 @@ mod tests {
             input_activity: None,
             gradient_buckets: None,
             prune_scores: None,
+            shrinkage: None,
         };
         assert_eq!(f.first_non_finite(), None);
         f.pruning[0].test_loss = f64::INFINITY;
