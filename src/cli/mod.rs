@@ -224,15 +224,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The project's `experiments/` folder: relative to the working directory
-/// when it exists there, else beside the crate's manifest.
 fn experiments_dir() -> std::path::PathBuf {
-    let here = std::path::PathBuf::from("experiments");
-    if here.is_dir() {
-        here
-    } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
-    }
+    crate::experiment::study::experiments_dir()
 }
 
 fn run_report(

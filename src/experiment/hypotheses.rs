@@ -204,6 +204,19 @@ pub fn measures() -> Vec<Measure> {
             },
         },
         Measure {
+            key: "q1_drift",
+            name: "bottom-gradient-quintile mean |w_end − w_start|",
+            percent: false,
+            get: |r| {
+                fin(r)?
+                    .gradient_buckets
+                    .as_ref()?
+                    .iter()
+                    .find(|b| b.bucket == "q1")
+                    .and_then(|b| finite(b.mean_abs_change))
+            },
+        },
+        Measure {
             key: "prune_auc",
             name: "prunability AUC",
             percent: true,
@@ -404,6 +417,15 @@ pub fn directional_p(two_sided: f64, mean: f64, sign: f64) -> f64 {
         two_sided / 2.0
     } else {
         1.0 - two_sided / 2.0
+    }
+}
+
+/// A p-value for tables: three decimals, or "< 0.001".
+pub fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
     }
 }
 

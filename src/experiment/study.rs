@@ -216,6 +216,13 @@ impl Study {
         } else {
             toml::from_str(&text).map_err(|e| toml_error(&file, &text, &e))?
         };
+        // A `--set` run is not the study its file declares (labels may be
+        // renamed, configurations added): its hypotheses do not apply, and
+        // its report has no confirmatory table.
+        let mut study = study;
+        if !sets.is_empty() {
+            study.hypotheses.clear();
+        }
         study.check(&file)?;
         Ok(study)
     }
@@ -499,6 +506,17 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
         "{file}{line}: {}",
         e.message().trim().replace('\n', " ")
     ))
+}
+
+/// The project's `experiments/` folder: relative to the working directory
+/// when it exists there, else beside the crate's manifest.
+pub fn experiments_dir() -> PathBuf {
+    let here = PathBuf::from("experiments");
+    if here.is_dir() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
+    }
 }
 
 /// Resolves `--exp NAME|PATH`: a path to a .toml file, or a name under
