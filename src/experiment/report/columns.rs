@@ -1,6 +1,8 @@
 //! The measured columns of the tables ([`Column`]) and the statistics of a
 //! group of runs that fill their cells.
 
+use std::fmt::Write as _;
+
 use crate::experiment::{
     record::{Group, StudyRecord},
     stats::mean_std,
@@ -275,6 +277,36 @@ pub(super) fn prune_stat(g: &Group, i: usize) -> Stat {
 pub(super) fn has_pruning<'a>(gs: impl IntoIterator<Item = &'a Group>) -> bool {
     gs.into_iter()
         .any(|g| g.runs.iter().any(|r| r.config.pruning.is_some()))
+}
+
+/// The groups by task, tasks in order of first appearance.
+pub(super) fn by_task(groups: &[Group]) -> Vec<(String, Vec<&Group>)> {
+    let mut out: Vec<(String, Vec<&Group>)> = vec![];
+    for g in groups {
+        match out.iter_mut().find(|(t, _)| *t == g.task) {
+            Some((_, v)) => v.push(g),
+            None => out.push((g.task.clone(), vec![g])),
+        }
+    }
+    out
+}
+
+/// A Markdown table: the header, then one line per row.
+pub(super) fn md_table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}",
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    for r in rows {
+        let _ = writeln!(out, "| {} |", r.join(" | "));
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]

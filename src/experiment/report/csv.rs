@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::by_task;
+use super::columns::by_task;
 use super::columns::{
     Column, Stat, bias_cols, has_pruning, main_cols, prune_cols, prune_fracs, prune_stat, stat,
 };

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use super::columns::md_table;
 use super::columns::{Column, headline_cols, num, pct, stat};
-use super::md_table;
 use crate::experiment::{plots, record::Group, study::slug};
 
 /// The configurations of a task that form learning-rate grids (labels

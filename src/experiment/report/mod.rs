@@ -25,14 +25,14 @@ pub use paired::{PairedRow, PairedTable, paired_tables};
 pub use sections::markdown;
 pub use transformer::{TRANSFORMER_GROUPS, transformer_group};
 
-use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
 
 use super::hypotheses::{Hypothesis, test_family};
-use super::{plots, record::Group};
+use super::plots;
 use crate::io::write_atomic;
+use columns::by_task;
 use matched::pareto_plots;
 
 /// Writes results.md, results.csv and the plots. Returns the Markdown.
@@ -72,32 +72,4 @@ fn declared_hypotheses(dir: &Path) -> Result<Vec<Hypothesis>> {
         return Ok(vec![]);
     }
     Ok(super::study::Study::load(&file, false, &[])?.hypotheses)
-}
-
-fn by_task(groups: &[Group]) -> Vec<(String, Vec<&Group>)> {
-    let mut out: Vec<(String, Vec<&Group>)> = vec![];
-    for g in groups {
-        match out.iter_mut().find(|(t, _)| *t == g.task) {
-            Some((_, v)) => v.push(g),
-            None => out.push((g.task.clone(), vec![g])),
-        }
-    }
-    out
-}
-
-fn md_table(out: &mut String, header: &[String], rows: &[Vec<String>]) {
-    let _ = writeln!(out, "| {} |", header.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}",
-        header
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-            .collect::<String>()
-    );
-    for r in rows {
-        let _ = writeln!(out, "| {} |", r.join(" | "));
-    }
-    out.push('\n');
 }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use super::columns::{Column, has_pruning, headline_cols, prune_cols};
-use super::{by_task, md_table};
+use super::columns::{by_task, md_table};
 use crate::experiment::hypotheses::{Outcome, Verdict};
 use crate::experiment::{record::Group, stats};
 

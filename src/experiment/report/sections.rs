@@ -8,10 +8,10 @@ use super::columns::{
     bias_cols, cell, finite, has_pruning, main_cols, num, pct, prune_cols, prune_fracs, prune_stat,
     runs_cell, stat,
 };
+use super::columns::{by_task, md_table};
 use super::matched::{PARETO, matched, matched_markdown};
 use super::paired::{PairedTable, confirmatory_markdown, paired_markdown};
 use super::transformer::transformer_group_markdown;
-use super::{by_task, md_table};
 use crate::experiment::hypotheses::Outcome;
 use crate::experiment::{
     record::{Group, StudyRecord},

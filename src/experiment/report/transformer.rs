@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
+use super::columns::md_table;
 use super::columns::{finite, num, pct, stat};
-use super::md_table;
 use crate::experiment::{
     record::{Group, StudyRecord},
     stats,
