@@ -230,7 +230,32 @@ fn list_and_bad_input() {
     }
     let d = fresh("bad");
     let f = d.join("smoke.toml").display().to_string();
+    // Declared hypotheses that name no measure or no configuration.
+    let smoke = std::fs::read_to_string(d.join("smoke.toml")).unwrap();
+    let bad_measure = d.join("bad-measure.toml");
+    std::fs::write(
+        &bad_measure,
+        smoke.replace("measure = \"weights_exact_zero\"", "measure = \"sparsity\""),
+    )
+    .unwrap();
+    let bad_label = d.join("bad-label.toml");
+    std::fs::write(
+        &bad_label,
+        smoke.replace(
+            "comparison = [\"Adam+L1 prox\", \"Adam\"]",
+            "comparison = [\"Lion\", \"Adam\"]",
+        ),
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--exp".into(), bad_measure.display().to_string()],
+            "hypothesis `C3b-smoke-prox-zeros`: `measure` = \"sparsity\" is not a measure".into(),
+        ),
+        (
+            vec!["--exp".into(), bad_label.display().to_string()],
+            "hypothesis `C3b-smoke-prox-zeros`: `comparison` names \"Lion\"".into(),
+        ),
         (
             vec!["--exp".into(), "nosuchstudy".into()],
             "shipped studies".into(),
