@@ -62,7 +62,7 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
     for task in tasks {
         let t = TaskPlots::new(groups, task, baseline);
         let s = slug(task);
-        let figures: [(&str, fn(&TaskPlots) -> Result<Option<String>>); 3] = [
+        let figures: [(&str, FigureFn); 3] = [
             ("near-zero", near_zero_figure),
             ("pruning", pruning_figure),
             ("magnitudes", magnitude_figure),
@@ -79,6 +79,9 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
     }
     Ok(())
 }
+
+/// Draws one figure of a task, None when its lines have no extent.
+type FigureFn = fn(&TaskPlots) -> Result<Option<String>>;
 
 /// One task's groups, its baseline and panels: what its figures share.
 struct TaskPlots<'a> {

@@ -104,7 +104,7 @@ fn draw_panel(root: &Area, cell: &Area, panel: &Panel, fig: &Figure, chart_h: u3
     if let Some(v) = fig.vline.filter(|v| (fig.x.lo..=fig.x.hi).contains(v)) {
         let grey = RGBColor(120, 120, 120);
         draw_path(
-            &root,
+            root,
             vec![to_px(v, fig.y.lo), to_px(v, fig.y.hi)],
             &Style {
                 color: grey,
@@ -145,11 +145,11 @@ fn draw_panel(root: &Area, cell: &Area, panel: &Panel, fig: &Figure, chart_h: u3
         let finite: Vec<&Pt> = l.points.iter().filter(|p| p.y.is_finite()).collect();
         let pts: Vec<(i32, i32)> = finite.iter().map(|p| to_px(p.x, p.y)).collect();
         let stride = pts.len().div_ceil(12).max(1);
-        draw_path(&root, pts.clone(), s)?;
+        draw_path(root, pts.clone(), s)?;
         // No markers on points drawn at the bottom of a log axis.
         for (j, (p, px)) in finite.iter().zip(&pts).enumerate() {
             if j % stride == k % stride && p.y >= fig.y.lo {
-                draw_marker(&root, s.marker, *px, s.color)?;
+                draw_marker(root, s.marker, *px, s.color)?;
             }
         }
     }
