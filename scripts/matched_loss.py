@@ -167,7 +167,7 @@ def main():
             cells.append(f"{m:.2f} ± {sd:.2f}" if len(ss) > 1 else f"{m:.2f}")
         out.append(f"| {l} | " + " | ".join(cells) + " |")
     out.append("")
-    out.append(f"Paired differences, optimizer − {args.baseline}, percentage points (mean [95 % CI]); † where the interval excludes 0:\n")
+    out.append(f"Paired differences, optimizer − {args.baseline}, percentage points (mean [95 % CI]); exploratory, not corrected for many comparisons and not marked (the study's confirmatory hypotheses are in its results.md):\n")
     out.append("| optimizer | n | " + " | ".join(m for m, _ in MEASURES) + " |")
     out.append("|---|---:|" + "---:|" * len(MEASURES))
     for l in labels:
@@ -182,8 +182,7 @@ def main():
                 continue
             m, sd = mean_sd(d)
             h = t_critical(len(d) - 1) * sd / math.sqrt(len(d))
-            mark = " †" if (m - h > 0 or m + h < 0) else ""
-            cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]{mark}")
+            cells.append(f"{m:+.2f} [{m - h:+.2f}, {m + h:+.2f}]")
         out.append(f"| {l} | " + " | ".join(cells) + " |")
     print("\n".join(out))
 

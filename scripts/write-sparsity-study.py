@@ -108,6 +108,9 @@ def optimizer_blocks(blocks, best, table):
     return out
 
 
+HYPOTHESES_MARKER = "# ---------------------------------------------------------------------------\n# The confirmatory family"
+
+
 def main():
     text = open(TUNE).read()
     blocks = text.split("[[optimizers]]")[1:]
@@ -116,6 +119,15 @@ def main():
     for task, header in MORE_TASKS:
         out.append(header)
         out += optimizer_blocks(blocks, best_lrs(task), "[[tasks.optimizers]]")
+    # The declared hypotheses (issue 19) are not derived from the tuning: the
+    # block from its marker to the end of the file is kept as it is.
+    try:
+        old = open(OUT).read()
+    except FileNotFoundError:
+        old = ""
+    at = old.find(HYPOTHESES_MARKER)
+    if at >= 0:
+        out.append(old[at:].rstrip("\n") + "\n")
     open(OUT, "w").write("\n".join(out))
     print(f"wrote {OUT}")
 

@@ -230,7 +230,32 @@ fn list_and_bad_input() {
     }
     let d = fresh("bad");
     let f = d.join("smoke.toml").display().to_string();
+    // Declared hypotheses that name no measure or no configuration.
+    let smoke = std::fs::read_to_string(d.join("smoke.toml")).unwrap();
+    let bad_measure = d.join("bad-measure.toml");
+    std::fs::write(
+        &bad_measure,
+        smoke.replace("measure = \"weights_exact_zero\"", "measure = \"sparsity\""),
+    )
+    .unwrap();
+    let bad_label = d.join("bad-label.toml");
+    std::fs::write(
+        &bad_label,
+        smoke.replace(
+            "comparison = [\"Adam+L1 prox\", \"Adam\"]",
+            "comparison = [\"Lion\", \"Adam\"]",
+        ),
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--exp".into(), bad_measure.display().to_string()],
+            "hypothesis `C3b-smoke-prox-zeros`: `measure` = \"sparsity\" is not a measure".into(),
+        ),
+        (
+            vec!["--exp".into(), bad_label.display().to_string()],
+            "hypothesis `C3b-smoke-prox-zeros`: `comparison` names \"Lion\"".into(),
+        ),
         (
             vec!["--exp".into(), "nosuchstudy".into()],
             "shipped studies".into(),
@@ -647,12 +672,20 @@ fn report_has_paired_comparisons_and_matched_accuracy() {
     exp(&d, &[]);
     let md = std::fs::read_to_string(d.join("smoke/results.md")).unwrap();
     assert!(
-        md.contains("### Paired differences against SGD+momentum (same seeds)"),
+        md.contains("### Exploratory: paired differences against SGD+momentum (same seeds)"),
         "{md}"
     );
+    // The declared family (smoke.toml's one hypothesis), the only † there is.
+    assert!(md.contains("## Confirmatory hypotheses"), "{md}");
+    assert!(
+        md.contains("| `C3b-smoke-prox-zeros` | C3(b) | teacher |"),
+        "{md}"
+    );
+    let exploratory = &md[md.find("### Exploratory").unwrap()..];
+    assert!(!exploratory.contains('†'), "{md}");
     let paired = std::fs::read_to_string(d.join("smoke/paired.csv")).unwrap();
     let rows: Vec<&str> = paired.lines().skip(1).collect();
-    assert_eq!(rows.len(), 2 * 8, "two configurations x eight measures");
+    assert_eq!(rows.len(), 2 * 10, "two configurations x ten measures");
     for r in &rows {
         let f: Vec<&str> = r.split(',').collect();
         assert_eq!((f[2], f[4]), ("SGD+momentum", "2"), "{r}");
@@ -664,8 +697,10 @@ fn report_has_paired_comparisons_and_matched_accuracy() {
                 f[7].parse().unwrap(),
             );
             assert!(lo <= m && m <= hi, "{r}");
-            let (p, holm): (f64, f64) = (f[8].parse().unwrap(), f[9].parse().unwrap());
-            assert!((0.0..=1.0).contains(&p) && holm >= p && holm <= 1.0, "{r}");
+            let p: f64 = f[8].parse().unwrap();
+            assert!((0.0..=1.0).contains(&p), "{r}");
+            // Exploratory: no adjusted p-value.
+            assert_eq!(f[9], "", "{r}");
         }
     }
     // Learning-rate grids: the matched-accuracy section.
@@ -690,6 +725,8 @@ fn report_has_paired_comparisons_and_matched_accuracy() {
     let md = std::fs::read_to_string(folder).unwrap();
     assert!(md.contains("### At matched accuracy"), "{md}");
     assert!(md.contains("| Adam+L1 prox |"), "{md}");
+    // A --set run is not the declared study: no confirmatory table.
+    assert!(!md.contains("## Confirmatory hypotheses"), "{md}");
     std::fs::remove_dir_all(d).unwrap();
 }
 

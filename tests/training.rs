@@ -238,6 +238,32 @@ fn teacher_task_trains_and_is_measured() {
     assert_eq!(rec.optimizer_state_bytes, 2 * 4 * rec.params);
 }
 
+/// Shrinkage compares the final weights with the run's own step-0 weights:
+/// a learning rate of 0 leaves every weight where it started (nothing
+/// shrunk, at either factor); a strong proximal L1 step drives weights to
+/// exactly 0, and every such weight (non-zero at the start) is shrunk.
+#[test]
+fn shrinkage_is_measured_against_the_initial_weights() {
+    let run = |o| {
+        train::run(&teacher_config(o), &Device::Cpu, &RunOptions::default())
+            .unwrap()
+            .record
+            .r#final
+            .unwrap()
+    };
+    let still = run(opt("sgd", &[("lr", "0")]));
+    let s = still.shrinkage.as_ref().unwrap();
+    assert_eq!(s.weights.numel, 20 * 32 + 32 * 4);
+    assert_eq!((s.weights.at("0.1"), s.weights.at("0.01")), (0.0, 0.0));
+    assert_eq!(s.tensors.len(), 2, "{:?}", s.tensors.keys());
+    let prox = run(opt("sgd", &[("lr", "0.1"), ("l1_prox", "0.05")]));
+    let s = prox.shrinkage.as_ref().unwrap();
+    let zeros = prox.measures.weights.exact_zero_frac;
+    assert!(zeros > 0.3, "exact zeros {zeros}");
+    assert!(s.weights.at("0.01") >= zeros, "{s:?} vs {zeros}");
+    assert!(s.weights.at("0.1") >= s.weights.at("0.01"));
+}
+
 /// `track_gradients` only reads the gradients: the same training numbers
 /// bit for bit, plus every weight bucketed by its accumulated |g|. The
 /// first-layer weights of an input that is always 0 get no gradient.

@@ -117,6 +117,17 @@ enum Command {
         #[arg(long)]
         remeasure: bool,
     },
+    /// Test every study's declared hypotheses from its committed run records and write the
+    /// answer: the generated block of FINDINGS.md (between `<!-- summary:begin` and
+    /// `<!-- summary:end -->`; the prose around it is kept) and the forest plot.
+    Summary {
+        /// The file whose generated block is rewritten.
+        #[arg(long, default_value = "FINDINGS.md", value_name = "FILE")]
+        findings: std::path::PathBuf,
+        /// Where the forest plot goes.
+        #[arg(long, default_value = "experiments/forest.svg", value_name = "FILE")]
+        svg: std::path::PathBuf,
+    },
     /// Print an optimizer's path on a test function, one JSON object per step.
     ///
     /// Each line is {"step": t, "params": [..], "loss": x} for t = 0..N; step 0 is the
@@ -185,6 +196,15 @@ fn run(cli: Cli) -> Result<()> {
             }),
             _,
         ) => run_report(&dir, compare.as_deref(), remeasure),
+        (Some(Command::Summary { findings, svg }), _) => {
+            let n = crate::experiment::summary::write(&experiments_dir(), &findings, &svg)?;
+            println!(
+                "tested {n} hypotheses; wrote {} and {}",
+                findings.display(),
+                svg.display()
+            );
+            Ok(())
+        }
         (None, Some(exp)) => run_exp(
             &exp,
             cli.out,
@@ -204,15 +224,8 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The project's `experiments/` folder: relative to the working directory
-/// when it exists there, else beside the crate's manifest.
 fn experiments_dir() -> std::path::PathBuf {
-    let here = std::path::PathBuf::from("experiments");
-    if here.is_dir() {
-        here
-    } else {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
-    }
+    crate::experiment::study::experiments_dir()
 }
 
 fn run_report(

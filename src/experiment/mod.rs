@@ -3,12 +3,14 @@
 
 mod claim;
 pub mod compare;
+pub mod hypotheses;
 pub mod plots;
 pub mod record;
 pub mod report;
 pub mod runner;
 pub mod stats;
 pub mod study;
+pub mod summary;
 
 pub use report::{missing_runs, remeasure, write_report};
 pub use runner::{SweepOptions, SweepSummary, folders, parse_shard, run_study, small_models_only};

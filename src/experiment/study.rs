@@ -109,6 +109,10 @@ pub struct Study {
     /// own `baseline` overrides it.
     #[serde(default)]
     pub baseline: Option<String>,
+    /// The confirmatory family, declared before the runs
+    /// ([`super::hypotheses`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hypotheses: Vec<super::hypotheses::Hypothesis>,
 }
 
 /// One cell of the grid.
@@ -166,7 +170,7 @@ pub fn slug(s: &str) -> String {
 }
 
 /// Top-level keys of a study; any other `--set` key applies to every task.
-const STUDY_KEYS: [&str; 7] = [
+const STUDY_KEYS: [&str; 8] = [
     "name",
     "description",
     "seeds",
@@ -174,6 +178,7 @@ const STUDY_KEYS: [&str; 7] = [
     "optimizers",
     "quick",
     "baseline",
+    "hypotheses",
 ];
 
 impl Study {
@@ -211,6 +216,13 @@ impl Study {
         } else {
             toml::from_str(&text).map_err(|e| toml_error(&file, &text, &e))?
         };
+        // A `--set` run is not the study its file declares (labels may be
+        // renamed, configurations added): its hypotheses do not apply, and
+        // its report has no confirmatory table.
+        let mut study = study;
+        if !sets.is_empty() {
+            study.hypotheses.clear();
+        }
         study.check(&file)?;
         Ok(study)
     }
@@ -301,6 +313,17 @@ impl Study {
                 );
             }
         }
+        super::hypotheses::check(
+            file,
+            &self.hypotheses,
+            |task| self.task_labels(task),
+            |task| {
+                self.baselines()
+                    .into_iter()
+                    .find(|(t, _)| t == task)
+                    .map(|(_, b)| b)
+            },
+        )?;
         for spec in self.grid() {
             let name = spec.file_name();
             if name.len() > MAX_FILE_NAME {
@@ -341,6 +364,22 @@ impl Study {
             .iter()
             .filter(|o| t.only.as_ref().is_none_or(|only| only.contains(&o.label)))
             .collect()
+    }
+
+    /// The configuration labels of task `task` (lr grids expanded); None
+    /// for a task the study does not have.
+    pub fn task_labels(&self, task: &str) -> Option<Vec<String>> {
+        let t = self.tasks.iter().find(|t| t.label == task)?;
+        Some(
+            self.optimizers_of(t)
+                .iter()
+                .flat_map(|o| {
+                    o.expand()
+                        .map(|v| v.into_iter().map(|(l, _)| l).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                })
+                .collect(),
+        )
     }
 
     /// Every run of the study, in a fixed order: task, optimizer, seed.
@@ -467,6 +506,17 @@ fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
         "{file}{line}: {}",
         e.message().trim().replace('\n', " ")
     ))
+}
+
+/// The project's `experiments/` folder: relative to the working directory
+/// when it exists there, else beside the crate's manifest.
+pub fn experiments_dir() -> PathBuf {
+    let here = PathBuf::from("experiments");
+    if here.is_dir() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
+    }
 }
 
 /// Resolves `--exp NAME|PATH`: a path to a .toml file, or a name under

@@ -7,7 +7,8 @@
 //! near-zero fractions |w| < c * RMS(w) of each tensor, L1, L2, Hoyer and
 //! Gini. Also the breakdowns of a run's end: first-layer weights by how
 //! often their input pixel is active, and weights by their accumulated
-//! gradient.
+//! gradient. Shrinkage (`shrinkage`) compares the weights with their
+//! initial values.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::io::nan_from_null;
 
 pub mod filters;
+pub mod shrinkage;
 pub use filters::{FilterCounts, FilterMeasures, filter_measures};
+pub use shrinkage::{Shrinkage, ShrinkageReport};
 
 /// Whether a named tensor is a buffer rather than a parameter (BatchNorm's
 /// running statistics, by torch's names): saved in checkpoints, never

@@ -24,6 +24,34 @@ pub(super) fn weight_measures(model: &Model) -> Result<metrics::Measures> {
     Ok(metrics::Measures::of_group(&parts))
 }
 
+/// The values of the weights (tensors with two or more dimensions) by
+/// name, for [`shrinkage`].
+pub(super) fn initial_weights(model: &Model) -> Result<Vec<(String, Vec<f64>)>> {
+    model
+        .named_params()
+        .into_iter()
+        .filter(|(_, v)| v.rank() >= 2)
+        .map(|(k, v)| Ok((k, metrics::values(v.as_tensor())?)))
+        .collect()
+}
+
+/// The weights now against `initial` ([`initial_weights`] at step 0).
+pub(super) fn shrinkage(
+    model: &Model,
+    initial: &[(String, Vec<f64>)],
+) -> Result<metrics::ShrinkageReport> {
+    let end = initial_weights(model)?;
+    let named: Vec<(String, Vec<f64>, Vec<f64>)> = initial
+        .iter()
+        .zip(end)
+        .map(|((k, i), (k2, e))| {
+            debug_assert_eq!(k, &k2);
+            (k.clone(), i.clone(), e)
+        })
+        .collect();
+    Ok(metrics::ShrinkageReport::of(&named))
+}
+
 /// The sum over steps of |g| of every weight element (tensors with two or
 /// more dimensions), and the weights at the start, for
 /// [`Final::gradient_buckets`]. Reads the gradients, never writes them.
@@ -171,6 +199,7 @@ pub(super) fn final_measures(
         input_activity: input_activity(model, ds)?,
         gradient_buckets: None,
         prune_scores,
+        shrinkage: None,
     })
 }
 

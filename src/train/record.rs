@@ -115,6 +115,11 @@ pub struct Final {
     /// training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prune_scores: Option<PruneScores>,
+    /// The weights (tensors with >= 2 dims) against their values at step
+    /// 0: the fraction with |w_end| <= c * |w_init| (none in records
+    /// written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shrinkage: Option<crate::metrics::ShrinkageReport>,
 }
 
 /// The record of one run: what ran, what it measured, how it ended.

@@ -9,7 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info, warn};
 
 use super::config::TrainConfig;
-use super::measures::{GradTracker, evaluate, final_measures, weight_measures};
+use super::measures::{
+    GradTracker, evaluate, final_measures, initial_weights, shrinkage, weight_measures,
+};
 use super::record::{EvalPoint, Final, RunRecord, Status};
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, Dataset, Task};
@@ -58,6 +60,7 @@ pub fn run_on(
     let mut plan = prune::Plan::new(cfg.pruning.as_ref(), train_steps, per_epoch)?;
     let total = plan.total_steps();
     plan.start(&model)?;
+    let initial = initial_weights(&model)?;
     let eval_every = eval_every(cfg, per_epoch, total);
     let evals = data::eval_batches(
         &ds.test,
@@ -136,7 +139,7 @@ pub fn run_on(
         }
     }
     let (status, error, final_) = if status == Status::Done {
-        let f = final_measures(
+        let mut f = final_measures(
             cfg,
             &model,
             ds,
@@ -145,6 +148,7 @@ pub fn run_on(
             &plan,
             opt.as_ref(),
         )?;
+        f.shrinkage = Some(shrinkage(&model, &initial)?);
         checked_final(cfg, ds, f, tracker.as_ref())?
     } else {
         (status, None, None)

@@ -145,6 +145,7 @@ fn a_non_finite_final_measure_is_named() {
         input_activity: None,
         gradient_buckets: None,
         prune_scores: None,
+        shrinkage: None,
     };
     assert_eq!(f.first_non_finite(), None);
     f.pruning[0].test_loss = f64::INFINITY;

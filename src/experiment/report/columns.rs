@@ -139,6 +139,21 @@ pub(super) fn main_cols() -> Vec<Column> {
         Column::percent("dead units %", "dead_units", |r| {
             fin(r).dead_units.as_ref().map(|d| d.frac)
         }),
+        // Shrinkage: |w_end| <= c * |w_init| (crate::metrics::shrinkage);
+        // records written before it existed have none.
+        Column::percent("shrunk to ≤ 0.1 init %", "shrinkage_0.1", |r| {
+            finite(fin(r).shrinkage.as_ref()?.weights.at("0.1"))
+        }),
+        Column::percent("shrunk to ≤ 0.01 init %", "shrinkage_0.01", |r| {
+            finite(fin(r).shrinkage.as_ref()?.weights.at("0.01"))
+        }),
+        // The highest one-shot sparsity within 1 point of the dense
+        // accuracy, from the run's magnitude-pruning curve.
+        Column::percent(
+            "functional sparsity %",
+            "functional_sparsity",
+            crate::experiment::hypotheses::functional_sparsity,
+        ),
     ]
 }
 
@@ -171,14 +186,16 @@ pub(super) fn bias_cols() -> Vec<Column> {
 /// The measures compared with the baseline, paired by seed: columns of the
 /// main table (headers without their unit), and accuracy at 90 % pruned.
 pub(super) fn headline_cols() -> Vec<Column> {
-    const KEYS: [&str; 7] = [
+    const KEYS: [&str; 9] = [
         "test_acc",
         "weights_near_zero_1e-3",
         "weights_scale_rel_0.01",
+        "shrinkage_0.1",
         "weights_exact_zero",
         "weights_gini",
         "weights_hoyer",
         "dead_units",
+        "functional_sparsity",
     ];
     let main = main_cols();
     let mut out: Vec<Column> = KEYS

@@ -29,6 +29,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use super::hypotheses::{Hypothesis, test_family};
 use super::plots;
 use crate::io::write_atomic;
 use columns::by_task;
@@ -39,7 +40,8 @@ pub fn write_report(dir: &Path) -> Result<String> {
     let groups = load_groups(dir)?;
     let baselines = manifest(dir).map(|m| m.baselines).unwrap_or_default();
     let paired = paired_tables(&groups, &baselines);
-    let md = markdown(&groups, &paired);
+    let confirmatory = test_family(&declared_hypotheses(dir)?, &groups, &baselines);
+    let md = markdown(&groups, &paired, &confirmatory);
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&groups).as_bytes())?;
     if !paired.is_empty() {
@@ -54,4 +56,20 @@ pub fn write_report(dir: &Path) -> Result<String> {
         }
     }
     Ok(md)
+}
+
+/// The hypotheses declared by the study the folder's runs belong to (its
+/// manifest names it; the file is `experiments/<name>.toml`); none when the
+/// folder has no manifest, holds a `--set` run, or the study file is not
+/// there.
+fn declared_hypotheses(dir: &Path) -> Result<Vec<Hypothesis>> {
+    // A `--set` folder is not the declared study (see `Study::load`).
+    let Some(m) = manifest(dir).filter(|m| m.set.is_empty()) else {
+        return Ok(vec![]);
+    };
+    let file = super::study::experiments_dir().join(format!("{}.toml", m.study));
+    if !file.is_file() {
+        return Ok(vec![]);
+    }
+    Ok(super::study::Study::load(&file, false, &[])?.hypotheses)
 }

@@ -1,0 +1,630 @@
+//! Confirmatory hypotheses: declared in a study file before its runs
+//! (`[[hypotheses]]`), tested from the run records as one family.
+//!
+//! A hypothesis names the claim it tests (C1-C4 of STUDY.md), a task, a
+//! measure ([`measures`]), the comparison (two configurations `[a, b]`, or
+//! `[a]` against the task's baseline) and the direction of a − b it expects
+//! (`greater`, `less` or `two-sided`), and says `why` it is there.
+//!
+//! The test ([`test_family`]): the differences a − b paired by seed (runs
+//! both finished), their mean with a two-sided 95 % Student-t interval, and
+//! the paired t-test's p-value, one-sided for a directional hypothesis.
+//! Holm's adjustment runs over the study's declared hypotheses alone (a
+//! hypothesis that cannot be tested counts with p = 1, so the family is the
+//! one declared). Verdicts ([`Verdict`]): confirmed when the Holm-adjusted p
+//! is below 0.05 with the mean in the declared direction; contradicted when
+//! the 95 % interval excludes 0 on the other side; otherwise not decided at
+//! the n the runs give.
+
+use serde::{Deserialize, Serialize};
+
+use super::record::{Group, StudyRecord};
+use super::stats::{self, Paired};
+use crate::bail_usage;
+
+/// The family-wise error rate of a study's confirmatory family.
+pub const ALPHA: f64 = 0.05;
+
+/// One `[[hypotheses]]` entry of a study file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hypothesis {
+    pub id: String,
+    /// C1, C2, C3 or C4 (STUDY.md), optionally with a remedy letter, e.g.
+    /// `C3(b)`.
+    pub claim: String,
+    pub task: String,
+    /// A key of [`measures`].
+    pub measure: String,
+    /// `[a, b]`: a − b; `[a]`: a − the task's baseline.
+    pub comparison: Vec<String>,
+    /// `greater` (a − b > 0), `less` or `two-sided`.
+    pub direction: String,
+    /// Why the hypothesis is in the confirmatory family.
+    pub why: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Greater,
+    Less,
+    TwoSided,
+}
+
+impl Direction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "greater" => Some(Self::Greater),
+            "less" => Some(Self::Less),
+            "two-sided" => Some(Self::TwoSided),
+            _ => None,
+        }
+    }
+
+    /// The sign of a − b the hypothesis expects (0 for two-sided).
+    pub fn sign(self) -> f64 {
+        match self {
+            Self::Greater => 1.0,
+            Self::Less => -1.0,
+            Self::TwoSided => 0.0,
+        }
+    }
+
+    /// `>`, `<` or `≠`, for tables.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::Greater => ">",
+            Self::Less => "<",
+            Self::TwoSided => "≠",
+        }
+    }
+}
+
+/// A measure a hypothesis can compare: its key in study files, its name in
+/// tables, whether it is a fraction (shown in percent, differences in
+/// percentage points), and how to read it from a finished run.
+pub struct Measure {
+    pub key: &'static str,
+    pub name: &'static str,
+    pub percent: bool,
+    pub get: fn(&StudyRecord) -> Option<f64>,
+}
+
+fn fin(r: &StudyRecord) -> Option<&crate::train::Final> {
+    r.r#final.as_ref()
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// The highest one-shot sparsity of [`crate::prune::GRID`] whose accuracy
+/// is within 1 point of the network as it is (functional sparsity), from the
+/// run's one-shot curve; None when the curve does not cover the grid.
+pub fn functional_sparsity(r: &StudyRecord) -> Option<f64> {
+    let f = fin(r)?;
+    if let Some(s) = &f.prune_scores {
+        return finite(s.max_sparsity_within_1pt);
+    }
+    crate::prune::prune_scores(f.test_acc, &f.pruning)
+        .and_then(|s| finite(s.max_sparsity_within_1pt))
+}
+
+/// Every measure a hypothesis may name.
+pub fn measures() -> Vec<Measure> {
+    vec![
+        Measure {
+            key: "test_acc",
+            name: "test accuracy",
+            percent: true,
+            get: |r| finite(fin(r)?.test_acc),
+        },
+        Measure {
+            key: "test_loss",
+            name: "held-out loss",
+            percent: false,
+            get: |r| finite(fin(r)?.test_loss),
+        },
+        Measure {
+            key: "weights_exact_zero",
+            name: "w = 0",
+            percent: true,
+            get: |r| finite(fin(r)?.measures.weights.exact_zero_frac),
+        },
+        Measure {
+            key: "weights_near_zero_1e-3",
+            name: "|w| < 1e-3",
+            percent: true,
+            get: |r| finite(fin(r)?.measures.weights.near("1e-3")),
+        },
+        Measure {
+            key: "weights_near_zero_1e-2",
+            name: "|w| < 1e-2",
+            percent: true,
+            get: |r| finite(fin(r)?.measures.weights.near("1e-2")),
+        },
+        Measure {
+            key: "weights_scale_rel_0.01",
+            name: "|w| < 0.01 RMS",
+            percent: true,
+            get: |r| finite(fin(r)?.measures.weights.scale_rel("0.01")),
+        },
+        Measure {
+            key: "weights_scale_rel_0.1",
+            name: "|w| < 0.1 RMS",
+            percent: true,
+            get: |r| finite(fin(r)?.measures.weights.scale_rel("0.1")),
+        },
+        Measure {
+            key: "weights_gini",
+            name: "Gini",
+            percent: false,
+            get: |r| finite(fin(r)?.measures.weights.gini),
+        },
+        Measure {
+            key: "weights_hoyer",
+            name: "Hoyer",
+            percent: false,
+            get: |r| finite(fin(r)?.measures.weights.hoyer),
+        },
+        Measure {
+            key: "dead_units",
+            name: "dead units",
+            percent: true,
+            get: |r| fin(r)?.dead_units.as_ref().map(|d| d.frac),
+        },
+        Measure {
+            key: "shrinkage_0.1",
+            name: "shrunk to ≤ 0.1 |w_init|",
+            percent: true,
+            get: |r| finite(fin(r)?.shrinkage.as_ref()?.weights.at("0.1")),
+        },
+        Measure {
+            key: "shrinkage_0.01",
+            name: "shrunk to ≤ 0.01 |w_init|",
+            percent: true,
+            get: |r| finite(fin(r)?.shrinkage.as_ref()?.weights.at("0.01")),
+        },
+        Measure {
+            key: "functional_sparsity",
+            name: "functional sparsity (one-shot)",
+            percent: true,
+            get: functional_sparsity,
+        },
+        Measure {
+            key: "pruned_90_acc",
+            name: "accuracy at 90 % pruned",
+            percent: true,
+            get: |r| {
+                fin(r)?
+                    .pruning
+                    .iter()
+                    .find(|p| (p.frac - 0.9).abs() < 1e-9)
+                    .and_then(|p| finite(p.test_acc))
+            },
+        },
+        Measure {
+            key: "q1_drift",
+            name: "bottom-gradient-quintile mean |w_end − w_start|",
+            percent: false,
+            get: |r| {
+                fin(r)?
+                    .gradient_buckets
+                    .as_ref()?
+                    .iter()
+                    .find(|b| b.bucket == "q1")
+                    .and_then(|b| finite(b.mean_abs_change))
+            },
+        },
+        Measure {
+            key: "prune_auc",
+            name: "prunability AUC",
+            percent: true,
+            get: |r| finite(fin(r)?.prune_scores.as_ref()?.auc),
+        },
+    ]
+}
+
+/// The measure with key `key`.
+pub fn measure(key: &str) -> Option<Measure> {
+    measures().into_iter().find(|m| m.key == key)
+}
+
+/// Checks a study's hypotheses: `labels(task)` gives a task's
+/// configuration labels (None for an unknown task), `baseline(task)` its
+/// baseline. Errors are one line naming the file, the hypothesis and the key.
+pub fn check(
+    file: &str,
+    hyps: &[Hypothesis],
+    labels: impl Fn(&str) -> Option<Vec<String>>,
+    baseline: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    let mut ids = std::collections::BTreeSet::new();
+    for h in hyps {
+        let id = &h.id;
+        if id.trim().is_empty() {
+            bail_usage!("{file}: a [[hypotheses]] entry has an empty `id`; give each one an id");
+        }
+        if !ids.insert(id.as_str()) {
+            bail_usage!("{file}: two hypotheses have the id `{id}`; give each its own");
+        }
+        let c = h.claim.as_str();
+        let known_claim = ["C1", "C2", "C3", "C4"]
+            .iter()
+            .any(|k| c == *k || (c.starts_with(k) && c[2..].starts_with('(') && c.ends_with(')')));
+        if !known_claim {
+            bail_usage!(
+                "{file}: hypothesis `{id}`: `claim` = \"{c}\" is not a claim of STUDY.md; use C1, C2, C3 or C4 (a remedy as C3(b))"
+            );
+        }
+        let Some(task_labels) = labels(&h.task) else {
+            bail_usage!(
+                "{file}: hypothesis `{id}`: `task` = \"{}\" is not a task of the study",
+                h.task
+            );
+        };
+        if measure(&h.measure).is_none() {
+            let keys: Vec<&str> = measures().iter().map(|m| m.key).collect();
+            bail_usage!(
+                "{file}: hypothesis `{id}`: `measure` = \"{}\" is not a measure; use one of {}",
+                h.measure,
+                keys.join(", ")
+            );
+        }
+        match h.comparison.len() {
+            1 if baseline(&h.task).is_none() => bail_usage!(
+                "{file}: hypothesis `{id}`: `comparison` names one configuration, but task `{}` has no baseline; name two",
+                h.task
+            ),
+            1 | 2 => {}
+            n => bail_usage!(
+                "{file}: hypothesis `{id}`: `comparison` names {n} configurations; give [a, b] (a − b) or [a] (a − the baseline)"
+            ),
+        }
+        for l in &h.comparison {
+            if !task_labels.contains(l) {
+                bail_usage!(
+                    "{file}: hypothesis `{id}`: `comparison` names \"{l}\", which is not a configuration of task `{}`",
+                    h.task
+                );
+            }
+        }
+        if h.comparison.len() == 2 && h.comparison[0] == h.comparison[1] {
+            bail_usage!(
+                "{file}: hypothesis `{id}`: `comparison` compares \"{}\" with itself",
+                h.comparison[0]
+            );
+        }
+        if Direction::parse(&h.direction).is_none() {
+            bail_usage!(
+                "{file}: hypothesis `{id}`: `direction` = \"{}\" is not one of greater, less, two-sided",
+                h.direction
+            );
+        }
+        if h.why.trim().is_empty() {
+            bail_usage!(
+                "{file}: hypothesis `{id}`: `why` is empty; say why it is in the confirmatory family"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How a hypothesis came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Confirmed,
+    Contradicted,
+    /// Neither, with this many pairs.
+    NotDecided(usize),
+    /// No finished pair of runs.
+    NoRuns,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Confirmed => write!(f, "confirmed"),
+            Self::Contradicted => write!(f, "contradicted"),
+            Self::NotDecided(n) => write!(f, "not decided at n = {n}"),
+            Self::NoRuns => write!(f, "no runs"),
+        }
+    }
+}
+
+/// One hypothesis tested.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub hypothesis: Hypothesis,
+    /// a and b of a − b.
+    pub a: String,
+    pub b: String,
+    pub direction: Direction,
+    pub percent: bool,
+    pub measure_name: &'static str,
+    /// The model and data, e.g. "MNIST MLP" ([`setting`]).
+    pub setting: String,
+    pub paired: Option<Paired>,
+    /// The test's p-value: one-sided in the declared direction, or
+    /// two-sided.
+    pub p: Option<f64>,
+    /// Holm-adjusted over the family.
+    pub p_holm: f64,
+    pub verdict: Verdict,
+}
+
+impl Outcome {
+    /// "+1.23 [+0.45, +2.01]" in percentage points for fractions.
+    pub fn effect(&self) -> String {
+        let Some(p) = &self.paired else {
+            return "–".into();
+        };
+        let (k, d) = if self.percent { (100.0, 2) } else { (1.0, 4) };
+        if p.lo.is_finite() && p.hi.is_finite() {
+            format!("{:+.d$} [{:+.d$}, {:+.d$}]", k * p.mean, k * p.lo, k * p.hi)
+        } else {
+            format!("{:+.d$}", k * p.mean)
+        }
+    }
+
+    /// The unit of [`Outcome::effect`] (none when there is no effect).
+    pub fn unit(&self) -> &'static str {
+        if self.percent && self.paired.is_some() {
+            "pp"
+        } else {
+            ""
+        }
+    }
+
+    /// The verdict, with the sign found when a two-sided hypothesis is
+    /// confirmed: "confirmed (a − b < 0)".
+    pub fn verdict_text(&self) -> String {
+        match (self.verdict, self.direction, &self.paired) {
+            (Verdict::Confirmed, Direction::TwoSided, Some(p)) => format!(
+                "confirmed (a − b {} 0)",
+                if p.mean < 0.0 { "<" } else { ">" }
+            ),
+            (v, _, _) => v.to_string(),
+        }
+    }
+}
+
+/// The setting of a group's runs for summary tables: "MNIST MLP",
+/// "Fashion-MNIST MLP", "CNN" (with its data if not Fashion-MNIST),
+/// "Transformer" (character-level text) or "Transformer (modadd)".
+pub fn setting(r: &StudyRecord) -> String {
+    let data = r.config.data.name();
+    match r.config.model.name() {
+        "mlp" => match data {
+            "mnist" => "MNIST MLP".into(),
+            "fashion-mnist" => "Fashion-MNIST MLP".into(),
+            d => format!("MLP ({d})"),
+        },
+        "cnn" => "CNN".into(),
+        "transformer" if data == "text" => "Transformer".into(),
+        "transformer" => format!("Transformer ({data})"),
+        m => format!("{m} ({data})"),
+    }
+}
+
+/// The one-sided p-value of a paired test in direction `sign` (+1: the
+/// mean is expected > 0), from its two-sided p and its mean; the two-sided
+/// p itself for `sign` 0.
+pub fn directional_p(two_sided: f64, mean: f64, sign: f64) -> f64 {
+    if sign == 0.0 {
+        two_sided
+    } else if mean * sign > 0.0 {
+        two_sided / 2.0
+    } else {
+        1.0 - two_sided / 2.0
+    }
+}
+
+/// A p-value for tables: three decimals, or "< 0.001".
+pub fn p_text(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
+/// The verdict of a test: see the module's rules.
+pub fn verdict(p: Option<&Paired>, p_holm: f64, direction: Direction) -> Verdict {
+    let Some(p) = p else {
+        return Verdict::NoRuns;
+    };
+    let sign = direction.sign();
+    let in_direction = sign == 0.0 || p.mean * sign > 0.0;
+    if p.p.is_some() && p_holm < ALPHA && in_direction {
+        return Verdict::Confirmed;
+    }
+    if sign != 0.0 && p.lo.is_finite() && p.hi.is_finite() {
+        let against = if sign > 0.0 { p.hi < 0.0 } else { p.lo > 0.0 };
+        if against {
+            return Verdict::Contradicted;
+        }
+    }
+    Verdict::NotDecided(p.n)
+}
+
+/// Tests a study's hypotheses on its groups of runs (the report's
+/// grouping), Holm over the family. `baselines`: (task, baseline label).
+pub fn test_family(
+    hyps: &[Hypothesis],
+    groups: &[Group],
+    baselines: &[(String, String)],
+) -> Vec<Outcome> {
+    let mut out: Vec<Outcome> = hyps
+        .iter()
+        .map(|h| {
+            let a = h.comparison[0].clone();
+            let b = h.comparison.get(1).cloned().unwrap_or_else(|| {
+                baselines
+                    .iter()
+                    .find(|(t, _)| *t == h.task)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default()
+            });
+            let direction = Direction::parse(&h.direction).unwrap_or(Direction::TwoSided);
+            let m = measure(&h.measure);
+            let find = |l: &str| groups.iter().find(|g| g.task == h.task && g.label == l);
+            let (ga, gb) = (find(&a), find(&b));
+            let setting = ga
+                .or(gb)
+                .and_then(|g| g.runs.first())
+                .map(setting)
+                .unwrap_or_default();
+            let d: Vec<f64> = match (&m, ga, gb) {
+                (Some(m), Some(ga), Some(gb)) => ga
+                    .done()
+                    .filter_map(|r| {
+                        let rb = gb.done().find(|x| x.seed == r.seed)?;
+                        Some((m.get)(r)? - (m.get)(rb)?)
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            let paired = stats::paired(&d);
+            let p = paired
+                .as_ref()
+                .and_then(|q| q.p.map(|two| directional_p(two, q.mean, direction.sign())));
+            Outcome {
+                hypothesis: h.clone(),
+                a,
+                b,
+                direction,
+                percent: m.as_ref().is_some_and(|m| m.percent),
+                measure_name: m.as_ref().map_or("?", |m| m.name),
+                setting,
+                paired,
+                p,
+                p_holm: 1.0,
+                verdict: Verdict::NoRuns,
+            }
+        })
+        .collect();
+    let ps: Vec<f64> = out.iter().map(|o| o.p.unwrap_or(1.0)).collect();
+    for (o, adj) in out.iter_mut().zip(stats::holm(&ps)) {
+        o.p_holm = adj;
+        o.verdict = verdict(o.paired.as_ref(), adj, o.direction);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hyp(id: &str) -> Hypothesis {
+        Hypothesis {
+            id: id.into(),
+            claim: "C1".into(),
+            task: "t".into(),
+            measure: "shrinkage_0.01".into(),
+            comparison: vec!["Adam".into(), "SGD".into()],
+            direction: "less".into(),
+            why: "the claim itself".into(),
+        }
+    }
+
+    fn check_one(h: Hypothesis) -> String {
+        let labels = |t: &str| (t == "t").then(|| vec!["Adam".to_string(), "SGD".to_string()]);
+        let base = |_: &str| None;
+        match check("s.toml", &[h], labels, base) {
+            Ok(()) => String::new(),
+            Err(e) => {
+                assert!(crate::error::is_usage(&e));
+                format!("{e:#}")
+            }
+        }
+    }
+
+    #[test]
+    fn bad_declarations_name_the_hypothesis_and_the_key() {
+        assert_eq!(check_one(hyp("h1")), "");
+        let mut h = hyp("h1");
+        h.task = "nope".into();
+        assert!(check_one(h).contains("hypothesis `h1`: `task`"));
+        let mut h = hyp("h2");
+        h.measure = "sparsity".into();
+        let e = check_one(h);
+        assert!(
+            e.contains("hypothesis `h2`: `measure`") && e.contains("shrinkage_0.1"),
+            "{e}"
+        );
+        let mut h = hyp("h3");
+        h.comparison = vec!["Adam".into(), "Lion".into()];
+        assert!(check_one(h).contains("hypothesis `h3`: `comparison` names \"Lion\""));
+        let mut h = hyp("h4");
+        h.comparison = vec!["Adam".into()];
+        assert!(check_one(h).contains("has no baseline"));
+        let mut h = hyp("h5");
+        h.direction = "up".into();
+        assert!(check_one(h).contains("hypothesis `h5`: `direction`"));
+        let mut h = hyp("h6");
+        h.claim = "C7".into();
+        assert!(check_one(h).contains("hypothesis `h6`: `claim`"));
+        let mut h = hyp("h7");
+        h.claim = "C3(b)".into();
+        assert_eq!(check_one(h), "");
+        let mut h = hyp("h8");
+        h.why = " ".into();
+        assert!(check_one(h).contains("hypothesis `h8`: `why`"));
+        let labels = |_: &str| Some(vec!["Adam".to_string(), "SGD".to_string()]);
+        let e = check("s.toml", &[hyp("x"), hyp("x")], labels, |_: &str| None).unwrap_err();
+        assert!(format!("{e}").contains("two hypotheses have the id `x`"));
+    }
+
+    #[test]
+    fn one_sided_p_and_verdicts_by_hand() {
+        // d = 1, 2, 3: two-sided p = 0.0741799 (scipy ttest_1samp).
+        let p = stats::paired(&[1.0, 2.0, 3.0]).unwrap();
+        let two = p.p.unwrap();
+        assert!((directional_p(two, p.mean, 1.0) - 0.037_089_950_114).abs() < 1e-10);
+        assert!((directional_p(two, p.mean, -1.0) - (1.0 - 0.037_089_950_114)).abs() < 1e-10);
+        assert_eq!(directional_p(two, p.mean, 0.0), two);
+        // Alone in its family (Holm = the p itself): confirmed one-sided
+        // (0.037 < 0.05) though the two-sided test would not be.
+        assert_eq!(
+            verdict(
+                Some(&p),
+                directional_p(two, p.mean, 1.0),
+                Direction::Greater
+            ),
+            Verdict::Confirmed
+        );
+        assert_eq!(
+            verdict(Some(&p), two, Direction::TwoSided),
+            Verdict::NotDecided(3)
+        );
+        // Declared `less`: the interval [-0.48, +4.48] holds 0, so not
+        // contradicted; d = 0.9, 1, 1.1 gives [+0.75, +1.25]: contradicted.
+        assert!(p.lo < 0.0);
+        assert_eq!(
+            verdict(Some(&p), directional_p(two, p.mean, -1.0), Direction::Less),
+            Verdict::NotDecided(3)
+        );
+        let q = stats::paired(&[0.9, 1.0, 1.1]).unwrap();
+        assert!(q.lo > 0.7 && q.hi < 1.3, "{q:?}");
+        let pq = directional_p(q.p.unwrap(), q.mean, -1.0);
+        assert!(pq > 0.99);
+        assert_eq!(
+            verdict(Some(&q), pq, Direction::Less),
+            Verdict::Contradicted
+        );
+        // In a family of four, Holm multiplies the smallest p by 4: 0.148.
+        assert_eq!(
+            verdict(Some(&p), 4.0 * 0.037, Direction::Greater),
+            Verdict::NotDecided(3)
+        );
+        assert_eq!(verdict(None, 1.0, Direction::Less), Verdict::NoRuns);
+        // One pair: no test, no interval.
+        let one = stats::paired(&[5.0]).unwrap();
+        assert_eq!(
+            verdict(Some(&one), 1.0, Direction::Less),
+            Verdict::NotDecided(1)
+        );
+        assert_eq!(Verdict::NotDecided(5).to_string(), "not decided at n = 5");
+    }
+}
