@@ -230,4 +230,19 @@ kernels! {
             step = (one / u) * lr;
         }
     }
+
+    // Lion: a step of exactly lr per coordinate; the momentum is updated
+    // after the step, with its own beta.
+    lion(Scalars::Lion(sc::Lion { lr, b1, b2 })) {
+        real(lr = lr, b1 = b1, one_minus_b1 = 1.0 - b1, b2 = b2, one_minus_b2 = 1.0 - b2)
+        flag()
+        fixed()
+        state(m if true)
+        step {
+            let c = m * b1 + g * one_minus_b1;
+            p = p - sgn(c) * lr;
+            m = m * b2 + g * one_minus_b2;
+            step = lr;
+        }
+    }
 }

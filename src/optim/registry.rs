@@ -255,6 +255,25 @@ registry! {
             })
         },
     },
+    Lion => Info {
+        name: "lion",
+        label: "Lion",
+        family: "Lion (sign-based)",
+        reference: "lion_pytorch.Lion",
+        summary: "steps of lr*sign(b1*m + (1-b1)*g) (Chen et al. 2023); m then decays with b2",
+        keys: &["lr", "beta1", "beta2"],
+        defaults: &[("lr", 1e-4), ("beta2", 0.99)],
+        decoupled_only: true,
+        state_buffers: 1,
+        full_state: &[],
+        second_moment: false,
+        rule: |c| {
+            Ok(RuleSettings::Lion {
+                beta1: c.get("beta1"),
+                beta2: c.get("beta2"),
+            })
+        },
+    },
 }
 
 fn sgd(c: &OptimizerConfig) -> Result<RuleSettings> {

@@ -61,6 +61,10 @@ pub enum RuleSettings {
         beta2: f64,
         eps: f64,
     },
+    Lion {
+        beta1: f64,
+        beta2: f64,
+    },
 }
 
 /// SGD's momentum: none (`momentum = 0`), heavy-ball with dampening, or
@@ -162,6 +166,13 @@ pub(crate) mod sc {
         pub eps: f64,
         pub clr: f64,
     }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Lion {
+        pub lr: f64,
+        pub b1: f64,
+        pub b2: f64,
+    }
 }
 
 /// A rule's per-step scalars, computed once per tensor and step.
@@ -175,6 +186,7 @@ pub(crate) enum Scalars {
     Nadam(sc::Nadam),
     Radam(sc::Radam),
     Adamax(sc::Adamax),
+    Lion(sc::Lion),
 }
 /// An optimizer's update rule: its typed hyper-parameters, without
 /// regularisation.
@@ -212,6 +224,7 @@ impl Rule {
             Adam { amsgrad: true, .. } => vec!["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
             Adam { .. } | Nadam { .. } | Radam { .. } => vec!["exp_avg", "exp_avg_sq"],
             Adamax { .. } => vec!["exp_avg", "exp_inf"],
+            Lion { .. } => vec!["exp_avg"],
         }
     }
 
@@ -335,6 +348,10 @@ impl Rule {
                 eps,
                 clr: lr / bc(b1),
             }),
+            RuleSettings::Lion {
+                beta1: b1,
+                beta2: b2,
+            } => Scalars::Lion(sc::Lion { lr, b1, b2 }),
         }
     }
 }
@@ -417,6 +434,7 @@ pub(crate) fn step_tensors(
         Scalars::Nadam(s) => nadam(s, io),
         Scalars::Radam(s) => radam(s, io),
         Scalars::Adamax(s) => adamax(s, io),
+        Scalars::Lion(s) => lion(s, io),
     }
 }
 
@@ -543,4 +561,14 @@ fn adamax(s: &sc::Adamax, Io { want, p, g, st }: Io) -> Out {
     st[0] = m;
     st[1] = u;
     Ok((new_p, size))
+}
+
+/// Lion (lion-pytorch's `update_fn`): a step of exactly lr per coordinate in
+/// the sign of an interpolation of momentum and gradient (sign(0) = 0),
+/// then the momentum's own update with b2.
+fn lion(s: &sc::Lion, Io { p, g, st, .. }: Io) -> Out {
+    let c = ((&st[0] * s.b1)? + (g * (1.0 - s.b1))?)?;
+    let new_p = (p - (c.sign()? * s.lr)?)?;
+    st[0] = ((&st[0] * s.b2)? + (g * (1.0 - s.b2))?)?;
+    Ok((new_p, StepSize::Uniform(s.lr)))
 }
