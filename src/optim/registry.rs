@@ -474,6 +474,21 @@ mod tests {
         }
     }
 
+    /// The plot panels of the optimizers the committed plots show keep their
+    /// titles (so the plots regenerate byte-identical); a new rule names its own.
+    #[test]
+    fn families_are_the_plots_panels() {
+        use OptimizerKind::*;
+        assert_eq!(Sgd.family(), "SGD");
+        for k in [Adagrad, Rmsprop, Adadelta] {
+            assert_eq!(k.family(), "AdaGrad, RMSprop, Adadelta");
+        }
+        for k in [Adam, Adamw, Nadam, Radam, Adamax] {
+            assert_eq!(k.family(), "Adam family");
+        }
+        assert_eq!(Lion.family(), "Lion (sign-based)");
+    }
+
     #[test]
     fn names_prose_lists_every_name() {
         let prose = OptimizerKind::names_prose();
