@@ -17,7 +17,7 @@ mod args;
 mod measure;
 mod train_cmd;
 
-use args::{one_thread_per_run, parse_device, parse_sets};
+use args::{one_thread_per_run, optimizer_help, parse_device, parse_sets};
 
 const ABOUT: &str = "Does the optimizer decide how sparse a trained network ends up?";
 
@@ -37,14 +37,6 @@ lists the optimizers.
 
 Logs go to stderr; set RUST_LOG (for example RUST_LOG=info or RUST_LOG=sparsity_lab=debug).",
         labels.join(", ")
-    )
-}
-
-/// The help of an `--optimizer` argument: the registry's names.
-pub(crate) fn optimizer_help() -> String {
-    format!(
-        "{} (`sparsity-lab optimizers` lists them).",
-        OptimizerKind::names_prose()
     )
 }
 

@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use super::keys::{KeySpec, Range, RawValue, Value, spec};
-use super::keys::{parse_bool, parse_f64};
+use super::keys::{Values, parse_bool, parse_f64};
 pub use super::registry::OptimizerKind;
 use super::rule::RuleSettings;
 use crate::bail_usage;
@@ -125,7 +125,7 @@ impl OptimizerConfig {
     /// with dampening) are usage errors here.
     pub fn settings(&self) -> Result<Settings> {
         let f = |key: &str| self.get(key);
-        let rule = (self.kind.info().rule)(self)?;
+        let rule = (self.kind.info().rule)(&Values(&self.values))?;
         let (l1, l1_prox) = (f("l1"), f("l1_prox"));
         let l1 = match (l1 > 0.0, l1_prox > 0.0) {
             (true, true) => bail_usage!(

@@ -4,6 +4,7 @@
 //! takes which key, and its own defaults, is in the registry
 //! (`registry.rs`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A resolved hyper-parameter value.
@@ -196,5 +197,26 @@ pub(crate) fn parse_bool(raw: &RawValue) -> Option<bool> {
         },
         RawValue::Toml(toml::Value::Boolean(b)) => Some(*b),
         RawValue::Toml(_) => None,
+    }
+}
+
+/// A configuration's values by key, as the registry's rule constructors
+/// read them (panics on a key the optimizer does not have: a programming
+/// error, not a user's).
+pub struct Values<'a>(pub(crate) &'a BTreeMap<&'static str, Value>);
+
+impl Values<'_> {
+    pub fn get(&self, key: &str) -> f64 {
+        match self.0.get(key) {
+            Some(Value::F(x)) => *x,
+            other => panic!("no numeric key `{key}` ({other:?})"),
+        }
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        match self.0.get(key) {
+            Some(Value::B(b)) => *b,
+            other => panic!("no boolean key `{key}` ({other:?})"),
+        }
     }
 }

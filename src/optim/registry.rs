@@ -22,8 +22,7 @@ use std::fmt;
 
 use anyhow::Result;
 
-use super::config::OptimizerConfig;
-use super::keys::{KeySpec, spec};
+use super::keys::{KeySpec, Values, spec};
 use super::rule::{Momentum, RuleSettings};
 use crate::bail_usage;
 
@@ -59,7 +58,7 @@ pub struct Info {
     pub second_moment: bool,
     /// The rule's typed hyper-parameters from a configuration (cross-key
     /// rules are usage errors here).
-    pub rule: fn(&OptimizerConfig) -> Result<RuleSettings>,
+    pub rule: fn(&Values) -> Result<RuleSettings>,
 }
 
 /// Declares [`OptimizerKind`] and its rows together, so that a variant
@@ -276,7 +275,7 @@ registry! {
     },
 }
 
-fn sgd(c: &OptimizerConfig) -> Result<RuleSettings> {
+fn sgd(c: &Values) -> Result<RuleSettings> {
     let (m, d) = (c.get("momentum"), c.get("dampening"));
     let momentum = if c.flag("nesterov") {
         if m <= 0.0 || d != 0.0 {
@@ -297,7 +296,7 @@ fn sgd(c: &OptimizerConfig) -> Result<RuleSettings> {
 }
 
 /// Adam, and AdamW (the same rule; the decay differs).
-fn adam(c: &OptimizerConfig) -> Result<RuleSettings> {
+fn adam(c: &Values) -> Result<RuleSettings> {
     Ok(RuleSettings::Adam {
         beta1: c.get("beta1"),
         beta2: c.get("beta2"),
@@ -436,6 +435,7 @@ impl fmt::Display for OptimizerKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::OptimizerConfig;
     use crate::optim::rule::Rule;
 
     #[test]
