@@ -95,12 +95,16 @@ def optimizer_blocks(blocks, best, table):
     for b in blocks:
         lines = [l for l in b.strip().splitlines() if l.strip()]
         label = re.search(r'label = "(.*)"', b).group(1)
-        lr, acc = best[label]
         grid = re.search(r"lrs = \[(.*)\]", b).group(1).split(",")
-        edge = "  (an edge of the grid)" if lr in (float(grid[0]), float(grid[-1])) else ""
         out.append(table)
         for l in lines:
-            if l.startswith("lrs ="):
+            if l.startswith("lrs =") and label not in best:
+                # A configuration added after the last tuning run.
+                lr = float(grid[len(grid) // 2])
+                out.append(f"lr = {lr!r}  # NOT TUNED YET: the middle of its grid; re-run sparsity-lr")
+            elif l.startswith("lrs ="):
+                lr, acc = best[label]
+                edge = "  (an edge of the grid)" if lr in (float(grid[0]), float(grid[-1])) else ""
                 out.append(f"lr = {lr!r}  # best of the grid: {100 * acc:.2f}% validation accuracy{edge}")
             else:
                 out.append(l)

@@ -2,6 +2,8 @@
 
 use std::process::{Command, Output};
 
+use sparsity_lab::optim::OptimizerKind;
+
 fn bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
         .args(args)
@@ -16,6 +18,57 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every list of optimizers the binary prints comes from the registry: a
+/// new optimizer appears in each, and in none by hand.
+#[test]
+fn every_optimizer_of_the_registry_is_in_every_help_text_and_list() {
+    let long = stdout(&bin(&["--help"]));
+    let train = stdout(&bin(&["train", "--help"]));
+    let trace = stdout(&bin(&["trace", "--help"]));
+    let o = bin(&["optimizers"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert_eq!(
+        table.lines().count(),
+        2 + OptimizerKind::ALL.len(),
+        "{table}"
+    );
+    // clap wraps help lines: compare without line breaks.
+    let flat = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (long, train, trace) = (flat(&long), flat(&train), flat(&trace));
+    for kind in OptimizerKind::ALL {
+        let (name, label) = (kind.name(), kind.label());
+        assert!(long.contains(label), "--help lacks {label}: {long}");
+        for (what, help) in [("train", &train), ("trace", &trace)] {
+            let mut words = help.split(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+            assert!(
+                words.any(|w| w == name),
+                "{what} --help lacks {name}: {help}"
+            );
+        }
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("`optimizers` has no row for {name}"));
+        assert!(row.contains(kind.info().reference), "{row}");
+    }
+    let unknown = bin(&[
+        "trace",
+        "--optimizer",
+        "lamb",
+        "--problem",
+        "quadratic",
+        "--steps",
+        "1",
+    ]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        stderr(&unknown).contains(&OptimizerKind::names().join(", ")),
+        "{}",
+        stderr(&unknown)
+    );
 }
 
 #[test]
@@ -74,9 +127,7 @@ fn trace_f64_and_f32_and_every_optimizer() {
         stdout(&o),
         "{\"step\":0,\"params\":[1.0],\"loss\":1.0}\n{\"step\":1,\"params\":[0.5],\"loss\":0.25}\n{\"step\":2,\"params\":[0.25],\"loss\":0.0625}\n"
     );
-    for opt in [
-        "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "radam", "adamax",
-    ] {
+    for opt in OptimizerKind::names() {
         let o = bin(&[
             "trace",
             "--optimizer",

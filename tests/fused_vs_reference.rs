@@ -42,22 +42,15 @@ fn fused_equals_reference_bit_for_bit_on_large_tensors() {
         ],
     ];
     for kind in OptimizerKind::ALL {
-        let extra: &[(&str, &str)] = match kind {
-            OptimizerKind::Sgd => &[("momentum", "0.9"), ("nesterov", "true")],
-            OptimizerKind::Rmsprop => &[("centered", "true"), ("momentum", "0.5")],
-            OptimizerKind::Adam => &[("amsgrad", "true")],
-            _ => &[],
-        };
+        // Every state buffer on (the registry's settings for it).
+        let extra = kind.info().full_state;
         for reg in regs {
-            if kind == OptimizerKind::Adamw
-                && reg.iter().any(|(k, _)| *k == "decoupled_weight_decay")
-            {
-                continue;
-            }
+            // Optimizers whose decay is always decoupled take no flag.
             let pairs = extra
                 .iter()
                 .chain(reg.iter())
                 .chain(&[("lr", "0.01")])
+                .filter(|(k, _)| kind.accepts(k))
                 .copied();
             let cfg = OptimizerConfig::from_text(kind.name(), pairs).unwrap();
             for dtype in [DType::F32, DType::F64] {

@@ -54,19 +54,19 @@ const REGS: [&[(&str, &str)]; 8] = [
     ],
 ];
 
-/// Settings that give each optimizer all its state buffers.
+/// Settings that give each optimizer all its state buffers (the registry's),
+/// and AdaGrad a nonzero one from the start.
 fn extra(kind: OptimizerKind) -> &'static [(&'static str, &'static str)] {
     match kind {
-        OptimizerKind::Sgd => &[("momentum", "0.9"), ("nesterov", "true")],
-        OptimizerKind::Rmsprop => &[("centered", "true"), ("momentum", "0.5")],
-        OptimizerKind::Adam => &[("amsgrad", "true")],
         OptimizerKind::Adagrad => &[("initial_accumulator_value", "0.1")],
-        _ => &[],
+        _ => kind.info().full_state,
     }
 }
 
+/// None where the optimizer does not take a key of `reg` (the decoupling
+/// flag, for those whose decay is always decoupled).
 fn config(kind: OptimizerKind, reg: &[(&str, &str)]) -> Option<OptimizerConfig> {
-    if kind == OptimizerKind::Adamw && reg.iter().any(|(k, _)| *k == "decoupled_weight_decay") {
+    if reg.iter().any(|(k, _)| !kind.accepts(k)) {
         return None;
     }
     let pairs = extra(kind)

@@ -53,3 +53,11 @@ pub fn parse_device(s: &str) -> Result<Device> {
         crate::error::usage(format!("--device {s}: no usable CUDA GPU ({why})"))
     })
 }
+
+/// The help of an `--optimizer` argument: the registry's names.
+pub(crate) fn optimizer_help() -> String {
+    format!(
+        "{} (`sparsity-lab optimizers` lists them).",
+        crate::optim::OptimizerKind::names_prose()
+    )
+}

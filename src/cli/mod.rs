@@ -10,29 +10,38 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bail_usage;
 use crate::error::is_usage;
-use crate::optim::OptimizerConfig;
+use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::trace;
 
 mod args;
 mod measure;
 mod train_cmd;
 
-use args::{one_thread_per_run, parse_device, parse_sets};
+use args::{one_thread_per_run, optimizer_help, parse_device, parse_sets};
 
 const ABOUT: &str = "Does the optimizer decide how sparse a trained network ends up?";
 
-const LONG_ABOUT: &str = "\
+/// The long help, listing the optimizers of the registry.
+fn long_about() -> String {
+    let labels: Vec<&str> = OptimizerKind::ALL.iter().map(|k| k.label()).collect();
+    format!(
+        "\
 Does the optimizer decide how sparse a trained network ends up, and which remedies work?
 
-sparsity-lab trains networks with hand-written optimizers that match PyTorch step for step
-(SGD, AdaGrad, RMSprop, Adadelta, Adam, AdamW, AMSGrad, NAdam, RAdam, Adamax, each with L2,
-decoupled decay, L1 as a subgradient or as a proximal step) and measures the sparsity of
-what they produce.
+sparsity-lab trains networks with hand-written optimizers that match their reference
+implementations (PyTorch's) step for step:
+{}
+(AMSGrad is Adam with amsgrad = true), each with L2, decoupled decay, L1 as a subgradient or as
+a proximal step, and measures the sparsity of what they produce. `sparsity-lab optimizers`
+lists the optimizers.
 
-Logs go to stderr; set RUST_LOG (for example RUST_LOG=info or RUST_LOG=sparsity_lab=debug).";
+Logs go to stderr; set RUST_LOG (for example RUST_LOG=info or RUST_LOG=sparsity_lab=debug).",
+        labels.join(", ")
+    )
+}
 
 #[derive(Parser, Debug)]
-#[command(name = "sparsity-lab", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "sparsity-lab", version, about = ABOUT, long_about = long_about())]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -136,12 +145,14 @@ enum Command {
     /// quadratic is f(theta) = theta^2 from theta = 1;
     /// rosenbrock is (1-x)^2 + 100(y-x^2)^2 from (-1.5, 2).
     Trace(TraceArgs),
+    /// List the optimizers (the registry) as a markdown table: name, reference
+    /// implementation, its defaults, state buffers, plot panel.
+    Optimizers,
 }
 
 #[derive(Args, Debug)]
 struct TraceArgs {
-    /// sgd, adagrad, rmsprop, adadelta, adam, adamw, nadam, radam or adamax.
-    #[arg(long)]
+    #[arg(long, help = optimizer_help())]
     optimizer: String,
     /// quadratic or rosenbrock.
     #[arg(long)]
@@ -186,6 +197,10 @@ fn run(cli: Cli) -> Result<()> {
             "--exp runs a study and takes no subcommand; to rebuild a study's tables use `sparsity-lab report DIR` (e.g. results/sparsity) without --exp"
         ),
         (Some(Command::Trace(args)), _) => run_trace(args),
+        (Some(Command::Optimizers), _) => {
+            write!(io::stdout(), "{}", OptimizerKind::markdown_table())?;
+            Ok(())
+        }
         (Some(Command::Train(args)), _) => train_cmd::run(*args),
         (Some(Command::Measure(args)), _) => measure::run(args),
         (

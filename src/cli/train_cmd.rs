@@ -28,8 +28,7 @@ pub struct TrainArgs {
     /// Use only the first N training examples (images).
     #[arg(long, value_name = "N")]
     train_limit: Option<usize>,
-    /// sgd, adagrad, rmsprop, adadelta, adam, adamw, nadam, radam or adamax.
-    #[arg(long, default_value = "adam")]
+    #[arg(long, default_value = "adam", help = super::args::optimizer_help())]
     optimizer: String,
     /// An optimizer hyper-parameter (torch.optim names; see README). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]

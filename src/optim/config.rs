@@ -3,295 +3,21 @@
 //! Hyper-parameter names are `torch.optim`'s argument names, with `betas`
 //! split into `beta1` and `beta2`, plus four of ours for regularisation that
 //! torch does not have (`decoupled_weight_decay` on every optimizer, `l1`,
-//! `l1_prox` and `exempt_1d`). Defaults are PyTorch 2.x's. One table per
-//! optimizer lists its keys, so validation, error messages, defaults and the
-//! written-out record all come from the same place.
+//! `l1_prox` and `exempt_1d`). Defaults are the reference's (PyTorch 2.x's).
+//! The registry (`registry.rs`) lists each optimizer's keys and defaults and
+//! the keys' specs are in `keys.rs`, so validation, error messages, defaults
+//! and the written-out record all come from the same place.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use anyhow::Result;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use super::keys::{KeySpec, Range, RawValue, Value, spec};
+use super::keys::{Values, parse_bool, parse_f64};
+pub use super::registry::OptimizerKind;
+use super::rule::RuleSettings;
 use crate::bail_usage;
-
-/// The optimizer algorithms. `adamw` is Adam with decoupled decay and torch's
-/// AdamW defaults; AMSGrad is `adam` (or `adamw`) with `amsgrad = true`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum OptimizerKind {
-    Sgd,
-    Adagrad,
-    Rmsprop,
-    Adadelta,
-    Adam,
-    Adamw,
-    Nadam,
-    Radam,
-    Adamax,
-}
-
-impl OptimizerKind {
-    pub const ALL: [OptimizerKind; 9] = [
-        Self::Sgd,
-        Self::Adagrad,
-        Self::Rmsprop,
-        Self::Adadelta,
-        Self::Adam,
-        Self::Adamw,
-        Self::Nadam,
-        Self::Radam,
-        Self::Adamax,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Sgd => "sgd",
-            Self::Adagrad => "adagrad",
-            Self::Rmsprop => "rmsprop",
-            Self::Adadelta => "adadelta",
-            Self::Adam => "adam",
-            Self::Adamw => "adamw",
-            Self::Nadam => "nadam",
-            Self::Radam => "radam",
-            Self::Adamax => "adamax",
-        }
-    }
-
-    /// Parses an optimizer name; the error lists the known names.
-    pub fn parse(s: &str) -> Result<Self> {
-        let lower = s.trim().to_ascii_lowercase();
-        match Self::ALL.iter().find(|k| k.name() == lower) {
-            Some(k) => Ok(*k),
-            None => bail_usage!(
-                "unknown optimizer `{s}`; expected one of: {}",
-                Self::ALL.map(|k| k.name()).join(", ")
-            ),
-        }
-    }
-
-    /// The keys this optimizer accepts, in the order they are written out.
-    pub fn keys(self) -> Vec<&'static KeySpec> {
-        let own: &[&str] = match self {
-            Self::Sgd => &["lr", "momentum", "dampening", "nesterov"],
-            Self::Adagrad => &["lr", "lr_decay", "initial_accumulator_value", "eps"],
-            Self::Rmsprop => &["lr", "alpha", "eps", "centered", "momentum"],
-            Self::Adadelta => &["lr", "rho", "eps"],
-            Self::Adam | Self::Adamw => &["lr", "beta1", "beta2", "eps", "amsgrad"],
-            Self::Nadam => &["lr", "beta1", "beta2", "eps", "momentum_decay"],
-            Self::Radam | Self::Adamax => &["lr", "beta1", "beta2", "eps"],
-        };
-        // AdamW's decay is decoupled by definition; the flag is for the others.
-        let reg: &[&str] = match self {
-            Self::Adamw => &["weight_decay", "l1", "l1_prox", "exempt_1d"],
-            _ => &[
-                "weight_decay",
-                "decoupled_weight_decay",
-                "l1",
-                "l1_prox",
-                "exempt_1d",
-            ],
-        };
-        own.iter()
-            .chain(reg)
-            .map(|k| spec(k).expect("every listed key has a spec"))
-            .collect()
-    }
-
-    /// PyTorch's default for `key` where it differs from the key's general default.
-    fn default_override(self, key: &str) -> Option<Value> {
-        use OptimizerKind::*;
-        let v = match (self, key) {
-            (Sgd, "lr") => 1e-3,
-            (Adagrad, "lr") => 1e-2,
-            (Adagrad, "eps") => 1e-10,
-            (Rmsprop, "lr") => 1e-2,
-            (Adadelta, "lr") => 1.0,
-            (Adadelta, "eps") => 1e-6,
-            (Nadam | Adamax, "lr") => 2e-3,
-            (Adamw, "weight_decay") => 1e-2,
-            _ => return None,
-        };
-        Some(Value::F(v))
-    }
-}
-
-impl fmt::Display for OptimizerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A resolved hyper-parameter value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Value {
-    F(f64),
-    B(bool),
-}
-
-/// The allowed range of a numeric key.
-#[derive(Clone, Copy, Debug)]
-pub enum Range {
-    /// `>= 0`
-    NonNeg,
-    /// `[0, 1]`
-    Unit,
-    /// `[0, 1)`
-    UnitOpen,
-}
-
-impl Range {
-    fn contains(self, x: f64) -> bool {
-        match self {
-            Range::NonNeg => x >= 0.0,
-            Range::Unit => (0.0..=1.0).contains(&x),
-            Range::UnitOpen => (0.0..1.0).contains(&x),
-        }
-    }
-    fn describe(self) -> &'static str {
-        match self {
-            Range::NonNeg => "a finite number >= 0",
-            Range::Unit => "a number in [0, 1]",
-            Range::UnitOpen => "a number in [0, 1)",
-        }
-    }
-}
-
-/// One hyper-parameter: its name, type, general default and allowed range.
-#[derive(Debug)]
-pub struct KeySpec {
-    pub name: &'static str,
-    /// `None` for booleans.
-    pub range: Option<Range>,
-    pub default: Value,
-    pub doc: &'static str,
-}
-
-const fn num(name: &'static str, range: Range, default: f64, doc: &'static str) -> KeySpec {
-    KeySpec {
-        name,
-        range: Some(range),
-        default: Value::F(default),
-        doc,
-    }
-}
-
-const fn flag(name: &'static str, doc: &'static str) -> KeySpec {
-    KeySpec {
-        name,
-        range: None,
-        default: Value::B(false),
-        doc,
-    }
-}
-
-/// Every key any optimizer accepts. Defaults here are the common torch
-/// defaults; per-optimizer differences are in `default_override`.
-static SPECS: &[KeySpec] = &[
-    num("lr", Range::NonNeg, 1e-3, "learning rate"),
-    num("momentum", Range::UnitOpen, 0.0, "momentum factor"),
-    num(
-        "dampening",
-        Range::Unit,
-        0.0,
-        "dampening for momentum (SGD)",
-    ),
-    flag(
-        "nesterov",
-        "Nesterov momentum (SGD; needs momentum > 0 and dampening = 0)",
-    ),
-    num(
-        "beta1",
-        Range::UnitOpen,
-        0.9,
-        "first-moment decay (torch betas[0])",
-    ),
-    num(
-        "beta2",
-        Range::UnitOpen,
-        0.999,
-        "second-moment decay (torch betas[1])",
-    ),
-    num(
-        "eps",
-        Range::NonNeg,
-        1e-8,
-        "term added for numerical stability",
-    ),
-    flag("amsgrad", "AMSGrad: normalise by the running maximum of v"),
-    flag(
-        "centered",
-        "centered RMSprop (normalise by the variance estimate)",
-    ),
-    num("alpha", Range::Unit, 0.99, "smoothing constant of RMSprop"),
-    num(
-        "rho",
-        Range::Unit,
-        0.9,
-        "decay of Adadelta's running averages",
-    ),
-    num(
-        "lr_decay",
-        Range::NonNeg,
-        0.0,
-        "AdaGrad learning-rate decay",
-    ),
-    num(
-        "initial_accumulator_value",
-        Range::NonNeg,
-        0.0,
-        "AdaGrad's starting sum of squares",
-    ),
-    num("momentum_decay", Range::NonNeg, 4e-3, "NAdam's psi"),
-    num(
-        "weight_decay",
-        Range::NonNeg,
-        0.0,
-        "L2 decay: added to the gradient (torch), or decoupled (AdamW)",
-    ),
-    flag(
-        "decoupled_weight_decay",
-        "decay the weights directly, p *= 1 - lr*weight_decay, before the step",
-    ),
-    num(
-        "l1",
-        Range::NonNeg,
-        0.0,
-        "L1 penalty as a subgradient: adds l1*sign(p) to the gradient",
-    ),
-    num(
-        "l1_prox",
-        Range::NonNeg,
-        0.0,
-        "L1 penalty as a proximal soft-threshold with the optimizer's own step size",
-    ),
-    flag(
-        "exempt_1d",
-        "exempt tensors with fewer than 2 dims (biases, norm gains) from decay and L1",
-    ),
-];
-
-/// The spec of a key, if any optimizer knows it.
-pub fn spec(key: &str) -> Option<&'static KeySpec> {
-    SPECS.iter().find(|s| s.name == key)
-}
-
-/// A raw value before it is checked against a key's type.
-#[derive(Clone, Debug)]
-pub enum RawValue {
-    /// From the command line (`--set key=value`).
-    Text(String),
-    /// From a TOML file.
-    Toml(toml::Value),
-}
-
-impl fmt::Display for RawValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RawValue::Text(s) => f.write_str(s),
-            RawValue::Toml(v) => write!(f, "{v}"),
-        }
-    }
-}
 
 /// A fully resolved optimizer configuration: the algorithm and every one of
 /// its hyper-parameters, defaults filled in.
@@ -307,7 +33,10 @@ impl OptimizerConfig {
         let values = kind
             .keys()
             .into_iter()
-            .map(|s| (s.name, kind.default_override(s.name).unwrap_or(s.default)))
+            .map(|s| {
+                let default = kind.default_override(s.name).map(Value::F);
+                (s.name, default.unwrap_or(s.default))
+            })
             .collect();
         Self { kind, values }
     }
@@ -349,8 +78,8 @@ impl OptimizerConfig {
             let allowed: Vec<_> = self.kind.keys().iter().map(|s| s.name).collect();
             let hint = if key == "betas" {
                 " (give betas as beta1 and beta2)"
-            } else if self.kind == OptimizerKind::Adamw && key == "decoupled_weight_decay" {
-                " (adamw's weight_decay is always decoupled)"
+            } else if self.kind.info().decoupled_only && key == "decoupled_weight_decay" {
+                " (its weight_decay is always decoupled)"
             } else {
                 ""
             };
@@ -395,66 +124,8 @@ impl OptimizerConfig {
     /// the types cannot hold (both L1 modes, Nesterov without momentum or
     /// with dampening) are usage errors here.
     pub fn settings(&self) -> Result<Settings> {
-        use OptimizerKind::*;
         let f = |key: &str| self.get(key);
-        let rule = match self.kind {
-            Sgd => {
-                let (m, d) = (f("momentum"), f("dampening"));
-                let momentum = if self.flag("nesterov") {
-                    if m <= 0.0 || d != 0.0 {
-                        bail_usage!(
-                            "sgd: nesterov = true needs momentum > 0 and dampening = 0 (got momentum = {m}, dampening = {d})"
-                        );
-                    }
-                    Momentum::Nesterov { momentum: m }
-                } else if m == 0.0 {
-                    Momentum::None
-                } else {
-                    Momentum::Heavy {
-                        momentum: m,
-                        dampening: d,
-                    }
-                };
-                RuleSettings::Sgd { momentum }
-            }
-            Adagrad => RuleSettings::Adagrad {
-                lr_decay: f("lr_decay"),
-                initial_accumulator_value: f("initial_accumulator_value"),
-                eps: f("eps"),
-            },
-            Rmsprop => RuleSettings::Rmsprop {
-                alpha: f("alpha"),
-                eps: f("eps"),
-                centered: self.flag("centered"),
-                momentum: f("momentum"),
-            },
-            Adadelta => RuleSettings::Adadelta {
-                rho: f("rho"),
-                eps: f("eps"),
-            },
-            Adam | Adamw => RuleSettings::Adam {
-                beta1: f("beta1"),
-                beta2: f("beta2"),
-                eps: f("eps"),
-                amsgrad: self.flag("amsgrad"),
-            },
-            Nadam => RuleSettings::Nadam {
-                beta1: f("beta1"),
-                beta2: f("beta2"),
-                eps: f("eps"),
-                momentum_decay: f("momentum_decay"),
-            },
-            Radam => RuleSettings::Radam {
-                beta1: f("beta1"),
-                beta2: f("beta2"),
-                eps: f("eps"),
-            },
-            Adamax => RuleSettings::Adamax {
-                beta1: f("beta1"),
-                beta2: f("beta2"),
-                eps: f("eps"),
-            },
-        };
+        let rule = (self.kind.info().rule)(&Values(&self.values))?;
         let (l1, l1_prox) = (f("l1"), f("l1_prox"));
         let l1 = match (l1 > 0.0, l1_prox > 0.0) {
             (true, true) => bail_usage!(
@@ -494,9 +165,10 @@ impl OptimizerConfig {
         }
     }
 
-    /// A boolean hyper-parameter (`decoupled_weight_decay` is always true for AdamW).
+    /// A boolean hyper-parameter (`decoupled_weight_decay` is always true
+    /// for the optimizers whose decay is decoupled by definition, AdamW's).
     pub fn flag(&self, key: &str) -> bool {
-        if key == "decoupled_weight_decay" && self.kind == OptimizerKind::Adamw {
+        if key == "decoupled_weight_decay" && self.kind.info().decoupled_only {
             return true;
         }
         match self.values.get(key) {
@@ -545,61 +217,6 @@ pub struct Settings {
     pub reg: Regularization,
 }
 
-/// Each rule's hyper-parameters (torch's names; `beta1`, `beta2` are
-/// `betas`). AdamW is [`RuleSettings::Adam`] with [`Decay::Decoupled`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RuleSettings {
-    Sgd {
-        momentum: Momentum,
-    },
-    Adagrad {
-        lr_decay: f64,
-        initial_accumulator_value: f64,
-        eps: f64,
-    },
-    Rmsprop {
-        alpha: f64,
-        eps: f64,
-        centered: bool,
-        momentum: f64,
-    },
-    Adadelta {
-        rho: f64,
-        eps: f64,
-    },
-    Adam {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        amsgrad: bool,
-    },
-    Nadam {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        momentum_decay: f64,
-    },
-    Radam {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    },
-    Adamax {
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-    },
-}
-
-/// SGD's momentum: none (`momentum = 0`), heavy-ball with dampening, or
-/// Nesterov's (which torch allows only without dampening).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Momentum {
-    None,
-    Heavy { momentum: f64, dampening: f64 },
-    Nesterov { momentum: f64 },
-}
-
 /// The regularisation blocks around the rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Regularization {
@@ -638,27 +255,6 @@ pub enum L1 {
     Proximal(f64),
 }
 
-fn parse_f64(raw: &RawValue) -> Option<f64> {
-    match raw {
-        RawValue::Text(s) => s.trim().parse().ok(),
-        RawValue::Toml(toml::Value::Float(x)) => Some(*x),
-        RawValue::Toml(toml::Value::Integer(i)) => Some(*i as f64),
-        RawValue::Toml(_) => None,
-    }
-}
-
-fn parse_bool(raw: &RawValue) -> Option<bool> {
-    match raw {
-        RawValue::Text(s) => match s.trim() {
-            "true" => Some(true),
-            "false" => Some(false),
-            _ => None,
-        },
-        RawValue::Toml(toml::Value::Boolean(b)) => Some(*b),
-        RawValue::Toml(_) => None,
-    }
-}
-
 /// Written out as a flat table: `name` plus every hyper-parameter.
 impl Serialize for OptimizerConfig {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -691,7 +287,7 @@ impl<'de> Deserialize<'de> for OptimizerConfig {
             None => {
                 return Err(D::Error::custom(format!(
                     "missing `name`; expected one of: {}",
-                    OptimizerKind::ALL.map(|k| k.name()).join(", ")
+                    OptimizerKind::names().join(", ")
                 )));
             }
         };
@@ -708,6 +304,7 @@ impl<'de> Deserialize<'de> for OptimizerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::optim::Momentum;
 
     fn text(s: &str) -> RawValue {
         RawValue::Text(s.into())

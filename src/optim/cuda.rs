@@ -88,6 +88,14 @@ mod device {
             }
             slices.push(cs.as_cuda_slice::<T>()?);
         }
+        if op.plan.state.iter().flatten().count() != slices.len() {
+            candle_core::bail!(
+                "fused CUDA step: {} takes {} state tensors, got {}",
+                op.plan.kernel,
+                op.plan.state.iter().flatten().count(),
+                slices.len()
+            );
+        }
         let scalars: Vec<Arg> = op.plan.args.clone();
         let reals: Vec<T> = scalars
             .iter()
@@ -111,10 +119,10 @@ mod device {
         b.arg(&n64);
         b.arg(ps);
         b.arg(gs);
-        for slot in op.plan.state {
+        for slot in &op.plan.state {
             match slot {
                 Some(i) => {
-                    b.arg(slices[i]);
+                    b.arg(slices[*i]);
                 }
                 None => {
                     b.arg(&null);
@@ -291,7 +299,8 @@ mod tests {
             }
         }
         input.push('\n');
-        for slot in plan.state {
+        input.push_str(&format!("{} ", plan.state.len()));
+        for slot in &plan.state {
             input.push_str(if slot.is_some() { "1 " } else { "0 " });
         }
         input.push('\n');
@@ -367,35 +376,28 @@ mod tests {
         ];
         let n = 37;
         for kind in OptimizerKind::ALL {
-            let extras: &[&[(&str, &str)]] = match kind {
-                OptimizerKind::Sgd => &[
-                    &[],
-                    &[("momentum", "0.9"), ("nesterov", "true")],
-                    &[("momentum", "0.9"), ("dampening", "0.3")],
-                ],
-                OptimizerKind::Rmsprop => &[
-                    &[],
-                    &[("centered", "true")],
-                    &[("momentum", "0.5")],
-                    &[("centered", "true"), ("momentum", "0.5")],
-                ],
-                OptimizerKind::Adam => &[&[], &[("amsgrad", "true")]],
-                OptimizerKind::Adagrad => {
-                    &[&[("lr_decay", "0.1"), ("initial_accumulator_value", "0.2")]]
+            // The defaults, the registry's settings that switch every state
+            // buffer on, and the combinations in between where they matter.
+            let full = kind.info().full_state;
+            let extras: Vec<&[(&str, &str)]> = match kind {
+                OptimizerKind::Sgd => vec![&[], full, &[("momentum", "0.9"), ("dampening", "0.3")]],
+                OptimizerKind::Rmsprop => {
+                    vec![&[], &[("centered", "true")], &[("momentum", "0.5")], full]
                 }
-                _ => &[&[]],
+                OptimizerKind::Adagrad => {
+                    vec![&[("lr_decay", "0.1"), ("initial_accumulator_value", "0.2")]]
+                }
+                _ if full.is_empty() => vec![&[]],
+                _ => vec![&[], full],
             };
             for extra in extras {
                 for reg in regs {
-                    if kind == OptimizerKind::Adamw
-                        && reg.iter().any(|(k, _)| *k == "decoupled_weight_decay")
-                    {
-                        continue;
-                    }
+                    // Optimizers whose decay is always decoupled take no flag.
                     let pairs = extra
                         .iter()
                         .chain(reg.iter())
                         .chain(&[("lr", "0.01")])
+                        .filter(|(k, _)| kind.accepts(k))
                         .copied();
                     let cfg = OptimizerConfig::from_text(kind.name(), pairs).unwrap();
                     for dtype in [DType::F32, DType::F64] {
@@ -403,6 +405,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Each kernel takes one state pointer per buffer the registry counts,
+    /// and under `full_state` all of them are present.
+    #[test]
+    fn kernels_take_the_registrys_state_buffers() {
+        for kind in OptimizerKind::ALL {
+            let info = kind.info();
+            let cfg =
+                OptimizerConfig::from_text(kind.name(), info.full_state.iter().copied()).unwrap();
+            let settings = cfg.settings().unwrap();
+            let mut st = ParamState {
+                t: 1,
+                mu_product: 1.0,
+            };
+            let sc = Rule::new(settings.rule).scalars(cfg.lr(), &mut st, DType::F32);
+            let plan = plan(&sc, &KernelReg::NONE);
+            let want: Vec<_> = (0..info.state_buffers).map(Some).collect();
+            assert_eq!(plan.state, want, "{kind}");
         }
     }
 

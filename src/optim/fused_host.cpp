@@ -7,7 +7,7 @@
 // Protocol, on stdin (whitespace separated):
 //   <kernel>_<f32|f64> <n> <number of scalars>
 //   <scalars, decimal>
-//   <3 flags: state pointer present>
+//   <number of state pointers S> <S flags: state pointer present>
 //   <p as hex bit patterns> <g ...> <each present state ...>
 // On stdout: p, then each present state, one per line, as hex bits.
 
@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -65,35 +66,52 @@ template <typename T> void write_array(const std::vector<T>& v) {
   printf("\n");
 }
 
+// The kernel's arguments after n, p and g: its S state pointers, then its
+// scalars. Argument I is state pointer I, or scalar I - S.
+template <typename A, typename T>
+A arg(size_t i, size_t n_state, T* const* s, const std::vector<double>& a) {
+  if constexpr (std::is_pointer_v<A>) {
+    return s[i];
+  } else {
+    return static_cast<A>(a[i - n_state]);
+  }
+}
+
 template <typename T, typename... A, size_t... I>
-void call(void (*f)(unsigned long long, T*, const T*, T*, T*, T*, A...), unsigned long long n,
-          T* p, const T* g, T* s[3], const std::vector<double>& a, std::index_sequence<I...>) {
-  f(n, p, g, s[0], s[1], s[2], static_cast<A>(a[I])...);
+void call(void (*f)(unsigned long long, T*, const T*, A...), unsigned long long n, T* p,
+          const T* g, T* const* s, size_t n_state, const std::vector<double>& a,
+          std::index_sequence<I...>) {
+  f(n, p, g, arg<A>(I, n_state, s, a)...);
 }
 
 template <typename T, typename... A>
-int run(void (*f)(unsigned long long, T*, const T*, T*, T*, T*, A...), size_t n,
+int run(void (*f)(unsigned long long, T*, const T*, A...), size_t n,
         const std::vector<double>& a) {
-  if (a.size() != sizeof...(A)) {
-    fprintf(stderr, "the kernel takes %zu scalars, the plan gave %zu\n", sizeof...(A), a.size());
+  const size_t n_state = (0 + ... + (std::is_pointer_v<A> ? 1 : 0));
+  size_t s_given;
+  if (scanf("%zu", &s_given) != 1) return 2;
+  if (s_given != n_state || a.size() != sizeof...(A) - n_state) {
+    fprintf(stderr, "the kernel takes %zu state pointers and %zu scalars, the plan gave %zu and %zu\n",
+            n_state, sizeof...(A) - n_state, s_given, a.size());
     return 2;
   }
-  int present[3];
-  for (int i = 0; i < 3; i++) {
+  std::vector<int> present(n_state);
+  for (size_t i = 0; i < n_state; i++) {
     if (scanf("%d", &present[i]) != 1) return 2;
   }
   std::vector<T> p = read_array<T>(n), g = read_array<T>(n);
-  std::vector<std::vector<T>> st(3);
-  T* s[3] = {nullptr, nullptr, nullptr};
-  for (int i = 0; i < 3; i++) {
+  std::vector<std::vector<T>> st(n_state);
+  std::vector<T*> s(n_state + 1, nullptr);
+  for (size_t i = 0; i < n_state; i++) {
     if (present[i]) {
       st[i] = read_array<T>(n);
       s[i] = st[i].data();
     }
   }
-  call(f, (unsigned long long)n, p.data(), g.data(), s, a, std::index_sequence_for<A...>{});
+  call(f, (unsigned long long)n, p.data(), g.data(), s.data(), n_state, a,
+       std::index_sequence_for<A...>{});
   write_array(p);
-  for (int i = 0; i < 3; i++) {
+  for (size_t i = 0; i < n_state; i++) {
     if (present[i]) write_array(st[i]);
   }
   return 0;

@@ -179,14 +179,15 @@ pub(crate) enum Arg {
 }
 
 /// A kernel launch: the kernel's name without the dtype suffix, which state
-/// tensor each of the three state pointers takes (None: null), and the
-/// scalars in the kernel's order (the rule's reals, flags and fixed flags,
-/// then the regularisation's reals and flags).
+/// tensor each of the kernel's state pointers takes (one pointer per state
+/// slot the rule declares, in table order; None: null, the slot is off),
+/// and the scalars in the kernel's order (the rule's reals, flags and fixed
+/// flags, then the regularisation's reals and flags).
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) struct Plan {
     pub kernel: &'static str,
-    pub state: [Option<usize>; 3],
+    pub state: Vec<Option<usize>>,
     pub args: Vec<Arg>,
 }
 
@@ -466,7 +467,8 @@ macro_rules! kernels {
             include_str!("prelude.cu"),
             $(
                 "// ", stringify!($name), "\n",
-                "#define ", stringify!($name), "_PARAMS(T) unsigned long long n, T* p_, const T* g_, T* s0, T* s1, T* s2",
+                "#define ", stringify!($name), "_PARAMS(T) unsigned long long n, T* p_, const T* g_",
+                $(", T* ", stringify!($slot), "_",)*
                 $(", T ", stringify!($r),)*
                 $(", int ", stringify!($f),)*
                 $(", int ", stringify!($s),)*
@@ -474,7 +476,8 @@ macro_rules! kernels {
                 ", T ", stringify!($prox), ", int ", stringify!($l1_on), ", int ",
                 stringify!($wd_on), ", int ", stringify!($dec_on), ", int ",
                 stringify!($prox_on), "\n",
-                "#define ", stringify!($name), "_ARGS n, p_, g_, s0, s1, s2",
+                "#define ", stringify!($name), "_ARGS n, p_, g_",
+                $(", ", stringify!($slot), "_",)*
                 $(", ", stringify!($r),)*
                 $(", ", stringify!($f),)*
                 $(", ", stringify!($s),)*
@@ -484,9 +487,6 @@ macro_rules! kernels {
                 "template <typename T> __device__ __forceinline__ void ", stringify!($name),
                 "_kernel(", stringify!($name), "_PARAMS(T)) {\n",
                 "const T ", stringify!($one), " = T(1), ", stringify!($zero), " = T(0);\n",
-                "T* const S_[3] = {s0, s1, s2};\n",
-                "int k_ = 0;\n",
-                $("T* ", stringify!($slot), "_ = S_[k_++];\n",)*
                 "GRID_LOOP(i, n) {\n",
                 "T ", stringify!($p), " = p_[i];\n",
                 "T ", stringify!($g), " = g_[i];\n",
@@ -559,7 +559,7 @@ macro_rules! kernels {
 
         /// The CUDA launch of one step: the rule's kernel, its state
         /// pointers and its scalars, computed as `cpu` computes them.
-        #[allow(unused_variables, unused_assignments, clippy::redundant_locals)]
+        #[allow(unused_variables, unused_assignments, unused_mut, clippy::redundant_locals)]
         #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
         pub(crate) fn plan(sc: &Scalars, reg: &KernelReg) -> Plan {
             match *sc {
@@ -573,14 +573,13 @@ macro_rules! kernels {
                         $(args.push(Arg::Int(i32::from($s)));)*
                         args.extend(reg.values().map(Arg::Real));
                         args.extend(reg.flags().map(|b| Arg::Int(b.into())));
-                        let mut state = [None; 3];
-                        let (mut present, mut declared) = (0, 0);
+                        let mut state: Vec<Option<usize>> = vec![];
+                        let mut present = 0;
                         $(
-                            if $cond {
-                                state[declared] = Some(present);
+                            state.push($cond.then(|| {
                                 present += 1;
-                            }
-                            declared += 1;
+                                present - 1
+                            }));
                         )*
                         Plan {
                             kernel: stringify!($name),

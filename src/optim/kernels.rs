@@ -12,7 +12,7 @@
 
 use super::config::{Decay, L1};
 use super::kernel_gen::{Arg, KernelReg, Plan, Real, ema_sq, fabs, fmax, lerp, run, sgn, sqrt};
-use super::rule::Scalars;
+use super::rule::{Scalars, sc};
 
 kernels! {
     vars(p, g, step, one, zero);
@@ -42,7 +42,7 @@ kernels! {
         }
     }
 
-    sgd(Scalars::Sgd { lr, momentum, dampening, nesterov, first }) {
+    sgd(Scalars::Sgd(sc::Sgd { lr, momentum, dampening, nesterov, first })) {
         real(lr = lr, momentum = momentum, one_minus_damp = 1.0 - dampening)
         flag(nesterov = nesterov, first = first)
         fixed(has_buf = momentum != 0.0)
@@ -67,7 +67,7 @@ kernels! {
         }
     }
 
-    adagrad(Scalars::Adagrad { clr, eps }) {
+    adagrad(Scalars::Adagrad(sc::Adagrad { clr, eps })) {
         real(clr = clr, eps = eps)
         flag()
         fixed()
@@ -80,7 +80,7 @@ kernels! {
         }
     }
 
-    rmsprop(Scalars::Rmsprop { lr, alpha, eps, centered, momentum }) {
+    rmsprop(Scalars::Rmsprop(sc::Rmsprop { lr, alpha, eps, centered, momentum })) {
         real(
             lr = lr,
             alpha = alpha,
@@ -111,7 +111,7 @@ kernels! {
         }
     }
 
-    adadelta(Scalars::Adadelta { lr, rho, eps }) {
+    adadelta(Scalars::Adadelta(sc::Adadelta { lr, rho, eps })) {
         real(lr = lr, rho = rho, one_minus_rho = 1.0 - rho, eps = eps)
         flag()
         fixed()
@@ -129,7 +129,7 @@ kernels! {
     }
 
     // Adam, Adam+L2, AdamW and AMSGrad (the max is over the raw v).
-    adam(Scalars::Adam { lr, b1, b2, eps, amsgrad, step_size, inv_bc2_sqrt }) {
+    adam(Scalars::Adam(sc::Adam { lr, b1, b2, eps, amsgrad, step_size, inv_bc2_sqrt })) {
         real(
             w = 1.0 - b1,
             w1 = 1.0 - w,
@@ -157,7 +157,7 @@ kernels! {
         }
     }
 
-    nadam(Scalars::Nadam { lr, b1, b2, eps, inv_bc2, c_grad, c_mom }) {
+    nadam(Scalars::Nadam(sc::Nadam { lr, b1, b2, eps, inv_bc2, c_grad, c_mom })) {
         real(
             w = 1.0 - b1,
             w1 = 1.0 - w,
@@ -184,7 +184,7 @@ kernels! {
     }
 
     // rect: the rectification, from step 6 on (has_rect); r = 0 before.
-    radam(Scalars::Radam { lr, b1, b2, eps, inv_bc1, rect, bc2_sqrt }) {
+    radam(Scalars::Radam(sc::Radam { lr, b1, b2, eps, inv_bc1, rect, bc2_sqrt })) {
         real(
             w = 1.0 - b1,
             w1 = 1.0 - w,
@@ -217,7 +217,7 @@ kernels! {
         }
     }
 
-    adamax(Scalars::Adamax { lr, b1, b2, eps, clr }) {
+    adamax(Scalars::Adamax(sc::Adamax { lr, b1, b2, eps, clr })) {
         real(w = 1.0 - b1, w1 = 1.0 - w, b2 = b2, eps = eps, clr = clr, lr = lr)
         flag(lo = w < 0.5)
         fixed()
@@ -228,6 +228,21 @@ kernels! {
             u = fmax(u * b2, fabs(g) + eps);
             p = p + (m / u) * (-clr);
             step = (one / u) * lr;
+        }
+    }
+
+    // Lion: a step of exactly lr per coordinate; the momentum is updated
+    // after the step, with its own beta.
+    lion(Scalars::Lion(sc::Lion { lr, b1, b2 })) {
+        real(lr = lr, b1 = b1, one_minus_b1 = 1.0 - b1, b2 = b2, one_minus_b2 = 1.0 - b2)
+        flag()
+        fixed()
+        state(m if true)
+        step {
+            let c = m * b1 + g * one_minus_b1;
+            p = p - sgn(c) * lr;
+            m = m * b2 + g * one_minus_b2;
+            step = lr;
         }
     }
 }

@@ -25,7 +25,9 @@ mod fused;
 #[macro_use]
 mod kernel_gen;
 mod kernels;
+mod keys;
 mod mask;
+pub mod registry;
 mod rule;
 
 use std::collections::BTreeMap;
@@ -35,12 +37,11 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use candle_nn::VarMap;
 
-pub use config::{
-    Decay, L1, Momentum, OptimizerConfig, OptimizerKind, RawValue, Regularization, RuleSettings,
-    Settings,
-};
+pub use config::{Decay, L1, OptimizerConfig, RawValue, Regularization, Settings};
 use kernel_gen::KernelReg;
 pub use mask::StatePolicy;
+pub use registry::{Info, OptimizerKind};
+pub use rule::{Momentum, RuleSettings};
 use rule::{ParamState, Rule, Scalars, StepSize};
 
 /// An optimizer the experiment runner can hold as `Box<dyn Optimizer>`

@@ -17,7 +17,64 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
-use super::config::{Momentum, RuleSettings};
+/// Each rule's hyper-parameters (torch's names; `beta1`, `beta2` are
+/// `betas`). AdamW is [`RuleSettings::Adam`] with [`Decay::Decoupled`](super::Decay::Decoupled).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RuleSettings {
+    Sgd {
+        momentum: Momentum,
+    },
+    Adagrad {
+        lr_decay: f64,
+        initial_accumulator_value: f64,
+        eps: f64,
+    },
+    Rmsprop {
+        alpha: f64,
+        eps: f64,
+        centered: bool,
+        momentum: f64,
+    },
+    Adadelta {
+        rho: f64,
+        eps: f64,
+    },
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        amsgrad: bool,
+    },
+    Nadam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        momentum_decay: f64,
+    },
+    Radam {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Adamax {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+    },
+    Lion {
+        beta1: f64,
+        beta2: f64,
+    },
+}
+
+/// SGD's momentum: none (`momentum = 0`), heavy-ball with dampening, or
+/// Nesterov's (which torch allows only without dampening).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Momentum {
+    None,
+    Heavy { momentum: f64, dampening: f64 },
+    Nesterov { momentum: f64 },
+}
 
 /// The effective learning rate the rule applied to each coordinate's
 /// (bias-corrected) direction; the proximal threshold is this times l1_prox.
@@ -35,68 +92,102 @@ pub(crate) struct ParamState {
     pub mu_product: f64,
 }
 
+/// Each rule's per-step scalars, one struct per rule (`Scalars::Adam(sc::Adam { .. })`).
+pub(crate) mod sc {
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Sgd {
+        pub lr: f64,
+        pub momentum: f64,
+        pub dampening: f64,
+        pub nesterov: bool,
+        pub first: bool,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Adagrad {
+        pub clr: f64,
+        pub eps: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Rmsprop {
+        pub lr: f64,
+        pub alpha: f64,
+        pub eps: f64,
+        pub centered: bool,
+        pub momentum: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Adadelta {
+        pub lr: f64,
+        pub rho: f64,
+        pub eps: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Adam {
+        pub lr: f64,
+        pub b1: f64,
+        pub b2: f64,
+        pub eps: f64,
+        pub amsgrad: bool,
+        pub step_size: f64,
+        pub inv_bc2_sqrt: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Nadam {
+        pub lr: f64,
+        pub b1: f64,
+        pub b2: f64,
+        pub eps: f64,
+        pub inv_bc2: f64,
+        pub c_grad: f64,
+        pub c_mom: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Radam {
+        pub lr: f64,
+        pub b1: f64,
+        pub b2: f64,
+        pub eps: f64,
+        pub inv_bc1: f64,
+        pub rect: Option<f64>,
+        pub bc2_sqrt: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Adamax {
+        pub lr: f64,
+        pub b1: f64,
+        pub b2: f64,
+        pub eps: f64,
+        pub clr: f64,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Lion {
+        pub lr: f64,
+        pub b1: f64,
+        pub b2: f64,
+    }
+}
+
 /// A rule's per-step scalars, computed once per tensor and step.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Scalars {
-    Sgd {
-        lr: f64,
-        momentum: f64,
-        dampening: f64,
-        nesterov: bool,
-        first: bool,
-    },
-    Adagrad {
-        clr: f64,
-        eps: f64,
-    },
-    Rmsprop {
-        lr: f64,
-        alpha: f64,
-        eps: f64,
-        centered: bool,
-        momentum: f64,
-    },
-    Adadelta {
-        lr: f64,
-        rho: f64,
-        eps: f64,
-    },
-    Adam {
-        lr: f64,
-        b1: f64,
-        b2: f64,
-        eps: f64,
-        amsgrad: bool,
-        step_size: f64,
-        inv_bc2_sqrt: f64,
-    },
-    Nadam {
-        lr: f64,
-        b1: f64,
-        b2: f64,
-        eps: f64,
-        inv_bc2: f64,
-        c_grad: f64,
-        c_mom: f64,
-    },
-    Radam {
-        lr: f64,
-        b1: f64,
-        b2: f64,
-        eps: f64,
-        inv_bc1: f64,
-        rect: Option<f64>,
-        bc2_sqrt: f64,
-    },
-    Adamax {
-        lr: f64,
-        b1: f64,
-        b2: f64,
-        eps: f64,
-        clr: f64,
-    },
+    Sgd(sc::Sgd),
+    Adagrad(sc::Adagrad),
+    Rmsprop(sc::Rmsprop),
+    Adadelta(sc::Adadelta),
+    Adam(sc::Adam),
+    Nadam(sc::Nadam),
+    Radam(sc::Radam),
+    Adamax(sc::Adamax),
+    Lion(sc::Lion),
 }
-
 /// An optimizer's update rule: its typed hyper-parameters, without
 /// regularisation.
 pub(crate) struct Rule {
@@ -133,6 +224,7 @@ impl Rule {
             Adam { amsgrad: true, .. } => vec!["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
             Adam { .. } | Nadam { .. } | Radam { .. } => vec!["exp_avg", "exp_avg_sq"],
             Adamax { .. } => vec!["exp_avg", "exp_inf"],
+            Lion { .. } => vec!["exp_avg"],
         }
     }
 
@@ -170,38 +262,38 @@ impl Rule {
                     } => (momentum, dampening, false),
                     Momentum::Nesterov { momentum } => (momentum, 0.0, true),
                 };
-                Scalars::Sgd {
+                Scalars::Sgd(sc::Sgd {
                     lr,
                     momentum,
                     dampening,
                     nesterov,
                     // torch: the first step copies the gradient into the buffer.
                     first: st.t == 1,
-                }
+                })
             }
-            RuleSettings::Adagrad { lr_decay, eps, .. } => Scalars::Adagrad {
+            RuleSettings::Adagrad { lr_decay, eps, .. } => Scalars::Adagrad(sc::Adagrad {
                 clr: lr / (1.0 + (t - 1.0) * lr_decay),
                 eps,
-            },
+            }),
             RuleSettings::Rmsprop {
                 alpha,
                 eps,
                 centered,
                 momentum,
-            } => Scalars::Rmsprop {
+            } => Scalars::Rmsprop(sc::Rmsprop {
                 lr,
                 alpha,
                 eps,
                 centered,
                 momentum,
-            },
-            RuleSettings::Adadelta { rho, eps } => Scalars::Adadelta { lr, rho, eps },
+            }),
+            RuleSettings::Adadelta { rho, eps } => Scalars::Adadelta(sc::Adadelta { lr, rho, eps }),
             RuleSettings::Adam {
                 beta1: b1,
                 beta2: b2,
                 eps,
                 amsgrad,
-            } => Scalars::Adam {
+            } => Scalars::Adam(sc::Adam {
                 lr,
                 b1,
                 b2,
@@ -209,7 +301,7 @@ impl Rule {
                 amsgrad,
                 step_size: lr / bc(b1),
                 inv_bc2_sqrt: 1.0 / bc(b2).sqrt(),
-            },
+            }),
             RuleSettings::Nadam {
                 beta1: b1,
                 beta2: b2,
@@ -222,7 +314,7 @@ impl Rule {
                     DType::F64 => st.mu_product * mu,
                     _ => (st.mu_product as f32 * mu as f32) as f64,
                 };
-                Scalars::Nadam {
+                Scalars::Nadam(sc::Nadam {
                     lr,
                     b1,
                     b2,
@@ -230,44 +322,49 @@ impl Rule {
                     inv_bc2: 1.0 / bc(b2),
                     c_grad: -lr * (1.0 - mu) / (1.0 - st.mu_product),
                     c_mom: (-lr * mu_next) / (1.0 - st.mu_product * mu_next),
-                }
+                })
             }
             RuleSettings::Radam {
                 beta1: b1,
                 beta2: b2,
                 eps,
-            } => {
-                let bc2 = bc(b2);
-                let rho_inf = 2.0 / (1.0 - b2) - 1.0;
-                let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
-                let rect = (rho_t > 5.0).then(|| {
-                    ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
-                        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-                        .sqrt()
-                });
-                Scalars::Radam {
-                    lr,
-                    b1,
-                    b2,
-                    eps,
-                    inv_bc1: 1.0 / bc(b1),
-                    rect,
-                    bc2_sqrt: bc2.sqrt(),
-                }
-            }
+            } => Scalars::Radam(sc::Radam {
+                lr,
+                b1,
+                b2,
+                eps,
+                inv_bc1: 1.0 / bc(b1),
+                rect: radam_rect(b2, t),
+                bc2_sqrt: bc(b2).sqrt(),
+            }),
             RuleSettings::Adamax {
                 beta1: b1,
                 beta2: b2,
                 eps,
-            } => Scalars::Adamax {
+            } => Scalars::Adamax(sc::Adamax {
                 lr,
                 b1,
                 b2,
                 eps,
                 clr: lr / bc(b1),
-            },
+            }),
+            RuleSettings::Lion {
+                beta1: b1,
+                beta2: b2,
+            } => Scalars::Lion(sc::Lion { lr, b1, b2 }),
         }
     }
+}
+
+/// RAdam's rectification at step `t`, from step 6 on (`rho_t > 5`).
+fn radam_rect(b2: f64, t: f64) -> Option<f64> {
+    let bc2 = 1.0 - b2.powf(t);
+    let rho_inf = 2.0 / (1.0 - b2) - 1.0;
+    let rho_t = rho_inf - 2.0 * t * b2.powf(t) / bc2;
+    (rho_t > 5.0).then(|| {
+        ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            .sqrt()
+    })
 }
 
 /// torch's `a.lerp_(b, w)`: `a + w*(b - a)` for `w < 0.5`, else
@@ -305,6 +402,19 @@ fn per_coord(want: bool, lr: f64, denom: &Tensor) -> Result<StepSize> {
     })
 }
 
+/// One reference step's inputs: the parameter (after decoupled decay), the
+/// gradient (with the coupled terms), the state tensors in `state_names`
+/// order, and whether the caller wants the step size (for proximal L1).
+struct Io<'a> {
+    want: bool,
+    p: &'a Tensor,
+    g: &'a Tensor,
+    st: &'a mut [Tensor],
+}
+
+/// What a rule's reference step returns: the new parameter and the step size.
+type Out = Result<(Tensor, StepSize)>;
+
 /// The reference step on tensors: returns the new parameter and the step
 /// size. `st` holds the state tensors in `state_names` order.
 pub(crate) fn step_tensors(
@@ -313,162 +423,152 @@ pub(crate) fn step_tensors(
     p: &Tensor,
     g: &Tensor,
     st: &mut [Tensor],
-) -> Result<(Tensor, StepSize)> {
+) -> Out {
+    let io = Io { want, p, g, st };
+    match sc {
+        Scalars::Sgd(s) => sgd(s, io),
+        Scalars::Adagrad(s) => adagrad(s, io),
+        Scalars::Rmsprop(s) => rmsprop(s, io),
+        Scalars::Adadelta(s) => adadelta(s, io),
+        Scalars::Adam(s) => adam(s, io),
+        Scalars::Nadam(s) => nadam(s, io),
+        Scalars::Radam(s) => radam(s, io),
+        Scalars::Adamax(s) => adamax(s, io),
+        Scalars::Lion(s) => lion(s, io),
+    }
+}
+
+fn sgd(s: &sc::Sgd, Io { p, g, st, .. }: Io) -> Out {
+    let d = if s.momentum != 0.0 {
+        let buf = if s.first {
+            g.clone()
+        } else {
+            ((&st[0] * s.momentum)? + (g * (1.0 - s.dampening))?)?
+        };
+        st[0] = buf.clone();
+        if s.nesterov {
+            (g + (buf * s.momentum)?)?
+        } else {
+            buf
+        }
+    } else {
+        g.clone()
+    };
+    Ok(((p + (d * -s.lr)?)?, StepSize::Uniform(s.lr)))
+}
+
+fn adagrad(s: &sc::Adagrad, Io { want, p, g, st }: Io) -> Out {
+    let sum = (&st[0] + g.sqr()?)?;
+    let std = (sum.sqrt()? + s.eps)?;
+    st[0] = sum;
+    Ok((
+        (p + ((g / &std)? * -s.clr)?)?,
+        per_coord(want, s.clr, &std)?,
+    ))
+}
+
+fn rmsprop(s: &sc::Rmsprop, Io { want, p, g, st }: Io) -> Out {
     let k = st.len();
-    Ok(match *sc {
-        Scalars::Sgd {
-            lr,
-            momentum,
-            dampening,
-            nesterov,
-            first,
-        } => {
-            let d = if momentum != 0.0 {
-                let buf = if first {
-                    g.clone()
-                } else {
-                    ((&st[0] * momentum)? + (g * (1.0 - dampening))?)?
-                };
-                st[0] = buf.clone();
-                if nesterov {
-                    (g + (buf * momentum)?)?
-                } else {
-                    buf
-                }
-            } else {
-                g.clone()
-            };
-            ((p + (d * -lr)?)?, StepSize::Uniform(lr))
-        }
-        Scalars::Adagrad { clr, eps } => {
-            let sum = (&st[0] + g.sqr()?)?;
-            let std = (sum.sqrt()? + eps)?;
-            st[0] = sum;
-            ((p + ((g / &std)? * -clr)?)?, per_coord(want, clr, &std)?)
-        }
-        Scalars::Rmsprop {
-            lr,
-            alpha,
-            eps,
-            centered,
-            momentum,
-        } => {
-            let sq = ema_sq(&st[0], g, alpha)?;
-            let avg = if centered {
-                let ga = lerp(&st[k - 1], g, 1.0 - alpha)?;
-                let avg = (&sq - ga.sqr()?)?.sqrt()?;
-                st[k - 1] = ga;
-                avg
-            } else {
-                sq.sqrt()?
-            };
-            let avg = (avg + eps)?;
-            st[0] = sq;
-            let new_p = if momentum > 0.0 {
-                let buf = ((&st[1] * momentum)? + (g / &avg)?)?;
-                st[1] = buf.clone();
-                (p + (buf * -lr)?)?
-            } else {
-                (p + ((g / &avg)? * -lr)?)?
-            };
-            (new_p, per_coord(want, lr, &avg)?)
-        }
-        Scalars::Adadelta { lr, rho, eps } => {
-            let sq = ema_sq(&st[0], g, rho)?;
-            // eps sits inside both square roots (torch).
-            let std = (&sq + eps)?.sqrt()?;
-            let ratio = ((&st[1] + eps)?.sqrt()? / &std)?;
-            let delta = (&ratio * g)?;
-            st[1] = ema_sq(&st[1], &delta, rho)?;
-            st[0] = sq;
+    let sq = ema_sq(&st[0], g, s.alpha)?;
+    let avg = if s.centered {
+        let ga = lerp(&st[k - 1], g, 1.0 - s.alpha)?;
+        let avg = (&sq - ga.sqr()?)?.sqrt()?;
+        st[k - 1] = ga;
+        avg
+    } else {
+        sq.sqrt()?
+    };
+    let avg = (avg + s.eps)?;
+    st[0] = sq;
+    let new_p = if s.momentum > 0.0 {
+        let buf = ((&st[1] * s.momentum)? + (g / &avg)?)?;
+        st[1] = buf.clone();
+        (p + (buf * -s.lr)?)?
+    } else {
+        (p + ((g / &avg)? * -s.lr)?)?
+    };
+    Ok((new_p, per_coord(want, s.lr, &avg)?))
+}
+
+fn adadelta(s: &sc::Adadelta, Io { want, p, g, st }: Io) -> Out {
+    let sq = ema_sq(&st[0], g, s.rho)?;
+    // eps sits inside both square roots (torch).
+    let std = (&sq + s.eps)?.sqrt()?;
+    let ratio = ((&st[1] + s.eps)?.sqrt()? / &std)?;
+    let delta = (&ratio * g)?;
+    st[1] = ema_sq(&st[1], &delta, s.rho)?;
+    st[0] = sq;
+    let size = if want {
+        StepSize::PerCoord((ratio * s.lr)?)
+    } else {
+        StepSize::Unknown
+    };
+    Ok(((p + (delta * -s.lr)?)?, size))
+}
+
+/// Adam, Adam+L2, AdamW and AMSGrad.
+fn adam(s: &sc::Adam, Io { want, p, g, st }: Io) -> Out {
+    let (m, v) = moments(st, g, s.b1, s.b2)?;
+    // AMSGrad: the max is over the raw v; bias correction comes after.
+    let v_used = if s.amsgrad {
+        st[2] = st[2].maximum(&v)?;
+        st[2].clone()
+    } else {
+        v
+    };
+    let denom = ((v_used.sqrt()? * s.inv_bc2_sqrt)? + s.eps)?;
+    Ok((
+        (p + ((&m / &denom)? * -s.step_size)?)?,
+        per_coord(want, s.lr, &denom)?,
+    ))
+}
+
+fn nadam(s: &sc::Nadam, Io { want, p, g, st }: Io) -> Out {
+    let (m, v) = moments(st, g, s.b1, s.b2)?;
+    // NAdam's eps goes after sqrt(v / bc2), unlike Adam's sqrt(v)/sqrt(bc2).
+    let denom = ((v * s.inv_bc2)?.sqrt()? + s.eps)?;
+    let new_p = (p + ((g / &denom)? * s.c_grad)?)?;
+    let new_p = (new_p + ((&m / &denom)? * s.c_mom)?)?;
+    Ok((new_p, per_coord(want, s.lr, &denom)?))
+}
+
+fn radam(s: &sc::Radam, Io { want, p, g, st }: Io) -> Out {
+    let (m, v) = moments(st, g, s.b1, s.b2)?;
+    let m_hat = (m * s.inv_bc1)?;
+    let (update, size) = match s.rect {
+        Some(r) => {
+            // eps is added to sqrt(v) before the bias correction (torch).
+            let adaptive = ((v.sqrt()? + s.eps)?.recip()? * s.bc2_sqrt)?;
+            let update = (((m_hat * s.lr)? * &adaptive)? * r)?;
             let size = if want {
-                StepSize::PerCoord((ratio * lr)?)
+                StepSize::PerCoord((adaptive * (s.lr * r))?)
             } else {
                 StepSize::Unknown
             };
-            ((p + (delta * -lr)?)?, size)
+            (update, size)
         }
-        Scalars::Adam {
-            lr,
-            b1,
-            b2,
-            eps,
-            amsgrad,
-            step_size,
-            inv_bc2_sqrt,
-        } => {
-            let (m, v) = moments(st, g, b1, b2)?;
-            // AMSGrad: the max is over the raw v; bias correction comes after.
-            let v_used = if amsgrad {
-                st[2] = st[2].maximum(&v)?;
-                st[2].clone()
-            } else {
-                v
-            };
-            let denom = ((v_used.sqrt()? * inv_bc2_sqrt)? + eps)?;
-            (
-                (p + ((&m / &denom)? * -step_size)?)?,
-                per_coord(want, lr, &denom)?,
-            )
-        }
-        Scalars::Nadam {
-            lr,
-            b1,
-            b2,
-            eps,
-            inv_bc2,
-            c_grad,
-            c_mom,
-        } => {
-            let (m, v) = moments(st, g, b1, b2)?;
-            // NAdam's eps goes after sqrt(v / bc2), unlike Adam's sqrt(v)/sqrt(bc2).
-            let denom = ((v * inv_bc2)?.sqrt()? + eps)?;
-            let new_p = (p + ((g / &denom)? * c_grad)?)?;
-            let new_p = (new_p + ((&m / &denom)? * c_mom)?)?;
-            (new_p, per_coord(want, lr, &denom)?)
-        }
-        Scalars::Radam {
-            lr,
-            b1,
-            b2,
-            eps,
-            inv_bc1,
-            rect,
-            bc2_sqrt,
-        } => {
-            let (m, v) = moments(st, g, b1, b2)?;
-            let m_hat = (m * inv_bc1)?;
-            let (update, size) = match rect {
-                Some(r) => {
-                    // eps is added to sqrt(v) before the bias correction (torch).
-                    let adaptive = ((v.sqrt()? + eps)?.recip()? * bc2_sqrt)?;
-                    let update = (((m_hat * lr)? * &adaptive)? * r)?;
-                    let size = if want {
-                        StepSize::PerCoord((adaptive * (lr * r))?)
-                    } else {
-                        StepSize::Unknown
-                    };
-                    (update, size)
-                }
-                None => ((m_hat * lr)?, StepSize::Uniform(lr)),
-            };
-            ((p - update)?, size)
-        }
-        Scalars::Adamax {
-            lr,
-            b1,
-            b2,
-            eps,
-            clr,
-        } => {
-            let m = lerp(&st[0], g, 1.0 - b1)?;
-            // eps is added to |g| inside the max (torch).
-            let u = (&st[1] * b2)?.maximum(&(g.abs()? + eps)?)?;
-            let new_p = (p + ((&m / &u)? * -clr)?)?;
-            let size = per_coord(want, lr, &u)?;
-            st[0] = m;
-            st[1] = u;
-            (new_p, size)
-        }
-    })
+        None => ((m_hat * s.lr)?, StepSize::Uniform(s.lr)),
+    };
+    Ok(((p - update)?, size))
+}
+
+fn adamax(s: &sc::Adamax, Io { want, p, g, st }: Io) -> Out {
+    let m = lerp(&st[0], g, 1.0 - s.b1)?;
+    // eps is added to |g| inside the max (torch).
+    let u = (&st[1] * s.b2)?.maximum(&(g.abs()? + s.eps)?)?;
+    let new_p = (p + ((&m / &u)? * -s.clr)?)?;
+    let size = per_coord(want, s.lr, &u)?;
+    st[0] = m;
+    st[1] = u;
+    Ok((new_p, size))
+}
+
+/// Lion (lion-pytorch's `update_fn`): a step of exactly lr per coordinate in
+/// the sign of an interpolation of momentum and gradient (sign(0) = 0),
+/// then the momentum's own update with b2.
+fn lion(s: &sc::Lion, Io { p, g, st, .. }: Io) -> Out {
+    let c = ((&st[0] * s.b1)? + (g * (1.0 - s.b1))?)?;
+    let new_p = (p - (c.sign()? * s.lr)?)?;
+    st[0] = ((&st[0] * s.b2)? + (g * (1.0 - s.b2))?)?;
+    Ok((new_p, StepSize::Uniform(s.lr)))
 }

@@ -111,11 +111,7 @@ pub struct PruneConfig {
 
 /// Whether an optimizer keeps a second-moment state for the `wv` criterion.
 pub fn has_second_moment(kind: OptimizerKind) -> bool {
-    use OptimizerKind::*;
-    matches!(
-        kind,
-        Adam | Adamw | Nadam | Radam | Adagrad | Rmsprop | Adadelta
-    )
+    kind.info().second_moment
 }
 
 fn frac_ok(x: f64) -> bool {

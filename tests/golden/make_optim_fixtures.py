@@ -2,8 +2,9 @@
 """Writes the optimizer golden fixtures (optim_<name>.json beside this file)
 by running real PyTorch.
 
-Regenerate with `scripts/make-fixtures.sh` (installs torch with pip when it is
-missing), or directly: `python3 tests/golden/make_optim_fixtures.py`.
+Regenerate with `scripts/make-fixtures.sh` (installs torch and lion-pytorch
+with pip when they are missing), or directly:
+`python3 tests/golden/make_optim_fixtures.py [OPTIMIZER...]`.
 
 Every case runs the torch optimizer for STEPS steps on two tensors at once, a
 2x3 matrix `weight` and a length-3 `bias`, with gradients drawn here and
@@ -30,6 +31,7 @@ import sys
 
 import numpy as np
 import torch
+from lion_pytorch import Lion
 
 STEPS = 50
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,12 +51,19 @@ TORCH = {
     "nadam": torch.optim.NAdam,
     "radam": torch.optim.RAdam,
     "adamax": torch.optim.Adamax,
+    # lion-pytorch's Lion (Chen et al. 2023): its weight_decay is decoupled,
+    # p *= 1 - lr*weight_decay (its own `decoupled_weight_decay` flag, which
+    # divides the decay by the initial lr, is left off).
+    "lion": Lion,
 }
+# Optimizers outside torch.optim, whose constructor has no `foreach`.
+NO_FOREACH = {"lion"}
 # Optimizers whose torch class has `decoupled_weight_decay`.
 NATIVE_DECOUPLED = {"adam", "nadam", "radam"}
 OURS = {"l1", "l1_prox", "exempt_1d", "decoupled_weight_decay"}
 DEFAULT_LR = {"sgd": 1e-3, "adagrad": 1e-2, "rmsprop": 1e-2, "adadelta": 1.0,
-              "adam": 1e-3, "adamw": 1e-3, "nadam": 2e-3, "radam": 1e-3, "adamax": 2e-3}
+              "adam": 1e-3, "adamw": 1e-3, "nadam": 2e-3, "radam": 1e-3, "adamax": 2e-3,
+              "lion": 1e-4}
 DEFAULT_WD = {"adamw": 1e-2}
 DEFAULT_EPS = {"adagrad": 1e-10, "adadelta": 1e-6}
 
@@ -142,13 +151,23 @@ def cases():
     add("adamax", "decoupled", lr=0.05, weight_decay=0.1, decoupled_weight_decay=True)
     add("adamax", "l1", lr=0.05, l1=0.01)
     add("adamax", "l1_prox", lr=0.05, l1_prox=0.5)
+
+    # Lion's steps are +-lr per coordinate: lr 0.01 moves the weights by up
+    # to 0.5 over the 50 steps; sign(0) = 0 on the always-zero coordinates.
+    add("lion", "defaults")
+    add("lion", "lr", lr=0.01)
+    add("lion", "betas", lr=0.01, beta1=0.5, beta2=0.9)
+    add("lion", "wd", lr=0.01, weight_decay=1.0)
+    add("lion", "wd_exempt", lr=0.01, weight_decay=1.0, exempt_1d=True)
+    add("lion", "l1", lr=0.01, l1=0.5)
+    add("lion", "l1_prox", lr=0.01, l1_prox=2.0)
     return c
 
 
 def torch_kwargs(name, cfg):
     kw = {k: v for k, v in cfg.items() if k not in OURS and k not in ("beta1", "beta2")}
     if "beta1" in cfg or "beta2" in cfg:
-        kw["betas"] = (cfg.get("beta1", 0.9), cfg.get("beta2", 0.999))
+        kw["betas"] = (cfg.get("beta1", 0.9), cfg.get("beta2", 0.99 if name == "lion" else 0.999))
     decoupled = cfg.get("decoupled_weight_decay", False)
     if decoupled and name in NATIVE_DECOUPLED:
         kw["decoupled_weight_decay"] = True
@@ -163,7 +182,7 @@ def step_size(name, cfg, opt, p, state_before):
     lr = g["lr"]
     st = opt.state[p]
     t = float(st["step"]) if "step" in st else None
-    if name == "sgd":
+    if name in ("sgd", "lion"):
         return lr
     if name == "adagrad":
         clr = lr / (1 + (t - 1) * g["lr_decay"])
@@ -217,7 +236,9 @@ def run(case_id, name, cfg, init, grads, dtype):
         if not reg:
             group["weight_decay"] = 0.0
         groups.append(group)
-    opt = TORCH[name](groups, **kw, foreach=False)
+    if name not in NO_FOREACH:
+        kw["foreach"] = False
+    opt = TORCH[name](groups, **kw)
     lr = cfg.get("lr", DEFAULT_LR[name])
     wd = cfg.get("weight_decay", DEFAULT_WD.get(name, 0.0))
     manual_decoupled = cfg.get("decoupled_weight_decay", False) and name not in NATIVE_DECOUPLED
@@ -273,8 +294,17 @@ def dumps(obj, f):
 
 
 def main():
+    """Writes every optimizer's fixture, or only those named as arguments
+    (`make_optim_fixtures.py lion`); a case's random draws depend on its
+    position in cases() only, so either way the others' stay as they are."""
+    only = set(sys.argv[1:])
+    unknown = only - set(TORCH)
+    if unknown:
+        sys.exit(f"unknown optimizer(s) {sorted(unknown)}; expected some of {sorted(TORCH)}")
     by_opt = {}
     for i, (case_id, name, cfg) in enumerate(cases()):
+        if only and name not in only:
+            continue
         rng = np.random.default_rng(1000 + i)
         init = {
             "weight": rng.normal(size=(2, 3)).astype(np.float32),

@@ -2,7 +2,6 @@
 //! [`MAX_LINES`] a panel.
 
 use crate::experiment::record::Group;
-use crate::optim::OptimizerKind;
 use crate::optim::config::Value;
 
 /// At most this many optimizers share a panel, the baseline not counted.
@@ -25,9 +24,9 @@ pub(super) fn setting(g: &Group, key: &str) -> f64 {
 }
 
 /// The panel an optimizer configuration goes to: regularised ones (an L1
-/// penalty, then weight decay) by their regulariser, the rest by algorithm:
-/// SGD; AdaGrad, RMSprop and Adadelta; the Adam family (Adam, AMSGrad,
-/// AdamW, NAdam, RAdam, Adamax).
+/// penalty, then weight decay) by their regulariser, the rest by algorithm,
+/// in the panel the registry names ([`OptimizerKind::family`](crate::optim::OptimizerKind::family): SGD; AdaGrad,
+/// RMSprop and Adadelta; the Adam family; Lion).
 pub fn family(g: &Group) -> &'static str {
     if setting(g, "l1") > 0.0 || setting(g, "l1_prox") > 0.0 {
         return "L1 penalty";
@@ -35,12 +34,8 @@ pub fn family(g: &Group) -> &'static str {
     if setting(g, "weight_decay") > 0.0 {
         return "weight decay (L2 or decoupled)";
     }
-    match g.runs.first().map(|r| r.config.optimizer.kind) {
-        Some(OptimizerKind::Sgd) => "SGD",
-        Some(OptimizerKind::Adagrad | OptimizerKind::Rmsprop | OptimizerKind::Adadelta) => {
-            "AdaGrad, RMSprop, Adadelta"
-        }
-        Some(_) => "Adam family",
+    match g.runs.first() {
+        Some(r) => r.config.optimizer.kind.family(),
         None => "other",
     }
 }
