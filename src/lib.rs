@@ -16,11 +16,13 @@
 //!   report built from the records alone);
 //! - [`cli`], which the binary calls.
 
+pub mod checks;
 pub mod cli;
 pub mod data;
 pub mod error;
 pub mod experiment;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod optim;
@@ -33,5 +35,7 @@ pub mod train;
 /// Training allocates and frees many large temporaries per step. glibc's
 /// malloc maps each one over 128 KiB afresh and faults it in page by page,
 /// which cost a third of a Transformer step here; mimalloc reuses them.
+/// An allocation that fails ends the process with one line and status 1
+/// ([`limits::OomExit`]).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: limits::OomExit<mimalloc::MiMalloc> = limits::OomExit(mimalloc::MiMalloc);
