@@ -920,3 +920,28 @@ fn messages_name_what_is_wrong() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A `train` run that diverges is recorded (run.json, status diverged) and
+/// exits with status 1, as `trace` does (it used to warn and exit 0).
+#[test]
+fn a_diverged_train_exits_non_zero() {
+    let dir = scratch();
+    let args = [
+        "train",
+        "--data",
+        "teacher",
+        "--optimizer",
+        "sgd",
+        "--set",
+        "lr=1e30",
+        "--steps",
+        "5",
+        "--out",
+        "dv",
+    ];
+    expect(with_args(&args), &dir, 1, &["diverged", "dv/run.json"]);
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dv/run.json")).unwrap()).unwrap();
+    assert_eq!(rec["status"], "diverged");
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -276,11 +276,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.out.join("run.json").display(),
         weights.display()
     );
+    // A diverged run is recorded (run.json says so) but is a failure: exit 1,
+    // as `trace` does.
     if rec.status == Status::Diverged {
-        eprintln!(
-            "warning: the run diverged after {} steps: {}",
+        anyhow::bail!(
+            "the run diverged after {} steps ({}); its record is in {}; try a smaller lr",
             rec.steps_done,
-            rec.error.as_deref().unwrap_or("non-finite loss")
+            rec.error.as_deref().unwrap_or("non-finite loss"),
+            a.out.join("run.json").display()
         );
     }
     Ok(())
