@@ -189,7 +189,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let pb = train::progress_bar(0, "train");
     let dataset = cfg.data.load(cfg.seed)?;
-    crate::checks::check_with_data(&cfg, &dataset)?;
     let opts = RunOptions {
         progress: Some(pb.clone()),
     };

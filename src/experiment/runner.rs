@@ -22,6 +22,7 @@ use candle_core::Device;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use tracing::{info, warn};
 
+use super::claim::process_gone;
 use super::compare;
 use super::record::{StudyRecord, StudyRun};
 use super::report::{self, MANIFEST, Manifest};
@@ -381,8 +382,9 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
 
 /// An exclusive claim on one run, held while it trains: the file
 /// `<run>.claim` beside the run's record, created only if absent, holding
-/// the host and process id. A claim whose process is gone (on this host) is
-/// stale and is taken over; claims of other hosts are respected.
+/// the host, process id and its start time. A claim is stale unless that
+/// very process still runs ([`super::claim`]); a stale one is taken over;
+/// claims of other hosts are respected.
 struct Claim {
     path: PathBuf,
 }
@@ -390,7 +392,7 @@ struct Claim {
 impl Claim {
     fn take(run: &Path) -> Result<Option<Claim>> {
         let path = run.with_extension("claim");
-        let me = format!("{} {}\n", hostname(), std::process::id());
+        let me = super::claim::claim_text();
         // The claim appears with its content or not at all: written to a
         // temporary file, then hard-linked to its name, which fails if the
         // name exists. (Created empty and then written, a process killed in
@@ -414,11 +416,11 @@ impl Claim {
                 Ok(()) => return Ok(Some(Claim { path })),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let held = std::fs::read_to_string(&path).unwrap_or_default();
-                    if !claim_is_stale(&held) {
+                    let Some(why) = super::claim::stale_because(&held) else {
                         return Ok(None);
-                    }
+                    };
                     warn!(
-                        "{}: stale claim ({}); taking it over",
+                        "{}: stale claim ({}: {why}); taking it over",
                         path.display(),
                         held.trim()
                     );
@@ -437,31 +439,9 @@ impl Drop for Claim {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-/// Whether process `pid` of this host is gone.
-fn process_gone(pid: u32) -> bool {
-    pid != std::process::id()
-        && !Path::new(&format!("/proc/{pid}")).exists()
-        && Path::new("/proc/self").exists()
-}
-
-/// A claim (`host pid`) is stale when it names this host and a process that
-/// no longer runs. (Claims are never half-written: see [`Claim::take`].)
+/// A claim that no longer holds ([`super::claim::stale_because`]).
 fn claim_is_stale(text: &str) -> bool {
-    let mut parts = text.split_whitespace();
-    match (
-        parts.next(),
-        parts.next().and_then(|p| p.parse::<u32>().ok()),
-    ) {
-        (Some(host), Some(pid)) => host == hostname() && process_gone(pid),
-        _ => false,
-    }
+    super::claim::stale_because(text).is_some()
 }
 
 /// Removes temporary files (`.tmp.<pid>.*`) and stale claims left by killed
@@ -499,6 +479,15 @@ fn is_finished(path: &Path) -> bool {
         return false;
     };
     match serde_json::from_str::<RunRecord>(&text) {
+        // A record that says done but lost its final measures is damaged:
+        // train it again rather than report fewer seeds than it claims.
+        Ok(r) if r.status == Status::Done && r.r#final.is_none() => {
+            warn!(
+                "{}: a finished run without its `final` measures; running it again",
+                path.display()
+            );
+            false
+        }
         Ok(r) => r.status != Status::Failed,
         Err(e) => {
             warn!(
@@ -664,7 +653,7 @@ mod tests {
         // A claim by a process of this host that no longer runs.
         std::fs::write(
             run.with_extension("claim"),
-            format!("{} 4000000\n", hostname()),
+            format!("{} 4000000\n", super::super::claim::hostname()),
         )
         .unwrap();
         assert!(
