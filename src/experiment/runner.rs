@@ -161,6 +161,33 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// Runs `--exp NAME|PATH` and, unless sharded, writes the report.
 pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepSummary> {
     let start = Instant::now();
+    let plan = plan(exp, experiments, opts)?;
+    let data = preload(&plan)?;
+    let (counts, claimed_elsewhere) = run_all(&plan, &data, opts)?;
+    finish(plan, opts, counts, claimed_elsewhere, start)
+}
+
+/// A sweep's plan: the study, its folders, and the runs of this shard that
+/// are not finished yet.
+struct SweepPlan {
+    study: Study,
+    file: PathBuf,
+    dir: PathBuf,
+    reference: Option<PathBuf>,
+    runs_dir: PathBuf,
+    /// The runs in the whole grid.
+    total: usize,
+    /// The `--set` overrides as `key=value`.
+    set_list: Vec<String>,
+    /// This shard's runs not finished yet, with their record's path.
+    todo: Vec<(RunSpec, PathBuf)>,
+    /// This shard's runs already finished.
+    skipped: usize,
+}
+
+/// Loads the study, creates its results folder with the manifest, and
+/// picks this shard's unfinished runs; says what it is about to do.
+fn plan(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepPlan> {
     let (file, _) = resolve(exp, experiments)?;
     let study = Study::load(&file, opts.quick, &opts.sets)?;
     let (dir, reference) = folders(exp, experiments, opts)?;
@@ -185,7 +212,6 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         .filter(|(i, _)| opts.shard.is_none_or(|(s, n)| i % n == s))
         .map(|(_, r)| r)
         .collect();
-    let machine = Machine::detect();
     let todo: Vec<(RunSpec, PathBuf)> = mine
         .iter()
         .map(|r| (r.clone(), runs_dir.join(r.file_name())))
@@ -219,164 +245,226 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         },
         dir.display()
     );
-    let multi = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let sweep_bar = multi.add(train::progress_bar(todo.len() as u64, "study"));
-    // Every dataset the runs need, loaded once (with its digest), before any
-    // run starts.
+    Ok(SweepPlan {
+        study,
+        file,
+        dir,
+        reference,
+        runs_dir,
+        total,
+        set_list,
+        todo,
+        skipped,
+    })
+}
+
+/// Every dataset the runs need, loaded once (with its digest), and every
+/// run's settings checked against its data, before any run trains.
+fn preload(plan: &SweepPlan) -> Result<HashMap<String, (Dataset, String)>> {
     let mut data: HashMap<String, (Dataset, String)> = HashMap::new();
-    for (spec, _) in &todo {
+    for (spec, _) in &plan.todo {
         dataset(&mut data, &spec.config)?;
     }
-    // Every run's settings against its data, before any run trains.
-    for (spec, _) in &todo {
+    for (spec, _) in &plan.todo {
         let (ds, _) = &data[&data_key(&spec.config)];
         spec.config.check_data(ds).map_err(|e| {
             crate::error::usage(format!(
                 "{}: task `{}`, optimizer `{}`: {}",
-                file.display(),
+                plan.file.display(),
                 spec.task,
                 spec.label,
                 crate::error::one_line(&e)
             ))
         })?;
     }
-    let next = AtomicUsize::new(0);
-    let counts = Mutex::new((0usize, 0usize, 0usize));
-    let elsewhere = AtomicUsize::new(0);
-    let write_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
-    // Workers take the next unfinished run until none is left; each run is
-    // independent (its own model, optimizer, data order and RNG).
-    let worker = |run_bar: ProgressBar| {
-        loop {
-            let i = next.fetch_add(1, Ordering::SeqCst);
-            let Some((spec, path)) = todo.get(i) else {
-                break;
-            };
-            if write_error.lock().expect("lock").is_some() {
-                break;
-            }
-            // Claim the run; skip it if another process holds it or has
-            // finished it since this sweep started.
-            let claim = match Claim::take(path) {
-                Ok(Some(c)) => c,
-                Ok(None) => {
-                    elsewhere.fetch_add(1, Ordering::SeqCst);
-                    sweep_bar.inc(1);
-                    continue;
-                }
-                Err(e) => {
-                    *write_error.lock().expect("lock") = Some(e);
-                    break;
-                }
-            };
-            if is_finished(path) {
-                drop(claim);
-                sweep_bar.inc(1);
-                continue;
-            }
-            sweep_bar.set_message(format!(
-                "{} / {} / seed {}",
-                spec.task, spec.label, spec.seed
-            ));
-            let (ds, sha) = &data[&data_key(&spec.config)];
-            let (mut record, model) = run_one(spec, ds, &opts.device, &run_bar, &study.name);
-            record.provenance =
-                Some(machine.provenance(&opts.device, &set_list, opts.quick, sha.clone()));
-            {
-                let mut c = counts.lock().expect("lock");
-                match record.status {
-                    Status::Done => c.0 += 1,
-                    Status::Diverged => c.1 += 1,
-                    Status::Failed => c.2 += 1,
-                }
-            }
-            if record.status != Status::Done {
-                let why = record.error.as_deref().unwrap_or("non-finite loss");
-                let _ = multi.println(format!(
-                    "{} / {} / seed {}: {:?} ({why})",
-                    spec.task, spec.label, spec.seed, record.status
-                ));
-            }
-            // The checkpoint first: a record on disk means the run is
-            // finished, with everything it keeps.
-            let saved = (|| -> Result<()> {
-                if let Some(model) = &model {
-                    let ckpt = path.with_extension("safetensors");
-                    let place = record.study.as_ref().map(StudyRun::metadata);
-                    let bytes = train::checkpoint_bytes(
-                        model,
-                        &record,
-                        place.as_ref().map_or(&[][..], |m| &m[..]),
-                    )?;
-                    write_atomic(&ckpt, &bytes)?;
-                    record.checkpoint = Some(
-                        ckpt.file_name()
-                            .expect("a file name")
-                            .to_string_lossy()
-                            .to_string(),
-                    );
-                }
-                write_json(path, &record)
-            })();
-            drop(claim);
-            if let Err(e) = saved {
-                *write_error.lock().expect("lock") = Some(e);
-                break;
-            }
-            sweep_bar.inc(1);
-        }
-        run_bar.finish_and_clear();
+    Ok(data)
+}
+
+/// What the workers of a sweep share.
+struct Sweep<'a> {
+    plan: &'a SweepPlan,
+    data: &'a HashMap<String, (Dataset, String)>,
+    opts: &'a SweepOptions,
+    machine: Machine,
+    multi: MultiProgress,
+    sweep_bar: ProgressBar,
+    next: AtomicUsize,
+    /// (done, diverged, failed).
+    counts: Mutex<(usize, usize, usize)>,
+    elsewhere: AtomicUsize,
+    write_error: Mutex<Option<anyhow::Error>>,
+}
+
+/// Runs the plan's runs, `opts.jobs` at a time. Returns (done, diverged,
+/// failed) and the number of runs that other processes held.
+fn run_all(
+    plan: &SweepPlan,
+    data: &HashMap<String, (Dataset, String)>,
+    opts: &SweepOptions,
+) -> Result<((usize, usize, usize), usize)> {
+    let multi = MultiProgress::with_draw_target(if opts.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let sweep_bar = multi.add(train::progress_bar(plan.todo.len() as u64, "study"));
+    let sweep = Sweep {
+        plan,
+        data,
+        opts,
+        machine: Machine::detect(),
+        multi,
+        sweep_bar,
+        next: AtomicUsize::new(0),
+        counts: Mutex::new((0, 0, 0)),
+        elsewhere: AtomicUsize::new(0),
+        write_error: Mutex::new(None),
     };
+    let jobs = opts.jobs.clamp(1, plan.todo.len().max(1));
     if jobs == 1 {
-        worker(multi.add(train::progress_bar(0, "run  ")));
+        sweep.worker(sweep.multi.add(train::progress_bar(0, "run  ")));
     } else {
         std::thread::scope(|s| {
             for j in 0..jobs {
-                let bar = multi.add(train::progress_bar(0, &format!("run {j}")));
-                let worker = &worker;
-                s.spawn(move || worker(bar));
+                let bar = sweep.multi.add(train::progress_bar(0, &format!("run {j}")));
+                let sweep = &sweep;
+                s.spawn(move || sweep.worker(bar));
             }
         });
     }
-    sweep_bar.finish_and_clear();
-    if let Some(e) = write_error.into_inner().expect("lock") {
+    sweep.sweep_bar.finish_and_clear();
+    if let Some(e) = sweep.write_error.into_inner().expect("lock") {
         return Err(e);
     }
-    let (done, diverged, failed) = counts.into_inner().expect("lock");
-    let claimed_elsewhere = elsewhere.into_inner();
+    Ok((
+        sweep.counts.into_inner().expect("lock"),
+        sweep.elsewhere.into_inner(),
+    ))
+}
+
+impl Sweep<'_> {
+    /// Takes the next unfinished run until none is left; each run is
+    /// independent (its own model, optimizer, data order and RNG).
+    fn worker(&self, run_bar: ProgressBar) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            let Some((spec, path)) = self.plan.todo.get(i) else {
+                break;
+            };
+            if self.write_error.lock().expect("lock").is_some() {
+                break;
+            }
+            if let Err(e) = self.run_claimed(spec, path, &run_bar) {
+                *self.write_error.lock().expect("lock") = Some(e);
+                break;
+            }
+            self.sweep_bar.inc(1);
+        }
+        run_bar.finish_and_clear();
+    }
+
+    /// Claims one run, trains it and saves its checkpoint and record; skips
+    /// it if another process holds it or has finished it since this sweep
+    /// started. An error is one of writing (a run's own failure is
+    /// recorded).
+    fn run_claimed(&self, spec: &RunSpec, path: &Path, run_bar: &ProgressBar) -> Result<()> {
+        let Some(claim) = Claim::take(path)? else {
+            self.elsewhere.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        };
+        if is_finished(path) {
+            drop(claim);
+            return Ok(());
+        }
+        self.sweep_bar.set_message(format!(
+            "{} / {} / seed {}",
+            spec.task, spec.label, spec.seed
+        ));
+        let (opts, plan) = (self.opts, self.plan);
+        let (ds, sha) = &self.data[&data_key(&spec.config)];
+        let (mut record, model) = run_one(spec, ds, &opts.device, run_bar, &plan.study.name);
+        record.provenance =
+            Some(
+                self.machine
+                    .provenance(&opts.device, &plan.set_list, opts.quick, sha.clone()),
+            );
+        {
+            let mut c = self.counts.lock().expect("lock");
+            match record.status {
+                Status::Done => c.0 += 1,
+                Status::Diverged => c.1 += 1,
+                Status::Failed => c.2 += 1,
+            }
+        }
+        if record.status != Status::Done {
+            let why = record.error.as_deref().unwrap_or("non-finite loss");
+            let _ = self.multi.println(format!(
+                "{} / {} / seed {}: {:?} ({why})",
+                spec.task, spec.label, spec.seed, record.status
+            ));
+        }
+        let saved = save(path, &mut record, model.as_ref());
+        drop(claim);
+        saved
+    }
+}
+
+/// Saves a run: the checkpoint first, so that a record on disk means the
+/// run is finished, with everything it keeps.
+fn save(path: &Path, record: &mut StudyRecord, model: Option<&crate::models::Model>) -> Result<()> {
+    if let Some(model) = model {
+        let ckpt = path.with_extension("safetensors");
+        let place = record.study.as_ref().map(StudyRun::metadata);
+        let bytes =
+            train::checkpoint_bytes(model, record, place.as_ref().map_or(&[][..], |m| &m[..]))?;
+        write_atomic(&ckpt, &bytes)?;
+        record.checkpoint = Some(
+            ckpt.file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .to_string(),
+        );
+    }
+    write_json(path, record)
+}
+
+/// The report and the verdict after a sweep (not after one shard of it).
+fn finish(
+    plan: SweepPlan,
+    opts: &SweepOptions,
+    (done, diverged, failed): (usize, usize, usize),
+    claimed_elsewhere: usize,
+    start: Instant,
+) -> Result<SweepSummary> {
     let mut verdict = None;
     if opts.shard.is_none() {
         // Another process may add a record while this one writes the
         // report: write it again until the set of records stands still, so
         // that the last process to finish leaves the complete tables.
         loop {
-            let before = report::record_paths(&runs_dir);
-            report::write_report(&dir)?;
-            if report::record_paths(&runs_dir) == before {
+            let before = report::record_paths(&plan.runs_dir);
+            report::write_report(&plan.dir)?;
+            if report::record_paths(&plan.runs_dir) == before {
                 break;
             }
         }
-        if let Some(r) = &reference
+        if let Some(r) = &plan.reference
             && claimed_elsewhere == 0
         {
-            verdict = Some(compare::compare(&dir, r)?);
+            verdict = Some(compare::compare(&plan.dir, r)?);
         }
     }
     Ok(SweepSummary {
-        dir,
-        total,
-        skipped,
+        dir: plan.dir,
+        total: plan.total,
+        skipped: plan.skipped,
         done,
         diverged,
         failed,
         claimed_elsewhere,
         seconds: start.elapsed().as_secs_f64(),
         verdict,
-        reference,
+        reference: plan.reference,
     })
 }
 

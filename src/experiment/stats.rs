@@ -134,6 +134,18 @@ pub fn t_critical(alpha: f64, df: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
+/// The mean of `xs` and the half-width of its 95 % confidence interval,
+/// t_{0.975, n-1} · sd / √n with the sample standard deviation. None for
+/// fewer than two values or a non-finite result.
+pub fn ci95(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let (m, sd) = mean_std(xs)?;
+    let half = t_critical(0.05, (xs.len() - 1) as f64) * sd / (xs.len() as f64).sqrt();
+    (m.is_finite() && half.is_finite()).then_some((m, half))
+}
+
 /// A paired comparison: the mean of the differences, its 95 % confidence
 /// interval, and the two-sided paired t-test's p-value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -269,5 +281,27 @@ mod tests {
             assert!((a - w).abs() < 1e-12, "{adj:?}");
         }
         assert_eq!(holm(&[0.9, 0.8]), vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn ci95_matches_t_tables() {
+        // n = 3, sd = 1: t_{0.975,2} / sqrt(3).
+        let (m, h) = ci95(&[-1.0, 0.0, 1.0]).unwrap();
+        assert_eq!(m, 0.0);
+        assert!((h - 4.302_652_729_9 / 3f64.sqrt()).abs() < 1e-9, "{h}");
+        // n = 2: sd = sqrt(2), so the half-width is t_{0.975,1} = 12.706.
+        let (m, h) = ci95(&[1.0, 3.0]).unwrap();
+        assert_eq!(m, 2.0);
+        assert!((h - 12.706_204_7).abs() < 1e-6, "{h}");
+        assert_eq!(ci95(&[5.0]), None);
+        assert_eq!(ci95(&[]), None);
+        assert_eq!(ci95(&[1.0, f64::NAN]), None);
+        // Many degrees of freedom: t_{0.975,40} = 2.021075, t_{0.975,100} =
+        // 1.983972, falling towards the normal quantile 1.959964.
+        let t975 = |df: usize| t_critical(0.05, df as f64);
+        assert!((t975(40) - 2.021_075).abs() < 2e-6, "{}", t975(40));
+        assert!((t975(100) - 1.983_972).abs() < 2e-6, "{}", t975(100));
+        assert!((t975(31) - 2.039_513).abs() < 2e-6, "{}", t975(31));
+        assert!((1..200).all(|d| t975(d) > t975(d + 1)));
     }
 }
