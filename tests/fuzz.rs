@@ -1060,3 +1060,56 @@ fn foreign_and_empty_claims_are_taken_over() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `report` on a damaged folder says so: a record that lost its `final`
+/// measures is left out with a warning naming it (the row counts only the
+/// seeds it averages), a truncated study.json is named in a warning, and a
+/// label's `|` is escaped in results.md.
+#[test]
+fn report_names_damaged_records_and_escapes_labels() {
+    let dir = scratch();
+    let text = edit(
+        &edit(STUDY, "seeds", "[0, 1]"),
+        "optimizers.0.label",
+        "\"SGD | plain <&>\"",
+    );
+    std::fs::write(dir.join("s.toml"), text).unwrap();
+    expect(with_args(&["--exp", "s.toml"]), &dir, 0, &[]);
+    let out = dir.join("results/s");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| SGD \\| plain <&> |"), "{md}");
+    for e in std::fs::read_dir(out.join("plots")).unwrap() {
+        let svg = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!svg.contains("plain <&>"), "raw label in an SVG");
+    }
+    // Take `final` out of one record, and cut study.json short.
+    let runs = out.join("runs");
+    let victim = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&victim).unwrap()).unwrap();
+    assert_eq!(rec["status"], "done");
+    rec.as_object_mut().unwrap().remove("final");
+    std::fs::write(&victim, serde_json::to_string(&rec).unwrap()).unwrap();
+    let manifest = std::fs::read_to_string(out.join("study.json")).unwrap();
+    std::fs::write(out.join("study.json"), &manifest[..manifest.len() / 2]).unwrap();
+    let o = run_timed(with_args(&["report", "results/s"]), &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning") && l.contains(&name) && l.contains("final")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning") && l.contains("study.json")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
