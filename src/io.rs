@@ -16,13 +16,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().context("a file name")?.to_string_lossy();
     let tmp = dir.join(format!(".tmp.{}.{name}", std::process::id()));
+    // Errors name the file being written (a full disk shows up here), and
+    // the temporary file it goes through.
+    let writing = || {
+        format!(
+            "writing {} (through the temporary file {})",
+            path.display(),
+            tmp.display()
+        )
+    };
     let result = (|| -> Result<()> {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all()
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).with_context(writing)?;
+        f.write_all(bytes).with_context(writing)?;
+        f.sync_all().with_context(writing)?;
         std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
         Ok(())
     })();
@@ -78,6 +84,19 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1);
+        // A failed write (as on a full disk) names the file being written
+        // first: here the temporary name is taken by a folder.
+        let blocked = dir.join(format!("sub/.tmp.{}.z.json", std::process::id()));
+        std::fs::create_dir_all(&blocked).unwrap();
+        let err = format!(
+            "{:#}",
+            write_atomic(&dir.join("sub/z.json"), b"x").unwrap_err()
+        );
+        assert!(
+            err.starts_with(&format!("writing {}", dir.join("sub/z.json").display())),
+            "{err}"
+        );
+        std::fs::remove_dir(&blocked).unwrap();
         // Errors name the path: here a parent that is a file.
         let under_file = p.join("y.json");
         let err = format!("{:#}", write_atomic(&under_file, b"x").unwrap_err());

@@ -22,11 +22,13 @@
 //! The binary also picks the allocator (mimalloc); the library leaves that
 //! to whoever uses it.
 
+pub mod checks;
 pub mod cli;
 pub mod data;
 pub mod error;
 pub mod experiment;
 pub mod io;
+pub mod limits;
 pub mod metrics;
 pub mod models;
 pub mod optim;

@@ -5,6 +5,7 @@
 //!
 //! Inputs are tiny or refused before training, so each case takes
 //! milliseconds to a fraction of a second (320 cases: about 6 s here).
+//! Every case runs under a timeout: a hang fails the test.
 //! PROPTEST_CASES overrides the case counts below; FUZZ_VERBOSE=1 prints
 //! each command, its status and its message (with --nocapture).
 
@@ -29,15 +30,10 @@ fn scratch() -> PathBuf {
 
 /// Runs the binary and checks the exit contract; returns the exit code.
 fn check(args: &[String], dir: &Path) -> Result<i32, TestCaseError> {
-    let o = Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", dir.join("no-cache"))
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap();
+    // Under a timeout: a hang fails the case.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sparsity-lab"));
+    cmd.args(args);
+    let o = run_timed(cmd, dir);
     let err = String::from_utf8_lossy(&o.stderr);
     let code = o.status.code();
     if std::env::var_os("FUZZ_VERBOSE").is_some() {
@@ -49,10 +45,14 @@ fn check(args: &[String], dir: &Path) -> Result<i32, TestCaseError> {
         o.status
     );
     if code != Some(0) {
-        prop_assert_eq!(err.lines().count(), 1, "{:?}: {}", args, err);
+        // A study's header line may come first (see `expect`).
+        let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("study ")).collect();
+        prop_assert_eq!(lines.len(), 1, "{:?}: {}", args, err);
+        let err = lines[0];
         prop_assert!(err.starts_with("error: "), "{args:?}: {err}");
         prop_assert!(err.len() < 700, "{args:?}: {} bytes: {err}", err.len());
         prop_assert!(!err.contains("internal error"), "{args:?}: {err}");
+        prop_assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     Ok(code.unwrap())
 }
@@ -374,4 +374,742 @@ proptest! {
         check(&args, &dir)?;
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+// ---------------------------------------------------------------------------
+// Classes of bad input found by the second probe: each case is one command,
+// run under a timeout (a hang fails the test), and must end with the given
+// status (2: the user's mistake, 1: a failure), one line on stderr that
+// names the flag, key or file and the value, and no panic or backtrace.
+
+/// Seconds a case may take before it counts as a hang.
+const TIMEOUT_S: u64 = 60;
+
+/// Runs `cmd` with the fuzz environment, killing it after `TIMEOUT_S`.
+fn run_timed(mut cmd: Command, dir: &Path) -> std::process::Output {
+    use std::time::{Duration, Instant};
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("RUST_BACKTRACE")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", dir.join("no-cache"))
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // Read the pipes on threads so that a chatty child cannot block.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = vec![];
+        std::io::Read::read_to_end(&mut out, &mut v).unwrap();
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = vec![];
+        std::io::Read::read_to_end(&mut err, &mut v).unwrap();
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(TIMEOUT_S) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?}: still running after {TIMEOUT_S} s (a hang)");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
+}
+
+/// The binary under `ulimit -v KB`, through sh.
+fn bin_ulimit(kb: u64, args: &[&str]) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -v {kb} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_sparsity-lab"))
+        .args(args);
+    c
+}
+
+/// Runs a case and checks the contract: `code`, one line on stderr that
+/// contains every needle, no panic, no backtrace. Returns stdout.
+fn expect(cmd: Command, dir: &Path, code: i32, needles: &[&str]) -> String {
+    let shown = format!("{cmd:?}");
+    let o = run_timed(cmd, dir);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{shown}: {:?}, stderr: {err}",
+        o.status
+    );
+    if code != 0 {
+        // One line, after a study's header line where the data had to be
+        // loaded before the error could be found.
+        let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("study ")).collect();
+        assert_eq!(lines.len(), 1, "{shown}: {err}");
+        let err = lines[0];
+        assert!(err.starts_with("error: "), "{shown}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{shown}: `{n}` not in: {err}");
+        }
+    }
+    for bad in ["panicked", "backtrace", "internal error", "RUST_BACKTRACE"] {
+        assert!(!err.contains(bad), "{shown}: {err}");
+    }
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn with_args(args: &[&str]) -> Command {
+    let mut c = bin();
+    c.args(args);
+    c
+}
+
+/// A safetensors file from (name, dtype, shape, raw bytes).
+fn safetensors(path: &Path, tensors: &[(&str, &str, &[usize], &[u8])]) {
+    let mut header = serde_json::Map::new();
+    let mut data = vec![];
+    for (name, dtype, shape, raw) in tensors {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape,
+                "data_offsets": [data.len(), data.len() + raw.len()]}),
+        );
+        data.extend_from_slice(raw);
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(h);
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Tensors in dtypes `measure` cannot read exactly are refused from the
+/// header, naming the file, the tensor and the dtype (F8_E4M3 used to spin
+/// forever, F4 to fail without naming the file).
+#[test]
+fn exotic_dtypes_are_refused_before_reading() {
+    let dir = scratch();
+    for (dtype, shape, raw) in [
+        ("F8_E4M3", &[1usize][..], &[0x38u8][..]),
+        ("F8_E4M3", &[4096], &[0x38; 4096]),
+        ("F8_E5M2", &[1], &[0x3c]),
+        ("F6_E2M3", &[4], &[0; 3]),
+        ("F6_E3M2", &[4], &[0; 3]),
+        ("F4", &[2], &[0x11]),
+        ("F8_E8M0", &[1], &[0x7f]),
+        ("C64", &[1], &[0; 8]),
+    ] {
+        let f = dir.join(format!("{dtype}.safetensors"));
+        safetensors(
+            &f,
+            &[
+                ("ok", "F32", &[1], &[0; 4]),
+                ("odd.weight", dtype, shape, raw),
+            ],
+        );
+        let name = format!("{dtype}.safetensors");
+        expect(
+            with_args(&["measure", &name]),
+            &dir,
+            2,
+            &[&name, "odd.weight", dtype, "F16, BF16, F32 and F64"],
+        );
+    }
+    // An unknown dtype is named too.
+    safetensors(&dir.join("q.safetensors"), &[("w", "Q4_K", &[1], &[0])]);
+    expect(
+        with_args(&["measure", "q.safetensors"]),
+        &dir,
+        2,
+        &["q.safetensors", "Q4_K"],
+    );
+    // Integer and boolean tensors beside the weights are skipped, not refused.
+    let one = 1f32.to_le_bytes();
+    safetensors(
+        &dir.join("mask.safetensors"),
+        &[
+            ("mask", "BOOL", &[2], &[1, 0]),
+            ("steps", "I64", &[1], &[0; 8]),
+            ("w", "F32", &[1, 1], &one),
+        ],
+    );
+    let out = expect(
+        with_args(&["measure", "mask.safetensors", "--json"]),
+        &dir,
+        0,
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<_> = v["tensors"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(names, ["w"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A tensor with no elements has no Hoyer or Gini value (null), instead of
+/// 1, "maximally sparse"; the other tensors are measured as usual.
+#[test]
+fn zero_sized_tensors_have_no_sparsity_value() {
+    let dir = scratch();
+    let vals: Vec<u8> = [1f32, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    safetensors(
+        &dir.join("z.safetensors"),
+        &[
+            ("empty.weight", "F32", &[0, 3], &[]),
+            ("w", "F32", &[2, 1], &vals),
+        ],
+    );
+    let out = expect(
+        with_args(&["measure", "z.safetensors", "--json"]),
+        &dir,
+        0,
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let e = &v["tensors"]["empty.weight"];
+    assert_eq!(e["numel"], 0);
+    assert!(e["hoyer"].is_null() && e["gini"].is_null(), "{e}");
+    assert_eq!(v["tensors"]["w"]["gini"], 0.5);
+    safetensors(&dir.join("only.safetensors"), &[("w", "F32", &[0], &[])]);
+    let out = expect(
+        with_args(&["measure", "only.safetensors", "--json"]),
+        &dir,
+        0,
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["total"]["hoyer"].is_null(), "{v}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A key or flag given twice is refused, naming it: the last no longer
+/// silently wins.
+#[test]
+fn repeated_flags_are_refused() {
+    let dir = scratch();
+    std::fs::write(dir.join("s.toml"), STUDY).unwrap();
+    let trace = [
+        "trace",
+        "--optimizer",
+        "sgd",
+        "--problem",
+        "quadratic",
+        "--steps",
+        "2",
+    ];
+    for args in [
+        &[&trace[..], &["--set", "lr=0.1", "--set", "lr=0.2"]].concat(),
+        &[&trace[..], &["--set", "lr=0.1", "--set", " lr = 0.1"]].concat(),
+        &[
+            "train", "--data", "teacher", "--steps", "1", "--set", "lr=1", "--set", "lr=2",
+        ][..],
+        &["--exp", "s.toml", "--set", "steps=1", "--set", "steps=2"][..],
+    ] {
+        expect(with_args(args), &dir, 2, &["--set", "given twice"]);
+    }
+    for (args, flag) in [
+        ([&trace[..], &["--steps", "3"]].concat(), "--steps"),
+        (vec!["train", "--epochs", "1", "--epochs", "2"], "--epochs"),
+        (vec!["--exp", "s.toml", "--exp", "s.toml"], "--exp"),
+        (
+            vec!["--exp", "s.toml", "--jobs", "1", "--jobs", "2"],
+            "--jobs",
+        ),
+    ] {
+        expect(with_args(&args), &dir, 2, &[flag]);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Under a process memory limit (`ulimit -v`, as on a cluster) an
+/// allocation the process cannot have ends with one line and status 1,
+/// not Rust's abort (`memory allocation of N bytes failed`, SIGABRT).
+#[test]
+fn memory_limits_give_a_clean_error() {
+    let dir = scratch();
+    // A 1 GB tensor (a sparse file) that `measure` must read into memory.
+    let h = serde_json::to_vec(&serde_json::json!({"w": {"dtype": "F32",
+        "shape": [250_000_000], "data_offsets": [0, 1_000_000_000]}}))
+    .unwrap();
+    let mut bytes = (h.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(h);
+    let f = dir.join("big.safetensors");
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(bytes.len() as u64 + 1_000_000_000)
+        .unwrap();
+    expect(
+        bin_ulimit(600_000, &["measure", "big.safetensors"]),
+        &dir,
+        1,
+        &["out of memory", "1000000", "ulimit -v"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Study settings that could only fail later, or silently do nothing, are
+/// refused when the study is read, naming the key and the value.
+#[test]
+fn nonsensical_study_settings_are_refused() {
+    let dir = scratch();
+    let file = dir.join("s.toml");
+    let cases: Vec<(String, Vec<&str>, Vec<&str>)> = vec![
+        (
+            edit(STUDY, "optimizers.1.lrs", "[]"),
+            vec![],
+            vec!["`lrs` is empty", "Adam"],
+        ),
+        (
+            edit(STUDY, "optimizers.1.lrs", "[0.1, 0.1]"),
+            vec![],
+            vec!["lrs", "0.1 twice"],
+        ),
+        (
+            edit(STUDY, "optimizers.1.lrs", "[0.01, 0.0, -0.0]"),
+            vec![],
+            vec!["lrs", "twice"],
+        ),
+        (
+            edit(STUDY, "tasks.0.prune_fracs", "[0.5, 0.5]"),
+            vec![],
+            vec!["prune_fracs", "0.5 twice"],
+        ),
+        (edit(STUDY, "name", "\"\""), vec![], vec!["`name` is empty"]),
+        (
+            edit(
+                STUDY,
+                "tasks.0.schedule",
+                "{ name = \"warmup_cosine\", warmup_steps = 2, min_lr_frac = 0.1 }",
+            ),
+            vec![],
+            vec!["warmup_steps = 2", "2 steps"],
+        ),
+        (
+            edit(
+                STUDY,
+                "tasks.0.pruning",
+                "{ method = \"imp\", rounds = 1, rate = 0.5, rewind_step = 5 }",
+            ),
+            vec![],
+            vec!["rewind_step = 5", "2 steps"],
+        ),
+        (
+            edit(
+                &edit(
+                    STUDY,
+                    "tasks.0.model",
+                    "{ name = \"cnn\", channels = [1, 1, 1, 1, 1, 1] }",
+                ),
+                "tasks.0.data",
+                "{ name = \"mnist\" }",
+            ),
+            vec![],
+            vec!["channels", "6 pooling blocks", "28 x 28", "at most 4"],
+        ),
+        (
+            STUDY.to_string(),
+            vec!["--quick"],
+            vec!["--quick", "no [quick] table"],
+        ),
+        (
+            STUDY.to_string(),
+            vec!["--set", "quick.epochs=0"],
+            vec!["quick.epochs=0", "changes nothing"],
+        ),
+        (
+            format!("{STUDY}\n[quick]\nepocs = 1\n"),
+            vec!["--quick"],
+            vec!["[quick]", "epocs"],
+        ),
+        (STUDY.to_string(), vec!["--list"], vec!["--list", "--exp"]),
+    ];
+    for (text, extra, needles) in cases {
+        std::fs::write(&file, &text).unwrap();
+        let mut args = vec!["--exp", "s.toml"];
+        args.extend(extra);
+        let out = expect(with_args(&args), &dir, 2, &needles);
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(!dir.join("results").exists(), "{args:?}: a run started");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `train`'s settings that could only fail later or do nothing.
+#[test]
+fn nonsensical_train_settings_are_refused() {
+    let dir = scratch();
+    std::fs::write(dir.join("one.txt"), "a".repeat(2000)).unwrap();
+    write_idx(&dir.join("idx"), 20);
+    let teacher = ["train", "--data", "teacher", "--steps", "5", "--out", "o"];
+    for (args, needles) in [
+        (
+            vec!["--warmup-steps", "10"],
+            vec!["--warmup-steps", "warmup-cosine"],
+        ),
+        (
+            vec!["--min-lr-frac", "0.5"],
+            vec!["--min-lr-frac", "warmup-cosine"],
+        ),
+        (
+            vec!["--schedule", "warmup-cosine"],
+            vec!["warmup_steps = 100", "5 steps", "--warmup-steps"],
+        ),
+    ] {
+        let mut all = teacher.to_vec();
+        all.extend(args);
+        expect(with_args(&all), &dir, 2, &needles);
+    }
+    expect(
+        with_args(&[
+            "train",
+            "--model",
+            "transformer",
+            "--data",
+            "text",
+            "--data-dir",
+            "one.txt",
+            "--steps",
+            "1",
+            "--out",
+            "o",
+        ]),
+        &dir,
+        2,
+        &["one.txt", "one distinct character"],
+    );
+    let mnist = [
+        "train",
+        "--data",
+        "mnist",
+        "--data-dir",
+        "idx",
+        "--steps",
+        "1",
+        "--out",
+        "o",
+        "--train-limit",
+    ];
+    expect(
+        with_args(&[&mnist[..], &["21"]].concat()),
+        &dir,
+        2,
+        &["train_limit = 21", "20 training examples"],
+    );
+    expect(with_args(&[&mnist[..], &["20"]].concat()), &dir, 0, &[]);
+    expect(
+        with_args(&[
+            "train",
+            "--model",
+            "cnn",
+            "--channels",
+            "1,1,1,1,1",
+            "--data",
+            "mnist",
+            "--data-dir",
+            "idx",
+            "--steps",
+            "1",
+        ]),
+        &dir,
+        2,
+        &["5 pooling blocks", "at most 4"],
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Tiny MNIST-format files: `n` 28 x 28 images in each split.
+fn write_idx(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut images = vec![];
+    for v in [2051u32, n as u32, 28, 28] {
+        images.extend(v.to_be_bytes());
+    }
+    images.extend((0..n * 784).map(|i| (i * 17 % 256) as u8));
+    let mut labels = vec![];
+    for v in [2049u32, n as u32] {
+        labels.extend(v.to_be_bytes());
+    }
+    labels.extend((0..n).map(|i| (i % 10) as u8));
+    for (stem, bytes) in [
+        ("train-images-idx3-ubyte", &images),
+        ("train-labels-idx1-ubyte", &labels),
+        ("t10k-images-idx3-ubyte", &images),
+        ("t10k-labels-idx1-ubyte", &labels),
+    ] {
+        std::fs::write(dir.join(stem), bytes).unwrap();
+    }
+}
+
+/// Labels with control characters would break results.md's tables and the
+/// SVG plots: refused, naming the label.
+#[test]
+fn labels_with_control_characters_are_refused() {
+    let dir = scratch();
+    let file = dir.join("s.toml");
+    for (key, value) in [
+        ("tasks.0.label", "\"two\\nlines\""),
+        ("tasks.0.label", "\"tab\\there\""),
+        ("optimizers.0.label", "\"red\\u001b[31m\""),
+        ("optimizers.1.label", "\"nul\\u0000\""),
+        ("name", "\"bell\\u0007\""),
+    ] {
+        std::fs::write(&file, edit(STUDY, key, value)).unwrap();
+        expect(
+            with_args(&["--exp", "s.toml"]),
+            &dir,
+            2,
+            &["s.toml", "control character"],
+        );
+        assert!(!dir.join("results").exists());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Messages that name the problem: the missing argument, a folder or FIFO
+/// given as a study file.
+#[test]
+fn messages_name_what_is_wrong() {
+    let dir = scratch();
+    expect(
+        with_args(&["trace", "--optimizer", "sgd", "--problem", "quadratic"]),
+        &dir,
+        2,
+        &["required", "--steps"],
+    );
+    expect(
+        with_args(&["--shard", "0/2"]),
+        &dir,
+        2,
+        &["required", "--exp"],
+    );
+    std::fs::create_dir_all(dir.join("folder.toml")).unwrap();
+    expect(
+        with_args(&["--exp", "folder.toml"]),
+        &dir,
+        2,
+        &["folder.toml", "is a folder"],
+    );
+    std::fs::create_dir_all(dir.join("plain")).unwrap();
+    expect(
+        with_args(&["--exp", "plain"]),
+        &dir,
+        2,
+        &["plain", "is a folder"],
+    );
+    let fifo = dir.join("pipe.toml");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        expect(
+            with_args(&["--exp", "pipe.toml"]),
+            &dir,
+            2,
+            &["pipe.toml", "not a regular file"],
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A `train` run that diverges is recorded (run.json, status diverged) and
+/// exits with status 1, as `trace` does (it used to warn and exit 0).
+#[test]
+fn a_diverged_train_exits_non_zero() {
+    let dir = scratch();
+    let args = [
+        "train",
+        "--data",
+        "teacher",
+        "--optimizer",
+        "sgd",
+        "--set",
+        "lr=1e30",
+        "--steps",
+        "5",
+        "--out",
+        "dv",
+    ];
+    expect(with_args(&args), &dir, 1, &["diverged", "dv/run.json"]);
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dv/run.json")).unwrap()).unwrap();
+    assert_eq!(rec["status"], "diverged");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Warmup or an IMP rewind as long as a run given in epochs: refused once
+/// the data's size is known, before any run trains.
+#[test]
+fn settings_longer_than_an_epoch_run_are_refused() {
+    let dir = scratch();
+    let file = dir.join("s.toml");
+    let epochs = |text: String| text.replace("steps = 2\n", "epochs = 2\n");
+    for (text, needles) in [
+        (
+            epochs(edit(
+                STUDY,
+                "tasks.0.schedule",
+                "{ name = \"warmup_cosine\", warmup_steps = 4, min_lr_frac = 0.1 }",
+            )),
+            ["warmup_steps = 4", "2 epochs of 2 steps = 4 steps"],
+        ),
+        (
+            epochs(edit(
+                STUDY,
+                "tasks.0.pruning",
+                "{ method = \"imp\", rounds = 1, rate = 0.5, rewind_step = 4 }",
+            )),
+            ["rewind_step = 4", "2 epochs of 2 steps = 4 steps"],
+        ),
+    ] {
+        assert!(text.contains("epochs = 2"), "{text}");
+        std::fs::write(&file, &text).unwrap();
+        expect(with_args(&["--exp", "s.toml"]), &dir, 2, &needles);
+        assert!(
+            !dir.join("results/s/runs").exists()
+                || std::fs::read_dir(dir.join("results/s/runs"))
+                    .unwrap()
+                    .count()
+                    == 0,
+            "a run trained"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The up-front memory check reads the process's own limit (`ulimit -v`),
+/// not only the machine's available memory: a model that fits the machine
+/// but not the limit is refused before training, naming the limit.
+#[test]
+fn the_memory_check_reads_the_process_limit() {
+    let dir = scratch();
+    // About 3 GB for parameters, state and activations.
+    let args = [
+        "train", "--data", "teacher", "--hidden", "200000", "--steps", "1", "--out", "o",
+    ];
+    let mem_available_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            let l = t
+                .lines()
+                .find(|l| l.starts_with("MemAvailable:"))?
+                .to_string();
+            l.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0);
+    let needles: &[&str] = if mem_available_kb > 8_000_000 {
+        &["memory", "ulimit -v", "--hidden"]
+    } else {
+        &["memory", "--hidden"]
+    };
+    expect(bin_ulimit(1_500_000, &args), &dir, 2, needles);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A claim held by a live process that is not this program, or an empty
+/// claim file, no longer blocks its run: both are stale and taken over,
+/// and every run of the study is trained.
+#[test]
+fn foreign_and_empty_claims_are_taken_over() {
+    let dir = scratch();
+    std::fs::write(dir.join("s.toml"), STUDY).unwrap();
+    expect(with_args(&["--exp", "s.toml"]), &dir, 0, &[]);
+    let runs = dir.join("results/s/runs");
+    let mut names: Vec<String> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for e in std::fs::read_dir(&runs).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let claim = |n: &str| runs.join(n.replace(".json", ".claim"));
+    std::fs::write(claim(&names[0]), format!("{host} {}\n", sleeper.id())).unwrap();
+    std::fs::write(claim(&names[1]), "").unwrap();
+    let out = expect(with_args(&["--exp", "s.toml"]), &dir, 0, &[]);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    assert!(out.contains("2 done"), "{out}");
+    assert!(!out.contains("other processes"), "{out}");
+    for n in &names {
+        assert!(runs.join(n).is_file(), "{n} not trained");
+        assert!(!claim(n).exists(), "{n}: claim left behind");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `report` on a damaged folder says so: a record that lost its `final`
+/// measures is left out with a warning naming it (the row counts only the
+/// seeds it averages), a truncated study.json is named in a warning, and a
+/// label's `|` is escaped in results.md.
+#[test]
+fn report_names_damaged_records_and_escapes_labels() {
+    let dir = scratch();
+    let text = edit(
+        &edit(STUDY, "seeds", "[0, 1]"),
+        "optimizers.0.label",
+        "\"SGD | plain <&>\"",
+    );
+    std::fs::write(dir.join("s.toml"), text).unwrap();
+    expect(with_args(&["--exp", "s.toml"]), &dir, 0, &[]);
+    let out = dir.join("results/s");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| SGD \\| plain <&> |"), "{md}");
+    for e in std::fs::read_dir(out.join("plots")).unwrap() {
+        let svg = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        assert!(!svg.contains("plain <&>"), "raw label in an SVG");
+    }
+    // Take `final` out of one record, and cut study.json short.
+    let runs = out.join("runs");
+    let victim = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&victim).unwrap()).unwrap();
+    assert_eq!(rec["status"], "done");
+    rec.as_object_mut().unwrap().remove("final");
+    std::fs::write(&victim, serde_json::to_string(&rec).unwrap()).unwrap();
+    let manifest = std::fs::read_to_string(out.join("study.json")).unwrap();
+    std::fs::write(out.join("study.json"), &manifest[..manifest.len() / 2]).unwrap();
+    let o = run_timed(with_args(&["report", "results/s"]), &dir);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let name = victim.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning") && l.contains(&name) && l.contains("final")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning") && l.contains("study.json")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

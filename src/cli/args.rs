@@ -18,11 +18,20 @@ pub fn one_thread_per_run() {
     }
 }
 
-/// Splits repeated `--set key=value` arguments.
+/// Splits repeated `--set key=value` arguments. A key given twice is
+/// refused: the last would silently win.
 pub fn parse_sets(sets: &[String]) -> Result<Vec<(&str, RawValue)>> {
+    let mut seen: std::collections::HashMap<&str, &str> = Default::default();
     sets.iter()
         .map(|s| match s.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => {
+                if let Some(first) = seen.insert(k.trim(), s) {
+                    bail_usage!(
+                        "--set {} is given twice (`{}` and `{s}`); give each key once",
+                        k.trim(),
+                        first.trim()
+                    );
+                }
                 Ok((k.trim(), RawValue::Text(v.trim().to_string())))
             }
             _ => bail_usage!("invalid --set `{s}`: expected KEY=VALUE, e.g. --set lr=0.001"),

@@ -36,14 +36,30 @@ pub fn run(args: MeasureArgs) -> Result<()> {
             args.file.display()
         );
     }
-    let tensors = match candle_core::safetensors::load(&args.file, &Device::Cpu) {
-        Ok(t) => t,
-        Err(e) => bail_usage!(
-            "measure: {} is not a readable safetensors file: {e}",
-            args.file.display()
-        ),
+    let file = args.file.display();
+    let not_readable = |e: &dyn std::fmt::Display| {
+        crate::error::usage(format!(
+            "measure: {file} is not a readable safetensors file: {e}"
+        ))
     };
-    let mut named: Vec<_> = tensors.into_iter().collect();
+    // The header first: a dtype that cannot be read exactly is refused
+    // before any data is read.
+    let readable = readable_tensors(&args.file).map_err(|e| {
+        if crate::error::is_usage(&e) {
+            e
+        } else {
+            not_readable(&e)
+        }
+    })?;
+    let bytes = std::fs::read(&args.file).map_err(|e| not_readable(&e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_readable(&e))?;
+    let mut named = vec![];
+    for name in readable {
+        let view = st.tensor(&name).map_err(|e| not_readable(&e))?;
+        let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)
+            .map_err(|e| not_readable(&format!("tensor `{name}`: {e}")))?;
+        named.push((name, t));
+    }
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let m = metrics::measure_tensors(&named)?;
     let filters = metrics::filter_measures(&named)?;
@@ -69,6 +85,59 @@ pub fn run(args: MeasureArgs) -> Result<()> {
         println!("{}", f.table());
     }
     Ok(())
+}
+
+/// The names of the tensors `measure` reads, from the file's header alone:
+/// the floating-point ones in F16, BF16, F32 or F64 (read exactly). Integer
+/// and boolean tensors (counters, masks) are skipped, as measures are of
+/// floating-point weights; any other dtype (8-, 6- and 4-bit floats, complex
+/// numbers) is refused, naming the tensor.
+fn readable_tensors(path: &std::path::Path) -> Result<Vec<String>> {
+    use safetensors::Dtype;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|_| anyhow::anyhow!("shorter than a safetensors header"))?;
+    let n = u64::from_le_bytes(len);
+    // safetensors' own limit on the header (100 MB).
+    if n > 100_000_000 {
+        anyhow::bail!("its header claims {n} bytes");
+    }
+    let mut head = len.to_vec();
+    f.take(n).read_to_end(&mut head)?;
+    if head.len() as u64 != 8 + n {
+        anyhow::bail!("the header is cut short");
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&head[8..]).map_err(|e| anyhow::anyhow!("its header: {e}"))?;
+    let mut names = vec![];
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype: Dtype = serde_json::from_value(info["dtype"].clone()).map_err(|_| {
+            anyhow::anyhow!("tensor `{name}` has an unknown dtype {}", info["dtype"])
+        })?;
+        match dtype {
+            Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64 => names.push(name),
+            Dtype::BOOL
+            | Dtype::U8
+            | Dtype::I8
+            | Dtype::U16
+            | Dtype::I16
+            | Dtype::U32
+            | Dtype::I32
+            | Dtype::U64
+            | Dtype::I64 => {}
+            other => bail_usage!(
+                "measure: {}: tensor `{name}` has dtype {other:?}, which measure cannot read exactly; it reads F16, BF16, F32 and F64 (convert the checkpoint, e.g. with torch: t.float())",
+                path.display()
+            ),
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// A text table: one row per tensor, then the weight, bias and total

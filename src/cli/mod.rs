@@ -61,7 +61,7 @@ struct Cli {
     out: Option<std::path::PathBuf>,
 
     /// List the shipped studies.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "exp")]
     list: bool,
 
     /// Run the study's small version (its [quick] table) into results/<name>/quick/.
@@ -192,6 +192,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if cli.list && cli.command.is_some() {
+        bail_usage!("--list lists the shipped studies and takes no subcommand; drop one of them");
+    }
     match (cli.command, cli.exp) {
         (Some(_), Some(_)) => bail_usage!(
             "--exp runs a study and takes no subcommand; to rebuild a study's tables use `sparsity-lab report DIR` (e.g. results/sparsity) without --exp"
@@ -368,11 +371,23 @@ fn clap_error(e: clap::Error) -> ExitCode {
             let _ = e.print();
             ExitCode::SUCCESS
         }
-        _ => {
+        kind => {
             // clap's message is several lines; its first line names the problem.
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or("error: invalid arguments");
-            eprintln!("{first} (see --help)");
+            if kind == MissingRequiredArgument {
+                // The missing arguments follow on indented lines: name them.
+                let missing: Vec<&str> = text
+                    .lines()
+                    .skip(1)
+                    .take_while(|l| l.starts_with("  "))
+                    .map(str::trim)
+                    .collect();
+                let first = first.trim_end().trim_end_matches(':');
+                eprintln!("{first}: {} (see --help)", missing.join(", "));
+            } else {
+                eprintln!("{first} (see --help)");
+            }
             ExitCode::from(2)
         }
     }

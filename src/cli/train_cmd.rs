@@ -49,10 +49,12 @@ pub struct TrainArgs {
     /// constant, or warmup-cosine (with --warmup-steps and --min-lr-frac).
     #[arg(long, default_value = "constant")]
     schedule: String,
-    #[arg(long, default_value_t = 100)]
-    warmup_steps: usize,
-    #[arg(long, default_value_t = 0.1)]
-    min_lr_frac: f64,
+    /// warmup-cosine: steps of linear warmup (default 100).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// warmup-cosine: the last step's lr as a fraction of lr (default 0.1).
+    #[arg(long)]
+    min_lr_frac: Option<f64>,
     /// MLP hidden widths, comma-separated; for the cnn, the one width of its
     /// hidden linear layer.
     #[arg(long, value_delimiter = ',', value_name = "W,...")]
@@ -147,10 +149,17 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
         }
     }
     let schedule = match a.schedule.as_str() {
-        "constant" => Schedule::Constant,
+        "constant" => {
+            if a.warmup_steps.is_some() || a.min_lr_frac.is_some() {
+                bail_usage!(
+                    "--warmup-steps and --min-lr-frac shape the warmup-cosine schedule and do nothing with --schedule constant; add --schedule warmup-cosine"
+                );
+            }
+            Schedule::Constant
+        }
         "warmup-cosine" | "warmup_cosine" => Schedule::WarmupCosine {
-            warmup_steps: a.warmup_steps,
-            min_lr_frac: a.min_lr_frac,
+            warmup_steps: a.warmup_steps.unwrap_or(100),
+            min_lr_frac: a.min_lr_frac.unwrap_or(0.1),
         },
         s => bail_usage!("invalid --schedule `{s}`; expected constant or warmup-cosine"),
     };
@@ -165,6 +174,7 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     cfg.eval_every = a.eval_every;
     cfg.schedule = schedule;
     cfg.validate()?;
+    crate::checks::check_config(&cfg)?;
     Ok(cfg)
 }
 
@@ -264,11 +274,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         a.out.join("run.json").display(),
         weights.display()
     );
+    // A diverged run is recorded (run.json says so) but is a failure: exit 1,
+    // as `trace` does.
     if rec.status == Status::Diverged {
-        eprintln!(
-            "warning: the run diverged after {} steps: {}",
+        anyhow::bail!(
+            "the run diverged after {} steps ({}); its record is in {}; try a smaller lr",
             rec.steps_done,
-            rec.error.as_deref().unwrap_or("non-finite loss")
+            rec.error.as_deref().unwrap_or("non-finite loss"),
+            a.out.join("run.json").display()
         );
     }
     Ok(())

@@ -89,6 +89,16 @@ pub(crate) fn labels_to_tensor(labels: Vec<u8>) -> Result<Tensor> {
 
 /// Keeps the first `limit` examples of a split.
 pub(crate) fn limit_examples(split: Split, limit: Option<usize>) -> Result<Split> {
+    // A limit beyond the data would be recorded but not used: refuse it.
+    if let (Split::Examples { y, .. }, Some(n)) = (&split, limit)
+        && n > y.dim(0)?
+    {
+        crate::bail_usage!(
+            "train_limit = {n} is more than the {} training examples there are; use at most {} (--train-limit or data.train_limit), or leave it out to use them all",
+            y.dim(0)?,
+            y.dim(0)?
+        );
+    }
     match (split, limit) {
         (Split::Examples { x, y }, Some(n)) if n < y.dim(0)? => Ok(Split::Examples {
             x: x.narrow(0, 0, n)?,

@@ -188,10 +188,7 @@ impl Batcher {
 
     /// Steps in one pass over the examples (the last partial batch is kept).
     pub fn steps_per_epoch(&self, split: &Split) -> usize {
-        match split {
-            Split::Examples { .. } => split.len().div_ceil(self.batch_size),
-            Split::Stream { tokens } => (tokens.len() / (self.batch_size * self.context)).max(1),
-        }
+        steps_per_epoch(split, self.batch_size, self.context)
     }
 
     /// The next batch; a new shuffled epoch starts when the last one is used up.
@@ -274,6 +271,17 @@ pub fn eval_batches(
         }
     }
     Ok(out)
+}
+
+/// Steps in one pass over a split at `batch_size` (the last partial batch
+/// is kept); for a stream, the windows of `context` tokens it holds.
+pub fn steps_per_epoch(split: &Split, batch_size: usize, context: usize) -> usize {
+    match split {
+        Split::Examples { .. } => split.len().div_ceil(batch_size.max(1)),
+        Split::Stream { tokens } => {
+            (tokens.len() / batch_size.max(1).saturating_mul(context.max(1))).max(1)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -81,6 +81,13 @@ pub fn load(c: &TextConfig) -> Result<Dataset> {
             chars.len()
         );
     }
+    if vocab.len() < 2 {
+        bail_usage!(
+            "text: {} holds only one distinct character ({:?}); there is nothing to predict, give a text with at least two",
+            path.display(),
+            vocab[0]
+        );
+    }
     let ids: Vec<u32> = chars
         .iter()
         .map(|ch| vocab.binary_search(ch).expect("in vocab") as u32)

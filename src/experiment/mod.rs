@@ -1,7 +1,7 @@
 //! Studies: a grid of runs described by a file, one JSON per run, and a
 //! report built from those files alone (after DeepOBS).
 
-mod claim;
+pub mod claim;
 pub mod compare;
 pub mod hypotheses;
 pub mod plots;

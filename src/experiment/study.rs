@@ -190,14 +190,33 @@ impl Study {
             .map_err(|e| usage(format!("cannot read study {file}: {e}")))?;
         let mut doc: toml::Table =
             toml::from_str(&text).map_err(|e| toml_error(&file, &text, &e))?;
+        if let Some((k, v)) = sets
+            .iter()
+            .find(|(k, _)| k == "quick" || k.starts_with("quick."))
+        {
+            bail_usage!(
+                "{file}: --set {k}={v}: [quick] is applied before --set, so this changes nothing; with --quick give the setting itself (e.g. --set epochs=1), or edit the [quick] table"
+            );
+        }
         if quick {
             let q = doc
                 .get("quick")
                 .and_then(|q| q.as_table())
                 .cloned()
                 .unwrap_or_default();
+            if q.is_empty() {
+                bail_usage!(
+                    "{file}: --quick: the study has no [quick] table, so --quick would run the full study; run it without --quick, or add one (e.g. [quick] epochs = 1)"
+                );
+            }
+            let plain_ok: Result<Study, _> = Study::deserialize(toml::Value::Table(doc.clone()));
             for (k, v) in q {
                 apply(&mut doc, &k, v).map_err(|e| usage(format!("{file}: [quick] {k}: {e}")))?;
+            }
+            // An error that only the [quick] settings bring is theirs: say so.
+            if plain_ok.is_ok() {
+                Study::deserialize(toml::Value::Table(doc.clone()))
+                    .map_err(|e| usage(format!("{file}: in [quick]: {}", e.message().trim())))?;
             }
         }
         for (k, v) in sets {
@@ -206,9 +225,9 @@ impl Study {
         }
         let study: Study = if quick || !sets.is_empty() {
             Study::deserialize(toml::Value::Table(doc)).map_err(|e| {
-                let keys: Vec<_> = sets.iter().map(|(k, _)| k.as_str()).collect();
+                let keys: Vec<_> = sets.iter().map(|(k, _)| format!("--set {k}")).collect();
                 usage(format!(
-                    "{file} (with overrides {}): {}",
+                    "{file} (with {}): {}",
                     keys.join(", "),
                     e.message().trim()
                 ))
@@ -228,6 +247,46 @@ impl Study {
     }
 
     fn check(&self, file: &str) -> Result<()> {
+        if self.name.trim().is_empty() {
+            bail_usage!("{file}: `name` is empty; give the study a name, e.g. name = \"mine\"");
+        }
+        check_text(file, "name", &self.name)?;
+        for t in &self.tasks {
+            check_text(file, "a task's `label`", &t.label)?;
+            for o in t.optimizers.iter().flatten().chain(&self.optimizers) {
+                check_text(file, "an optimizer's `label`", &o.label)?;
+            }
+            for l in t.only.iter().flatten().chain(&t.baseline) {
+                check_text(file, &format!("task `{}`: `only`/`baseline`", t.label), l)?;
+            }
+        }
+        if let Some(b) = &self.baseline {
+            check_text(file, "`baseline`", b)?;
+        }
+        for o in self
+            .tasks
+            .iter()
+            .flat_map(|t| t.optimizers.iter().flatten())
+            .chain(&self.optimizers)
+        {
+            if let Some(lrs) = &o.lrs {
+                if lrs.is_empty() {
+                    bail_usage!(
+                        "{file}: optimizer `{}`: `lrs` is empty, so the configuration would vanish from the study; give at least one learning rate, or remove `lrs`",
+                        o.label
+                    );
+                }
+                for (i, a) in lrs.iter().enumerate() {
+                    // `==`: 0.0 and -0.0 are the same learning rate.
+                    if let Some(b) = lrs[..i].iter().find(|b| **b == *a) {
+                        bail_usage!(
+                            "{file}: optimizer `{}`: `lrs` lists the learning rate {b} twice (as {b} and {a}); give each once",
+                            o.label
+                        );
+                    }
+                }
+            }
+        }
         if self.seeds.is_empty() {
             bail_usage!("{file}: `seeds` is empty; give at least one seed");
         }
@@ -334,12 +393,15 @@ impl Study {
                     name.len()
                 );
             }
-            spec.config.validate().map_err(|e| {
-                usage(format!(
-                    "{file}: task `{}`, optimizer `{}`: {e:#}",
-                    spec.task, spec.label
-                ))
-            })?;
+            spec.config
+                .validate()
+                .and_then(|()| crate::checks::check_config(&spec.config))
+                .map_err(|e| {
+                    usage(format!(
+                        "{file}: task `{}`, optimizer `{}`: {e:#}",
+                        spec.task, spec.label
+                    ))
+                })?;
         }
         Ok(())
     }
@@ -420,6 +482,19 @@ impl Study {
         }
         out
     }
+}
+
+/// Refuses control characters (a newline, a tab, an escape...) in a name or
+/// label: they would break the tables and plots it is written into.
+fn check_text(file: &str, what: &str, text: &str) -> Result<()> {
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        bail_usage!(
+            "{file}: {what} {:?} holds the control character {:?}; use printable characters only",
+            short(text),
+            c
+        );
+    }
+    Ok(())
 }
 
 /// A `--set` value: TOML if it parses (numbers, booleans, arrays, quoted
@@ -523,11 +598,30 @@ pub fn experiments_dir() -> PathBuf {
 /// `experiments/`. Returns (study file, output folder).
 pub fn resolve(exp: &str, experiments: &Path) -> Result<(PathBuf, PathBuf)> {
     let as_path = PathBuf::from(exp);
+    if as_path.is_dir() && !experiments.join(format!("{exp}.toml")).is_file() {
+        bail_usage!(
+            "--exp {exp}: {} is a folder; give a study name or the path of a .toml file (to rebuild a results folder's tables: sparsity-lab report {exp})",
+            as_path.display()
+        );
+    }
     let file = if exp.ends_with(".toml") || as_path.is_file() {
         as_path
     } else {
         experiments.join(format!("{exp}.toml"))
     };
+    if let Ok(meta) = std::fs::metadata(&file)
+        && !meta.is_file()
+    {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file (a pipe, socket or device)"
+        };
+        bail_usage!(
+            "--exp {exp}: {} is {what}; give a study name or the path of a .toml file",
+            file.display()
+        );
+    }
     if !file.is_file() {
         let known = list(experiments).unwrap_or_default();
         bail_usage!(

@@ -192,8 +192,9 @@ impl Measures {
                 .sum();
             1.0 - 2.0 * s
         };
-        if k == 0 && n > 0 {
-            // No finite value: nothing to measure.
+        if k == 0 {
+            // No finite value, or no value at all (a zero-sized tensor):
+            // nothing to measure, neither sparse nor dense.
             (l1, l2, hoyer, gini) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
         }
         Self {
@@ -689,6 +690,10 @@ mod tests {
         assert_eq!((nan.numel, nan.nonfinite), (4, 4));
         assert!(nan.l1.is_nan() && nan.l2.is_nan() && nan.hoyer.is_nan() && nan.gini.is_nan());
         assert_eq!(nan.exact_zero_frac, 0.0);
+        // No value at all (a zero-sized tensor): undefined too.
+        let empty = Measures::of(&[]);
+        assert_eq!(empty.numel, 0);
+        assert!(empty.l1.is_nan() && empty.hoyer.is_nan() && empty.gini.is_nan());
         // Written as null in JSON, and read back.
         let json = serde_json::to_string(&nan).unwrap();
         assert!(json.contains("\"nonfinite\":4") && json.contains("\"hoyer\":null"));

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bail_usage;
 use crate::data::{DataConfig, Dataset, Split, Task};
+use crate::limits::human_bytes;
 use crate::models::ModelConfig;
 use crate::optim::OptimizerConfig;
 use crate::prune::PruneConfig;
@@ -194,6 +195,7 @@ impl TrainConfig {
                 t.context
             );
         }
+        crate::checks::check_with_data(self, ds)?;
         self.check_memory(&ds.task, 0.0)
     }
 
@@ -224,9 +226,15 @@ impl TrainConfig {
 
     /// Refuses a run whose parameters, gradients, optimizer state, final
     /// measures, activations and data would not fit in the memory available
-    /// now (MemAvailable in /proc/meminfo; no check where it is absent).
+    /// now ([`crate::limits::available`]: the machine's MemAvailable, the
+    /// process's rlimits and its cgroup; no check where none is known).
     fn check_memory(&self, task: &Task, data_bytes: f64) -> Result<()> {
-        let Some(available) = mem_available() else {
+        // The least of the machine's, the rlimits' and the cgroup's.
+        let Some(crate::limits::Available {
+            bytes: available,
+            limit,
+        }) = crate::limits::available()
+        else {
             return Ok(());
         };
         let params = self.model.param_count(task);
@@ -246,7 +254,7 @@ impl TrainConfig {
             + data_bytes;
         if bytes > available {
             bail_usage!(
-                "this run needs about {} of memory ({:.3e} parameters with gradients and optimizer state, plus activations and data) but {} is available; use smaller sizes (--hidden, --d-model, --layers, --context, --batch-size or the data's size)",
+                "this run needs about {} of memory ({:.3e} parameters with gradients and optimizer state, plus activations and data) but {} is {limit}; use smaller sizes (--hidden, --d-model, --layers, --context, --batch-size or the data's size)",
                 human_bytes(bytes),
                 params,
                 human_bytes(available)
@@ -273,23 +281,4 @@ impl TrainConfig {
             ModelConfig::Mlp(_) | ModelConfig::Cnn(_) => 0,
         }
     }
-}
-
-/// Available memory in bytes, from /proc/meminfo (Linux).
-fn mem_available() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
-}
-
-fn human_bytes(b: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
-    let mut v = b;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < UNITS.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", UNITS[i])
 }

@@ -304,9 +304,25 @@ pub(super) fn md_table(out: &mut String, header: &[String], rows: &[Vec<String>]
             .collect::<String>()
     );
     for r in rows {
-        let _ = writeln!(out, "| {} |", r.join(" | "));
+        // The first cell is a label from the study file: a `|` in it would
+        // split the row, a control character (from records of older
+        // versions, which did not refuse them) break the line.
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == 0 { md_label(c) } else { c.clone() })
+            .collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out.push('\n');
+}
+
+/// A label as markdown table text: `|` escaped, control characters as spaces.
+pub(super) fn md_label(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .replace('|', "\\|")
 }
 
 #[cfg(test)]

@@ -28,8 +28,28 @@ pub struct Manifest {
 }
 
 /// The folder's manifest, if it has one.
+/// A manifest that exists but cannot be read (truncated, edited) is named
+/// in a warning, once per folder: without it the report cannot tell which
+/// runs are missing or stale.
 pub fn manifest(dir: &Path) -> Option<Manifest> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).ok()?).ok()
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> =
+                std::sync::Mutex::new(Vec::new());
+            let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+            if !warned.contains(&path) {
+                warned.push(path.clone());
+                eprintln!(
+                    "warning: report: {} is unreadable ({e}); the report cannot say which runs are missing or leave out records of an earlier grid; rerun the study (--exp) to rewrite it",
+                    path.display()
+                );
+            }
+            None
+        }
+    }
 }
 
 pub const MANIFEST: &str = "study.json";
@@ -77,6 +97,15 @@ pub fn load_groups(dir: &Path) -> Result<Vec<Group>> {
         let text = std::fs::read_to_string(&p)
             .with_context(|| format!("report: reading {}", p.display()))?;
         let rec = match serde_json::from_str::<StudyRecord>(&text) {
+            // Done but without its final measures (a damaged record): left
+            // out, so that no row counts a seed it does not average.
+            Ok(r) if r.study.is_some() && r.status == Status::Done && r.r#final.is_none() => {
+                foreign.push(format!(
+                    "{} (status done but no `final` measures: a damaged record; rerun the study to retrain it)",
+                    p.display()
+                ));
+                continue;
+            }
             Ok(r) if r.study.is_some() => r,
             Ok(_) => {
                 foreign.push(format!("{} (not part of a study)", p.display()));
