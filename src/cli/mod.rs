@@ -15,6 +15,7 @@ use crate::trace;
 
 mod args;
 mod measure;
+mod selfcheck;
 mod train_cmd;
 
 use args::{one_thread_per_run, parse_device, parse_sets};
@@ -125,6 +126,14 @@ enum Command {
     /// quadratic is f(theta) = theta^2 from theta = 1;
     /// rosenbrock is (1-x)^2 + 100(y-x^2)^2 from (-1.5, 2).
     Trace(TraceArgs),
+    /// The optimizer steps on a device against the CPU reference (for
+    /// scripts/gpu-check.sh; hidden).
+    #[command(hide = true)]
+    Selfcheck(selfcheck::SelfcheckArgs),
+    /// Training-step times on a device, one JSON line per case (for
+    /// scripts/gpu-check.sh; hidden).
+    #[command(hide = true)]
+    BenchSteps(selfcheck::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +186,8 @@ fn run(cli: Cli) -> Result<()> {
         (Some(Command::Trace(args)), _) => run_trace(args),
         (Some(Command::Train(args)), _) => train_cmd::run(*args),
         (Some(Command::Measure(args)), _) => measure::run(args),
+        (Some(Command::Selfcheck(args)), _) => selfcheck::run_selfcheck(args),
+        (Some(Command::BenchSteps(args)), _) => selfcheck::run_bench(args),
         (
             Some(Command::Report {
                 dir,
