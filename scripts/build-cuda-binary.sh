@@ -71,6 +71,18 @@ if readelf -d "$stripped" | grep -E 'NEEDED.*(cuda|cublas|curand|nvrtc)'; then
     echo "error: the binary depends on a CUDA library at load time; it would not travel" >&2
     exit 1
 fi
+# It starts without the build's CUDA libraries on the loader path: with a GPU
+# the step runs (exit 0); without one it says so in one line (exit 2).
+echo "\$ env -i PATH=/usr/bin:/bin sparsity-lab-cuda trace --optimizer adam --problem quadratic --steps 1 --device cuda"
+set +e
+env -i PATH=/usr/bin:/bin "$stripped" trace --optimizer adam --problem quadratic --steps 1 --device cuda
+rc=$?
+set -e
+echo "[exit $rc]"
+if [ "$rc" != 0 ] && [ "$rc" != 2 ]; then
+    echo "error: the binary did not start cleanly (exit $rc)" >&2
+    exit 1
+fi
 
 mkdir -p dist
 out=dist/sparsity-lab-cuda

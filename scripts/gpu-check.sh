@@ -7,7 +7,7 @@
 #   scripts/gpu-check.sh             # on the GPU machine (docs/cuda.md: the device call)
 #   scripts/gpu-check.sh --dry-run   # anywhere: the same steps on the CPU, to test the script
 #
-# Steps (each under a time limit; worst case about 330 s, usually far less):
+# Steps (each under a time limit; worst case about 360 s, usually far less):
 #  1. nvidia-smi, and the CUDA libraries the binary will load;
 #  2. `selfcheck`: every optimizer's fused CUDA step (and Candle's tensor path
 #     on the GPU) against the CPU reference, from the same tensors, with a
@@ -204,7 +204,7 @@ $dry && budget=0.3 && cases=mlp-64
 step 40 bench-ours "$bin" bench-steps --device "$device" --budget "$budget" $cases || fail "bench-steps failed"
 bench_line="not measured"
 if [ -n "$py" ]; then
-    if step 45 bench-torch "$py" scripts/gpu_check.py bench --device "$device" --budget "$budget" $cases; then
+    if step 60 bench-torch "$py" scripts/gpu_check.py bench --device "$device" --budget "$budget" $cases; then
         grep '^{' "$work/bench-ours.log" >"$work/ours.jsonl"
         grep '^{' "$work/bench-torch.log" >"$work/torch.jsonl"
         "$py" scripts/gpu_check.py bench-table "$work/ours.jsonl" "$work/torch.jsonl" >"$work/table.md" 2>&1
