@@ -15,6 +15,7 @@ use crate::trace;
 
 mod args;
 mod measure;
+mod selfcheck;
 mod train_cmd;
 
 use args::{one_thread_per_run, optimizer_help, parse_device, parse_sets};
@@ -148,6 +149,14 @@ enum Command {
     /// List the optimizers (the registry) as a markdown table: name, reference
     /// implementation, its defaults, state buffers, plot panel.
     Optimizers,
+    /// The optimizer steps on a device against the CPU reference (for
+    /// scripts/gpu-check.sh; hidden).
+    #[command(hide = true)]
+    Selfcheck(selfcheck::SelfcheckArgs),
+    /// Training-step times on a device, one JSON line per case (for
+    /// scripts/gpu-check.sh; hidden).
+    #[command(hide = true)]
+    BenchSteps(selfcheck::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -206,6 +215,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         (Some(Command::Train(args)), _) => train_cmd::run(*args),
         (Some(Command::Measure(args)), _) => measure::run(args),
+        (Some(Command::Selfcheck(args)), _) => selfcheck::run_selfcheck(args),
+        (Some(Command::BenchSteps(args)), _) => selfcheck::run_bench(args),
         (
             Some(Command::Report {
                 dir,
