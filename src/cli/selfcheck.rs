@@ -206,7 +206,9 @@ pub fn run_selfcheck(args: SelfcheckArgs) -> Result<()> {
     let (mut checked, mut failed) = (0, 0);
     for (kind, extra) in variants() {
         for reg in REGS {
-            if kind == OptimizerKind::Adamw
+            // Rules whose decay is always decoupled (AdamW, Lion) have no
+            // `decoupled_weight_decay` key: their plain decay is that case.
+            if (kind == OptimizerKind::Adamw || kind.info().decoupled_only)
                 && reg.iter().any(|(k, _)| *k == "decoupled_weight_decay")
             {
                 continue;
