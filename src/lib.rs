@@ -16,7 +16,6 @@
 //!   report built from the records alone);
 //! - [`cli`], which the binary calls.
 
-pub mod checks;
 pub mod cli;
 pub mod data;
 pub mod error;
