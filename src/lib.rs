@@ -22,7 +22,6 @@
 //! The binary also picks the allocator (mimalloc); the library leaves that
 //! to whoever uses it.
 
-pub mod checks;
 pub mod cli;
 pub mod data;
 pub mod error;

@@ -174,7 +174,7 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     cfg.eval_every = a.eval_every;
     cfg.schedule = schedule;
     cfg.validate()?;
-    crate::checks::check_config(&cfg)?;
+    crate::train::checks::check_config(&cfg)?;
     Ok(cfg)
 }
 

@@ -267,15 +267,18 @@ fn preload(plan: &SweepPlan) -> Result<HashMap<String, (Dataset, String)>> {
     }
     for (spec, _) in &plan.todo {
         let (ds, _) = &data[&data_key(&spec.config)];
-        spec.config.check_data(ds).map_err(|e| {
-            crate::error::usage(format!(
-                "{}: task `{}`, optimizer `{}`: {}",
-                plan.file.display(),
-                spec.task,
-                spec.label,
-                crate::error::one_line(&e)
-            ))
-        })?;
+        spec.config
+            .check_data(ds)
+            .and_then(|()| train::checks::check_with_data(&spec.config, ds))
+            .map_err(|e| {
+                crate::error::usage(format!(
+                    "{}: task `{}`, optimizer `{}`: {}",
+                    plan.file.display(),
+                    spec.task,
+                    spec.label,
+                    crate::error::one_line(&e)
+                ))
+            })?;
     }
     Ok(data)
 }

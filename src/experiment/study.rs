@@ -395,7 +395,7 @@ impl Study {
             }
             spec.config
                 .validate()
-                .and_then(|()| crate::checks::check_config(&spec.config))
+                .and_then(|()| crate::train::checks::check_config(&spec.config))
                 .map_err(|e| {
                     usage(format!(
                         "{file}: task `{}`, optimizer `{}`: {e:#}",

@@ -195,7 +195,6 @@ impl TrainConfig {
                 t.context
             );
         }
-        crate::checks::check_with_data(self, ds)?;
         self.check_memory(&ds.task, 0.0)
     }
 

@@ -3,6 +3,7 @@
 //! the JSON written per run (a study adds the run's place in it:
 //! [`crate::experiment::record::StudyRecord`]).
 
+pub mod checks;
 mod config;
 mod measures;
 mod record;

@@ -50,6 +50,7 @@ pub fn run_on(
 ) -> Result<Trained> {
     cfg.validate()?;
     cfg.check_data(ds)?;
+    super::checks::check_with_data(cfg, ds)?;
     let start = Instant::now();
     let model = cfg.model.build(&ds.task, cfg.seed, DType::F32, device)?;
     let mut opt = optim::build(&cfg.optimizer, model.named_params())?;

@@ -10,10 +10,10 @@
 
 use anyhow::Result;
 
+use super::config::{Schedule, TrainConfig};
 use crate::bail_usage;
 use crate::data::{Dataset, Task, steps_per_epoch};
 use crate::models::ModelConfig;
-use crate::train::{Schedule, TrainConfig};
 
 /// The checks that need no data.
 pub fn check_config(cfg: &TrainConfig) -> Result<()> {
