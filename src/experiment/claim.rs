@@ -80,8 +80,6 @@ impl Drop for Claim {
     }
 }
 
-
-
 /// A claim that no longer holds ([`stale_because`]).
 fn claim_is_stale(text: &str) -> bool {
     stale_because(text).is_some()
