@@ -5,6 +5,8 @@
 
 use std::process::{Command, Output};
 
+use sparsity_lab::optim::OptimizerKind;
+
 fn bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
         .args(args)
@@ -32,14 +34,30 @@ fn selfcheck_covers_every_optimizer_and_block_and_passes_on_the_cpu() {
     assert!(o.status.success(), "{}{}", out, text(&o.stderr));
     // A 2x255 parameter (600 rounded down to whole rows).
     assert!(out.contains("3 steps on a 2x255 parameter"), "{out}");
-    // 9 optimizers plus 4 variants (SGD momentum and Nesterov, centred
-    // RMSprop, AMSGrad), 9 regularisation blocks each (AdamW 6: it has its
-    // own decoupled decay), two dtypes: one line each.
+    // Every optimizer of the registry plus 4 variants (SGD momentum and
+    // Nesterov, centred RMSprop, AMSGrad), 9 regularisation blocks each (6
+    // for the rules whose decay is always decoupled, AdamW and Lion), two
+    // dtypes: one line each.
     let lines: Vec<&str> = out.lines().filter(|l| l.contains(" fused: ")).collect();
-    assert_eq!(lines.len(), (12 * 9 + 6) * 2, "{out}");
-    for name in [
-        "sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "radam", "adamax",
-    ] {
+    let blocks = |k: OptimizerKind| {
+        if k == OptimizerKind::Adamw || k.info().decoupled_only {
+            6
+        } else {
+            9
+        }
+    };
+    let variants = |k: OptimizerKind| match k {
+        OptimizerKind::Sgd => 3,
+        OptimizerKind::Rmsprop | OptimizerKind::Adam => 2,
+        _ => 1,
+    };
+    let expected: usize = OptimizerKind::ALL
+        .iter()
+        .map(|&k| variants(k) * blocks(k) * 2)
+        .sum();
+    assert_eq!(lines.len(), expected, "{out}");
+    for kind in OptimizerKind::ALL {
+        let name = kind.info().name;
         assert!(
             lines.iter().any(|l| l.starts_with(&format!("{name}("))),
             "{name} missing: {out}"
@@ -59,7 +77,10 @@ fn selfcheck_covers_every_optimizer_and_block_and_passes_on_the_cpu() {
     );
     let last = out.lines().last().unwrap();
     assert!(
-        last.starts_with("selfcheck cpu: 456 comparisons, 0 outside tolerance"),
+        last.starts_with(&format!(
+            "selfcheck cpu: {} comparisons, 0 outside tolerance",
+            2 * expected
+        )),
         "{last}"
     );
 }
