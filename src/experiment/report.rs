@@ -21,6 +21,7 @@ use super::plots;
 use super::record::{Group, StudyRecord};
 use super::stats::{self, mean_std};
 use super::study::slug;
+use super::tuning;
 use crate::bail_usage;
 use crate::io::{write_atomic, write_json};
 use crate::train::Status;
@@ -39,6 +40,9 @@ pub struct Manifest {
     /// configuration with a baseline, paired by seed.
     #[serde(default)]
     pub baselines: Vec<(String, String)>,
+    /// The study's `[tuning]`, when it is a tuning study.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<super::tuning::Tuning>,
 }
 
 /// The folder's manifest, if it has one.
@@ -267,9 +271,22 @@ pub fn remeasure(dir: &Path) -> Result<(usize, usize)> {
 /// Writes results.md, results.csv and the plots. Returns the Markdown.
 pub fn write_report(dir: &Path) -> Result<String> {
     let groups = load_groups(dir)?;
-    let baselines = manifest(dir).map(|m| m.baselines).unwrap_or_default();
+    let m = manifest(dir);
+    let baselines = m.as_ref().map(|m| m.baselines.clone()).unwrap_or_default();
     let paired = paired_tables(&groups, &baselines);
-    let md = markdown(&groups, &paired);
+    let mut md = markdown(&groups, &paired);
+    if let Some(t) = m.and_then(|m| m.tuning) {
+        let choices = tuning::choose(
+            &tuning::samples(&groups, t.criterion),
+            t.criterion.higher_is_better(),
+        );
+        md = tuning::insert_section(&md, &tuning::markdown(&choices, t.criterion));
+        write_atomic(
+            &dir.join("tuning.csv"),
+            tuning::csv(&choices, t.criterion.higher_is_better()).as_bytes(),
+        )?;
+        tuning::write_plots(dir, &choices)?;
+    }
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&groups).as_bytes())?;
     if !paired.is_empty() {

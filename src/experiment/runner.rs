@@ -176,6 +176,7 @@ pub fn run_study(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<S
         set: set_list.clone(),
         runs: grid.iter().map(|r| r.file_name()).collect(),
         baselines: study.baselines(),
+        tuning: study.tuning,
     };
     write_json(&dir.join(MANIFEST), &manifest)?;
     let mine: Vec<RunSpec> = grid
