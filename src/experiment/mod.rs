@@ -11,6 +11,7 @@ pub mod runner;
 pub mod stats;
 pub mod study;
 pub mod summary;
+pub mod tuning;
 
 pub use report::{missing_runs, remeasure, write_report};
 pub use runner::{SweepOptions, SweepSummary, folders, parse_shard, run_study, small_models_only};

@@ -204,6 +204,7 @@ fn plan(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepPlan>
         set: set_list.clone(),
         runs: grid.iter().map(|r| r.file_name()).collect(),
         baselines: study.baselines(),
+        tuning: study.tuning,
     };
     write_json(&dir.join(MANIFEST), &manifest)?;
     let mine: Vec<RunSpec> = grid

@@ -113,6 +113,10 @@ pub struct Study {
     /// ([`super::hypotheses`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hypotheses: Vec<super::hypotheses::Hypothesis>,
+    /// A tuning study: rank each configuration's learning rates (its
+    /// `lrs`) by this criterion and report the winner with its margins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<super::tuning::Tuning>,
 }
 
 /// One cell of the grid.
@@ -326,6 +330,15 @@ impl Study {
                 bail_usage!(
                     "{file}: task `{}`: `only` names `{l}`, which is not one of its optimizer labels",
                     t.label
+                );
+            }
+            if self.tuning.is_some()
+                && let Some(o) = self.optimizers_of(t).iter().find(|o| o.lrs.is_none())
+            {
+                bail_usage!(
+                    "{file}: task `{}`, optimizer `{}`: a study with [tuning] ranks learning rates, so every optimizer needs `lrs = [...]`",
+                    t.label,
+                    o.label
                 );
             }
             let opts = self.optimizers_of(t);

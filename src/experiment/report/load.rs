@@ -25,6 +25,9 @@ pub struct Manifest {
     /// configuration with a baseline, paired by seed.
     #[serde(default)]
     pub baselines: Vec<(String, String)>,
+    /// The study's `[tuning]`, when it is a tuning study.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<crate::experiment::tuning::Tuning>,
 }
 
 /// The folder's manifest, if it has one.

@@ -29,6 +29,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use super::tuning;
 use super::hypotheses::{Hypothesis, test_family};
 use super::plots;
 use crate::io::write_atomic;
@@ -38,10 +39,23 @@ use matched::pareto_plots;
 /// Writes results.md, results.csv and the plots. Returns the Markdown.
 pub fn write_report(dir: &Path) -> Result<String> {
     let groups = load_groups(dir)?;
-    let baselines = manifest(dir).map(|m| m.baselines).unwrap_or_default();
+    let m = manifest(dir);
+    let baselines = m.as_ref().map(|m| m.baselines.clone()).unwrap_or_default();
     let paired = paired_tables(&groups, &baselines);
     let confirmatory = test_family(&declared_hypotheses(dir)?, &groups, &baselines);
-    let md = markdown(&groups, &paired, &confirmatory);
+    let mut md = markdown(&groups, &paired, &confirmatory);
+    if let Some(t) = m.and_then(|m| m.tuning) {
+        let choices = tuning::choose(
+            &tuning::samples(&groups, t.criterion),
+            t.criterion.higher_is_better(),
+        );
+        md = tuning::insert_section(&md, &tuning::markdown(&choices, t.criterion));
+        write_atomic(
+            &dir.join("tuning.csv"),
+            tuning::csv(&choices, t.criterion.higher_is_better()).as_bytes(),
+        )?;
+        tuning::write_plots(dir, &choices)?;
+    }
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&groups).as_bytes())?;
     if !paired.is_empty() {
