@@ -29,9 +29,9 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::tuning;
 use super::hypotheses::{Hypothesis, test_family};
 use super::plots;
+use super::tuning;
 use crate::io::write_atomic;
 use columns::by_task;
 use matched::pareto_plots;
