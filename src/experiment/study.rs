@@ -159,19 +159,7 @@ fn short(s: &str) -> String {
     }
 }
 
-/// A label as a file name part: ASCII letters and digits lower-cased, `-`
-/// and `_` kept, anything else `-`. Names the run files and the plots.
-pub fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
+pub use crate::io::slug;
 
 /// Top-level keys of a study; any other `--set` key applies to every task.
 const STUDY_KEYS: [&str; 8] = [

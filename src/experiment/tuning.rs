@@ -408,7 +408,7 @@ pub fn markdown(choices: &[Choice], c: Criterion) -> String {
         let _ = writeln!(
             out,
             "![lr curves of {t}](plots/{}-lr-curve.svg)\n",
-            super::study::slug(t)
+            crate::io::slug(t)
         );
     }
     out
@@ -589,7 +589,7 @@ pub fn write_plots(dir: &std::path::Path, choices: &[Choice]) -> anyhow::Result<
         let cs: Vec<&Choice> = choices.iter().filter(|c| c.task == t).collect();
         let svg = lr_curve_svg(t, &cs)?;
         crate::io::write_atomic(
-            &plots.join(format!("{}-lr-curve.svg", super::study::slug(t))),
+            &plots.join(format!("{}-lr-curve.svg", crate::io::slug(t))),
             svg.as_bytes(),
         )?;
     }
