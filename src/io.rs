@@ -68,6 +68,20 @@ pub fn nan_from_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Res
     Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+/// A label as a file name part: ASCII letters and digits lower-cased, `-`
+/// and `_` kept, anything else `-`. Names the run files and the plots.
+pub fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,18 +119,4 @@ mod tests {
         assert!(err.contains("--out") && err.contains("y.json"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
-}
-
-/// A label as a file name part: ASCII letters and digits lower-cased, `-`
-/// and `_` kept, anything else `-`. Names the run files and the plots.
-pub fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
