@@ -56,6 +56,11 @@ for d in "${dirs[@]}"; do
         status=1
         continue
     fi
+    # Outputs the repository ignores (the tuning study's >1 MiB metrics.csv
+    # and magnitude plots) are not compared.
+    (cd "$copy" && find . -type f ! -path './runs/*') | while IFS= read -r f; do
+        [ -e "$ref/$f" ] || ! git check-ignore -q "$d/${f#./}" || rm "$copy/$f"
+    done
     if diff -r -q "$ref" "$copy" >"$tmp/diff"; then
         echo "same $d ($(find "$ref" -type f ! -path '*/runs/*' | wc -l) files)"
     else
