@@ -83,3 +83,56 @@ fn prose_is_kept_and_missing_markers_are_refused() {
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "no markers\n");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A hypothesis counts as declared before its runs exactly when every run
+/// it is tested on was trained while the study file declared it as it reads
+/// now: editing its `why` keeps that, editing what it tests loses it, and a
+/// hypothesis added after the runs is "after".
+#[test]
+fn declared_before_the_runs_is_read_from_the_records() {
+    use sparsity_lab::experiment::summary;
+    let d = tmp("declared");
+    let exp = d.join("experiments");
+    std::fs::create_dir_all(&exp).unwrap();
+    let smoke = std::fs::read_to_string(root().join("experiments/smoke.toml")).unwrap();
+    let toml = smoke
+        .replace("name = \"smoke\"", "name = \"tiny\"")
+        .replace("epochs = 3", "epochs = 1");
+    std::fs::write(exp.join("tiny.toml"), &toml).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sparsity-lab"))
+        .current_dir(root())
+        .arg("--exp")
+        .arg(exp.join("tiny.toml"))
+        .arg("--out")
+        .arg(exp.join("tiny"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let before = |toml: &str| {
+        std::fs::write(exp.join("tiny.toml"), toml).unwrap();
+        let all = summary::collect(&exp).unwrap();
+        assert_eq!(all.len(), 1);
+        all[0]
+            .outcomes
+            .iter()
+            .map(|o| (o.hypothesis.id.clone(), o.declared_before))
+            .collect::<Vec<_>>()
+    };
+    let id = "C3b-smoke-prox-zeros".to_string();
+    assert_eq!(before(&toml), vec![(id.clone(), true)]);
+    let reworded = toml.replace("why = \"The proximal", "why = \"Reworded: the proximal");
+    assert_ne!(reworded, toml);
+    assert_eq!(before(&reworded), vec![(id.clone(), true)]);
+    let redirected = toml.replace("direction = \"greater\"", "direction = \"two-sided\"");
+    assert_ne!(redirected, toml);
+    assert_eq!(before(&redirected), vec![(id.clone(), false)]);
+    let added = format!(
+        "{toml}\n[[hypotheses]]\nid = \"later\"\nclaim = \"C1\"\ntask = \"teacher\"\nmeasure = \"weights_scale_rel_0.01\"\ncomparison = [\"Adam\"]\ndirection = \"less\"\nwhy = \"Written after the runs.\"\n"
+    );
+    assert_eq!(
+        before(&added),
+        vec![(id, true), ("later".to_string(), false)]
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -44,6 +44,28 @@ pub struct Hypothesis {
     pub why: String,
 }
 
+impl Hypothesis {
+    /// What the hypothesis tests, as a short hex digest of its id, claim,
+    /// task, measure, comparison and direction (not `why`, whose wording may
+    /// change). Every run a study trains records the fingerprints of the
+    /// hypotheses its file declares at that moment
+    /// ([`super::record::StudyRun::declared`]), so a hypothesis whose
+    /// fingerprint is in every record it is tested on was declared before
+    /// those runs: confirmatory in substance, not only in form.
+    pub fn fingerprint(&self) -> String {
+        let text = [
+            self.id.as_str(),
+            &self.claim,
+            &self.task,
+            &self.measure,
+            &self.comparison.join("\u{1f}"),
+            &self.direction,
+        ]
+        .join("\u{1e}");
+        format!("{:016x}", crate::rng::fnv1a(text.as_bytes()))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     Greater,
@@ -351,6 +373,10 @@ pub struct Outcome {
     /// Holm-adjusted over the family.
     pub p_holm: f64,
     pub verdict: Verdict,
+    /// Whether every run the test used was trained after the hypothesis was
+    /// declared, as it reads now ([`Hypothesis::fingerprint`]); false when no
+    /// run was used.
+    pub declared_before: bool,
 }
 
 impl Outcome {
@@ -475,16 +501,24 @@ pub fn test_family(
                 .and_then(|g| g.runs.first())
                 .map(setting)
                 .unwrap_or_default();
-            let d: Vec<f64> = match (&m, ga, gb) {
+            let fingerprint = h.fingerprint();
+            let declared = |r: &StudyRecord| {
+                r.study
+                    .as_ref()
+                    .is_some_and(|s| s.declared.contains(&fingerprint))
+            };
+            let (d, before): (Vec<f64>, Vec<bool>) = match (&m, ga, gb) {
                 (Some(m), Some(ga), Some(gb)) => ga
                     .done()
                     .filter_map(|r| {
                         let rb = gb.done().find(|x| x.seed == r.seed)?;
-                        Some((m.get)(r)? - (m.get)(rb)?)
+                        let d = (m.get)(r)? - (m.get)(rb)?;
+                        Some((d, declared(r) && declared(rb)))
                     })
-                    .collect(),
-                _ => vec![],
+                    .unzip(),
+                _ => (vec![], vec![]),
             };
+            let declared_before = !before.is_empty() && before.iter().all(|&b| b);
             let paired = stats::paired(&d);
             let p = paired
                 .as_ref()
@@ -501,6 +535,7 @@ pub fn test_family(
                 p,
                 p_holm: 1.0,
                 verdict: Verdict::NoRuns,
+                declared_before,
             }
         })
         .collect();

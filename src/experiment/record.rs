@@ -16,6 +16,12 @@ pub struct StudyRun {
     pub label: String,
     /// (task index, optimizer index) in the study file.
     pub order: (usize, usize),
+    /// The fingerprints of the hypotheses the study file declared when the
+    /// run was trained ([`super::hypotheses::Hypothesis::fingerprint`]):
+    /// what shows, from the records alone, that a hypothesis came before
+    /// its data. Empty in records from before this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared: Vec<String>,
 }
 
 impl StudyRun {

@@ -386,7 +386,7 @@ impl Sweep<'_> {
         ));
         let (opts, plan) = (self.opts, self.plan);
         let (ds, sha) = &self.data[&data_key(&spec.config)];
-        let (mut record, model) = run_one(spec, ds, &opts.device, run_bar, &plan.study.name);
+        let (mut record, model) = run_one(spec, ds, &opts.device, run_bar, &plan.study);
         record.provenance =
             Some(
                 self.machine
@@ -492,7 +492,7 @@ fn run_one(
     ds: &Dataset,
     device: &Device,
     bar: &ProgressBar,
-    study: &str,
+    study: &Study,
 ) -> (StudyRecord, Option<crate::models::Model>) {
     let start = Instant::now();
     let opts = RunOptions {
@@ -523,10 +523,11 @@ fn run_one(
     let record = StudyRecord {
         run: record,
         study: Some(StudyRun {
-            study: study.to_string(),
+            study: study.name.clone(),
             task: spec.task.clone(),
             label: spec.label.clone(),
             order: spec.order,
+            declared: study.hypotheses.iter().map(|h| h.fingerprint()).collect(),
         }),
     };
     (record, model)

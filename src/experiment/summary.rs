@@ -113,12 +113,19 @@ pub fn markdown(all: &[StudyOutcomes]) -> String {
             .filter(|o| f(&o.verdict))
             .count()
     };
+    let before = all
+        .iter()
+        .flat_map(|s| &s.outcomes)
+        .filter(|o| o.declared_before)
+        .count();
     let _ = writeln!(
         out,
         "\n## The answer, claim by claim\n\n\
          {n} hypotheses, each declared in its study file (`[[hypotheses]]`, with the reason it is there), in {} \
-         studies ({}); the families were written after the runs committed today, so on these records they are \
-         confirmatory in form, and in substance for the next training of each study. Each row: the claim of STUDY.md it tests, the setting, the comparison a − b \
+         studies ({}). {} of them were declared before the runs they are tested on (*declared*: \
+         \"before\"; every run records the fingerprints of the hypotheses its study file declared when it was \
+         trained), so they are confirmatory in substance; the other {} were written after their runs (\"after\") \
+         and are confirmatory in form only, until the study is retrained. Each row: the claim of STUDY.md it tests, the setting, the comparison a − b \
          paired by seed and the direction the hypothesis expects, the mean difference with its two-sided 95 % \
          confidence interval (percentage points for fractions), the pairs n, the paired t-test's p-value \
          (one-sided for a directional hypothesis) after Holm's adjustment within the study's family, and the \
@@ -130,6 +137,8 @@ pub fn markdown(all: &[StudyOutcomes]) -> String {
             .map(|s| format!("`{}`", s.study))
             .collect::<Vec<_>>()
             .join(", "),
+        before,
+        n - before,
         count(|v| *v == Verdict::Confirmed),
         count(|v| *v == Verdict::Contradicted),
         count(|v| !matches!(v, Verdict::Confirmed | Verdict::Contradicted)),
@@ -145,9 +154,10 @@ pub fn markdown(all: &[StudyOutcomes]) -> String {
         "n",
         "Holm p",
         "verdict",
+        "declared",
     ];
     let _ = writeln!(out, "| {} |", header.join(" | "));
-    let _ = writeln!(out, "|---|---|---|---|---|:-:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|:-:|---:|---:|---:|---|---|");
     for (study, o) in rows(all) {
         let n = o.paired.as_ref().map_or(0, |p| p.n);
         let p = if o.p.is_some() {
@@ -157,7 +167,7 @@ pub fn markdown(all: &[StudyOutcomes]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | `{study}:{}` | {} − {} | {} | {} 0 | {} {} | {n} | {p} | {} |",
+            "| {} | {} | `{study}:{}` | {} − {} | {} | {} 0 | {} {} | {n} | {p} | {} | {} |",
             o.hypothesis.claim,
             o.setting,
             o.hypothesis.id,
@@ -168,6 +178,7 @@ pub fn markdown(all: &[StudyOutcomes]) -> String {
             o.effect(),
             o.unit(),
             verdict_cell(o),
+            if o.declared_before { "before" } else { "after" },
         );
     }
     let _ = writeln!(
