@@ -646,6 +646,58 @@ mod tests {
         assert!(run(h).contains("with itself"));
     }
 
+    /// Groups of one task and label whose runs (seeds 0 and 1, from the
+    /// committed smoke study) have the given test accuracies.
+    fn group(task: &str, label: &str, accs: [f64; 2]) -> Group {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/smoke/runs/");
+        let runs = [
+            "teacher--adam--s0--2d97402b.json",
+            "teacher--adam--s1--2d9b2fce.json",
+        ]
+        .iter()
+        .zip(accs)
+        .map(|(f, acc)| {
+            let text = std::fs::read_to_string(format!("{dir}{f}")).unwrap();
+            let mut r: StudyRecord = serde_json::from_str(&text).unwrap();
+            r.run.r#final.as_mut().unwrap().test_acc = acc;
+            r
+        })
+        .collect();
+        Group {
+            task: task.into(),
+            label: label.into(),
+            order: (0, 0),
+            optimizer: "adam".into(),
+            runs,
+        }
+    }
+
+    #[test]
+    fn across_tasks_pairs_the_same_seeds_of_two_tasks() {
+        let groups = vec![
+            group("t", "Adam", [0.90, 0.80]),
+            group("t", "SGD", [0.50, 0.50]),
+            group("u", "Adam", [0.85, 0.78]),
+        ];
+        let mut h = hyp("x");
+        h.measure = "test_acc".into();
+        h.comparison = vec!["Adam".into()];
+        h.task_b = Some("u".into());
+        h.direction = "greater".into();
+        let baselines = vec![("t".to_string(), "SGD".to_string())];
+        let o = &test_family(&[h.clone()], &groups, &baselines)[0];
+        // d = 0.90 - 0.85, 0.80 - 0.78: not the baseline SGD of task t.
+        assert_eq!((o.a.as_str(), o.b.as_str()), ("Adam (t)", "Adam (u)"));
+        let p = o.paired.as_ref().unwrap();
+        assert_eq!(p.n, 2);
+        assert!((p.mean - 0.035).abs() < 1e-12, "{p:?}");
+        // Without task_b, [a] is against the task's baseline.
+        h.task_b = None;
+        let o = &test_family(&[h], &groups, &baselines)[0];
+        assert_eq!((o.a.as_str(), o.b.as_str()), ("Adam", "SGD"));
+        assert!((o.paired.as_ref().unwrap().mean - 0.35).abs() < 1e-12);
+    }
+
     #[test]
     fn one_sided_p_and_verdicts_by_hand() {
         // d = 1, 2, 3: two-sided p = 0.0741799 (scipy ttest_1samp).
