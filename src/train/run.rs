@@ -214,7 +214,11 @@ fn eval_point(
         .collect();
     let dist = metrics::relative_distance(&parts);
     let shrunk = metrics::Shrinkage::of_group(&parts).frac;
-    debug!("step {step}: train {train_loss:?}, test {test_loss:.4}, acc {test_acc:.4}");
+    debug!(
+        "step {step}: train {train_loss:?}, test {test_loss:.4}, acc {test_acc:.4}, |w - w0|/|w0| {dist:.4}, |w| < 0.01 RMS {:?}, shrunk {:?}",
+        m.scale_rel_near_zero_frac.get("0.01"),
+        shrunk.get("0.1")
+    );
     Ok(EvalPoint {
         step,
         epoch: step as f64 / per_epoch as f64,
