@@ -4,7 +4,10 @@
 //! A hypothesis names the claim it tests (C1-C4 of STUDY.md), a task, a
 //! measure ([`measures`]), the comparison (two configurations `[a, b]`, or
 //! `[a]` against the task's baseline) and the direction of a − b it expects
-//! (`greater`, `less` or `two-sided`), and says `why` it is there.
+//! (`greater`, `less` or `two-sided`), and says `why` it is there. With
+//! `task_b`, b is read from that task instead: a comparison of two tasks of
+//! one study (e.g. two pruning methods for the same optimizer, `[a]` then
+//! meaning a in `task` − a in `task_b`), paired by seed like the others.
 //!
 //! The test ([`test_family`]): the differences a − b paired by seed (runs
 //! both finished), their mean with a two-sided 95 % Student-t interval, and
