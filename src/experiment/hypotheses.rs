@@ -4,7 +4,10 @@
 //! A hypothesis names the claim it tests (C1-C4 of STUDY.md), a task, a
 //! measure ([`measures`]), the comparison (two configurations `[a, b]`, or
 //! `[a]` against the task's baseline) and the direction of a − b it expects
-//! (`greater`, `less` or `two-sided`), and says `why` it is there.
+//! (`greater`, `less` or `two-sided`), and says `why` it is there. With
+//! `task_b`, b is read from that task instead: a comparison of two tasks of
+//! one study (e.g. two pruning methods for the same optimizer, `[a]` then
+//! meaning a in `task` − a in `task_b`), paired by seed like the others.
 //!
 //! The test ([`test_family`]): the differences a − b paired by seed (runs
 //! both finished), their mean with a two-sided 95 % Student-t interval, and
@@ -40,6 +43,12 @@ pub struct Hypothesis {
     pub comparison: Vec<String>,
     /// `greater` (a − b > 0), `less` or `two-sided`.
     pub direction: String,
+    /// The task of b when it is not `task`: a comparison across tasks of
+    /// the same study (e.g. two pruning methods), paired by seed, as seeds
+    /// share the initialisation and batch order across tasks of one model
+    /// and data. With `[a]`, b is the configuration `a` of this task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_b: Option<String>,
     /// Why the hypothesis is in the confirmatory family.
     pub why: String,
 }
@@ -293,8 +302,18 @@ pub fn check(
                 keys.join(", ")
             );
         }
+        let b_labels = match &h.task_b {
+            None => task_labels.clone(),
+            Some(tb) => match labels(tb) {
+                Some(l) => l,
+                None => bail_usage!(
+                    "{file}: hypothesis `{id}`: `task_b` = \"{tb}\" is not a task of the study"
+                ),
+            },
+        };
+        let across = h.task_b.as_ref().is_some_and(|tb| *tb != h.task);
         match h.comparison.len() {
-            1 if baseline(&h.task).is_none() => bail_usage!(
+            1 if !across && baseline(&h.task).is_none() => bail_usage!(
                 "{file}: hypothesis `{id}`: `comparison` names one configuration, but task `{}` has no baseline; name two",
                 h.task
             ),
@@ -303,15 +322,21 @@ pub fn check(
                 "{file}: hypothesis `{id}`: `comparison` names {n} configurations; give [a, b] (a − b) or [a] (a − the baseline)"
             ),
         }
-        for l in &h.comparison {
-            if !task_labels.contains(l) {
+        let tb = h.task_b.as_deref().unwrap_or(&h.task);
+        let sides: Vec<(&String, &Vec<String>, &str)> = match h.comparison.as_slice() {
+            [a] if across => vec![(a, &task_labels, &h.task), (a, &b_labels, tb)],
+            [a] => vec![(a, &task_labels, &h.task)],
+            [a, b] => vec![(a, &task_labels, &h.task), (b, &b_labels, tb)],
+            _ => vec![],
+        };
+        for (l, known, t) in sides {
+            if !known.contains(l) {
                 bail_usage!(
-                    "{file}: hypothesis `{id}`: `comparison` names \"{l}\", which is not a configuration of task `{}`",
-                    h.task
+                    "{file}: hypothesis `{id}`: `comparison` names \"{l}\", which is not a configuration of task `{t}`"
                 );
             }
         }
-        if h.comparison.len() == 2 && h.comparison[0] == h.comparison[1] {
+        if !across && h.comparison.len() == 2 && h.comparison[0] == h.comparison[1] {
             bail_usage!(
                 "{file}: hypothesis `{id}`: `comparison` compares \"{}\" with itself",
                 h.comparison[0]
@@ -485,7 +510,12 @@ pub fn test_family(
         .iter()
         .map(|h| {
             let a = h.comparison[0].clone();
+            let tb = h.task_b.clone().unwrap_or_else(|| h.task.clone());
+            let across = tb != h.task;
             let b = h.comparison.get(1).cloned().unwrap_or_else(|| {
+                if across {
+                    return a.clone();
+                }
                 baselines
                     .iter()
                     .find(|(t, _)| *t == h.task)
@@ -494,8 +524,8 @@ pub fn test_family(
             });
             let direction = Direction::parse(&h.direction).unwrap_or(Direction::TwoSided);
             let m = measure(&h.measure);
-            let find = |l: &str| groups.iter().find(|g| g.task == h.task && g.label == l);
-            let (ga, gb) = (find(&a), find(&b));
+            let find = |t: &str, l: &str| groups.iter().find(|g| g.task == t && g.label == l);
+            let (ga, gb) = (find(&h.task, &a), find(&tb, &b));
             let setting = ga
                 .or(gb)
                 .and_then(|g| g.runs.first())
@@ -523,6 +553,12 @@ pub fn test_family(
             let p = paired
                 .as_ref()
                 .and_then(|q| q.p.map(|two| directional_p(two, q.mean, direction.sign())));
+            // Across tasks, each side names its task: "Adam (imp 90)".
+            let (a, b) = if across {
+                (format!("{a} ({})", h.task), format!("{b} ({tb})"))
+            } else {
+                (a, b)
+            };
             Outcome {
                 hypothesis: h.clone(),
                 a,
@@ -559,6 +595,7 @@ mod tests {
             measure: "shrinkage_0.01".into(),
             comparison: vec!["Adam".into(), "SGD".into()],
             direction: "less".into(),
+            task_b: None,
             why: "the claim itself".into(),
         }
     }
@@ -609,6 +646,94 @@ mod tests {
         let labels = |_: &str| Some(vec!["Adam".to_string(), "SGD".to_string()]);
         let e = check("s.toml", &[hyp("x"), hyp("x")], labels, |_: &str| None).unwrap_err();
         assert!(format!("{e}").contains("two hypotheses have the id `x`"));
+    }
+
+    #[test]
+    fn comparisons_across_tasks_are_checked_against_each_task() {
+        let labels = |t: &str| match t {
+            "t" => Some(vec!["Adam".to_string(), "SGD".to_string()]),
+            "u" => Some(vec!["Adam".to_string()]),
+            _ => None,
+        };
+        let run = |h: Hypothesis| match check("s.toml", &[h], labels, |_: &str| None) {
+            Ok(()) => String::new(),
+            Err(e) => format!("{e:#}"),
+        };
+        // [a] across tasks: a in `task` against a in `task_b`; no baseline
+        // needed, and "Adam" against "Adam" is not a comparison with itself.
+        let mut h = hyp("x1");
+        h.task_b = Some("u".into());
+        h.comparison = vec!["Adam".into()];
+        assert_eq!(run(h.clone()), "");
+        h.comparison = vec!["Adam".into(), "Adam".into()];
+        assert_eq!(run(h.clone()), "");
+        // b is looked up in task_b, which has no SGD.
+        h.comparison = vec!["Adam".into(), "SGD".into()];
+        assert!(
+            run(h.clone()).contains("names \"SGD\", which is not a configuration of task `u`"),
+            "{}",
+            run(h)
+        );
+        let mut h = hyp("x2");
+        h.task_b = Some("nope".into());
+        assert!(run(h).contains("hypothesis `x2`: `task_b` = \"nope\" is not a task"));
+        // task_b equal to task is the plain comparison.
+        let mut h = hyp("x3");
+        h.task_b = Some("t".into());
+        h.comparison = vec!["Adam".into(), "Adam".into()];
+        assert!(run(h).contains("with itself"));
+    }
+
+    /// Groups of one task and label whose runs (seeds 0 and 1, from the
+    /// committed smoke study) have the given test accuracies.
+    fn group(task: &str, label: &str, accs: [f64; 2]) -> Group {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/smoke/runs/");
+        let runs = [
+            "teacher--adam--s0--2d97402b.json",
+            "teacher--adam--s1--2d9b2fce.json",
+        ]
+        .iter()
+        .zip(accs)
+        .map(|(f, acc)| {
+            let text = std::fs::read_to_string(format!("{dir}{f}")).unwrap();
+            let mut r: StudyRecord = serde_json::from_str(&text).unwrap();
+            r.run.r#final.as_mut().unwrap().test_acc = acc;
+            r
+        })
+        .collect();
+        Group {
+            task: task.into(),
+            label: label.into(),
+            order: (0, 0),
+            optimizer: "adam".into(),
+            runs,
+        }
+    }
+
+    #[test]
+    fn across_tasks_pairs_the_same_seeds_of_two_tasks() {
+        let groups = vec![
+            group("t", "Adam", [0.90, 0.80]),
+            group("t", "SGD", [0.50, 0.50]),
+            group("u", "Adam", [0.85, 0.78]),
+        ];
+        let mut h = hyp("x");
+        h.measure = "test_acc".into();
+        h.comparison = vec!["Adam".into()];
+        h.task_b = Some("u".into());
+        h.direction = "greater".into();
+        let baselines = vec![("t".to_string(), "SGD".to_string())];
+        let o = &test_family(&[h.clone()], &groups, &baselines)[0];
+        // d = 0.90 - 0.85, 0.80 - 0.78: not the baseline SGD of task t.
+        assert_eq!((o.a.as_str(), o.b.as_str()), ("Adam (t)", "Adam (u)"));
+        let p = o.paired.as_ref().unwrap();
+        assert_eq!(p.n, 2);
+        assert!((p.mean - 0.035).abs() < 1e-12, "{p:?}");
+        // Without task_b, [a] is against the task's baseline.
+        h.task_b = None;
+        let o = &test_family(&[h], &groups, &baselines)[0];
+        assert_eq!((o.a.as_str(), o.b.as_str()), ("Adam", "SGD"));
+        assert!((o.paired.as_ref().unwrap().mean - 0.35).abs() < 1e-12);
     }
 
     #[test]

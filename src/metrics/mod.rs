@@ -21,7 +21,7 @@ use crate::io::nan_from_null;
 pub mod filters;
 pub mod shrinkage;
 pub use filters::{FilterCounts, FilterMeasures, filter_measures};
-pub use shrinkage::{Shrinkage, ShrinkageReport};
+pub use shrinkage::{Shrinkage, ShrinkageReport, relative_distance};
 
 /// Whether a named tensor is a buffer rather than a parameter (BatchNorm's
 /// running statistics, by torch's names): saved in checkpoints, never

@@ -37,6 +37,27 @@ pub fn shrunk_count(init: &[f64], end: &[f64], c: f64) -> usize {
         .count()
 }
 
+/// The distance travelled from the initialisation relative to its size,
+/// ||w − w_init||₂ / ||w_init||₂ over (initial, current) value pairs, one
+/// pair of slices per tensor, pooled: 0 for weights that never moved, 1 for
+/// a move as large as the initial weights themselves. NaN when the initial
+/// weights are all zero (no scale to compare with).
+pub fn relative_distance(parts: &[(&[f64], &[f64])]) -> f64 {
+    let (mut moved, mut size) = (0.0, 0.0);
+    for (i, e) in parts {
+        assert_eq!(i.len(), e.len(), "one initial value per current value");
+        for (a, b) in i.iter().zip(e.iter()) {
+            moved += (b - a) * (b - a);
+            size += a * a;
+        }
+    }
+    if size == 0.0 {
+        f64::NAN
+    } else {
+        (moved / size).sqrt()
+    }
+}
+
 /// Shrinkage of a tensor or of a group of tensors (counts pooled).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Shrinkage {
@@ -110,6 +131,18 @@ impl ShrinkageReport {
 mod tests {
     use super::*;
     use crate::metrics::{rms, scale_rel_count};
+
+    #[test]
+    fn relative_distance_by_hand() {
+        // Two tensors pooled: init (3, 4) and (0), now (3, 4) and (0): 0.
+        let (a, b) = ([3.0, 4.0], [0.0]);
+        assert_eq!(relative_distance(&[(&a, &a), (&b, &b)]), 0.0);
+        // Now (0, 4) and (4): moved sqrt(9 + 16) = 5 over ||init|| = 5.
+        assert_eq!(relative_distance(&[(&a, &[0.0, 4.0]), (&b, &[4.0])]), 1.0);
+        // Halved everywhere: 0.5, whatever the scale.
+        assert_eq!(relative_distance(&[(&[2.0, -6.0], &[1.0, -3.0])]), 0.5);
+        assert!(relative_distance(&[(&b, &[1.0])]).is_nan());
+    }
 
     #[test]
     fn shrunk_by_hand() {

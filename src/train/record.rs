@@ -43,6 +43,17 @@ pub struct EvalPoint {
     /// over the weights (empty in records written before it existed).
     #[serde(default)]
     pub weights_scale_rel_near_zero_frac: std::collections::BTreeMap<String, f64>,
+    /// How far the weights are from their initialisation now:
+    /// ||w − w_init|| / ||w_init|| pooled over the weights
+    /// ([`crate::metrics::relative_distance`]); absent in records written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_dist_init: Option<f64>,
+    /// Shrinkage now (keys of `SHRINK`, [`crate::metrics::Shrinkage`]): the
+    /// fraction of weights with |w| <= c * |w_init|; empty in records
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub weights_shrinkage: std::collections::BTreeMap<String, f64>,
 }
 
 impl Final {

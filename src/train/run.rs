@@ -15,6 +15,7 @@ use super::measures::{
 use super::record::{EvalPoint, Final, RunRecord, Status};
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, Dataset, Task};
+use crate::metrics;
 use crate::models::Model;
 use crate::optim;
 use crate::provenance;
@@ -91,7 +92,13 @@ pub fn run_on(
     let mut steps_done = 0;
     // The starting point, so that curves show where training began.
     let point = |step: usize, lr: f64, train_loss: Option<f64>| {
-        eval_point(&model, &ds.task, &evals, step, per_epoch, lr, train_loss)
+        let at = Step {
+            step,
+            per_epoch,
+            lr,
+            train_loss,
+        };
+        eval_point(&model, &ds.task, &evals, &initial, at)
     };
     let mut tracker = cfg
         .track_gradients
@@ -173,20 +180,45 @@ pub fn run_on(
     Ok(Trained { record, model })
 }
 
-/// An evaluation during training: held-out loss and accuracy, and the
-/// weights' sparsity, at `step`.
-fn eval_point(
-    model: &Model,
-    task: &Task,
-    evals: &[Batch],
+/// Where an evaluation falls in training.
+struct Step {
     step: usize,
     per_epoch: usize,
     lr: f64,
     train_loss: Option<f64>,
+}
+
+/// An evaluation during training: held-out loss and accuracy, the
+/// weights' sparsity, and how far they are from `initial` (the weights at
+/// step 0, [`initial_weights`]), at `step`.
+fn eval_point(
+    model: &Model,
+    task: &Task,
+    evals: &[Batch],
+    initial: &[(String, Vec<f64>)],
+    at: Step,
 ) -> Result<EvalPoint> {
+    let Step {
+        step,
+        per_epoch,
+        lr,
+        train_loss,
+    } = at;
     let (test_loss, test_acc) = evaluate(model, task, evals, None)?;
     let m = weight_measures(model)?;
-    debug!("step {step}: train {train_loss:?}, test {test_loss:.4}, acc {test_acc:.4}");
+    let now = initial_weights(model)?;
+    let parts: Vec<(&[f64], &[f64])> = initial
+        .iter()
+        .zip(&now)
+        .map(|((_, i), (_, e))| (i.as_slice(), e.as_slice()))
+        .collect();
+    let dist = metrics::relative_distance(&parts);
+    let shrunk = metrics::Shrinkage::of_group(&parts).frac;
+    debug!(
+        "step {step}: train {train_loss:?}, test {test_loss:.4}, acc {test_acc:.4}, |w - w0|/|w0| {dist:.4}, |w| < 0.01 RMS {:?}, shrunk {:?}",
+        m.scale_rel_near_zero_frac.get("0.01"),
+        shrunk.get("0.1")
+    );
     Ok(EvalPoint {
         step,
         epoch: step as f64 / per_epoch as f64,
@@ -198,6 +230,8 @@ fn eval_point(
         weights_near_zero_frac: m.near_zero_frac,
         weights_rel_near_zero_frac: m.rel_near_zero_frac,
         weights_scale_rel_near_zero_frac: m.scale_rel_near_zero_frac,
+        weights_dist_init: dist.is_finite().then_some(dist),
+        weights_shrinkage: shrunk,
     })
 }
 

@@ -163,6 +163,8 @@ fn record() -> RunRecord {
         weights_near_zero_frac: Default::default(),
         weights_rel_near_zero_frac: 0.0,
         weights_scale_rel_near_zero_frac: Default::default(),
+        weights_dist_init: None,
+        weights_shrinkage: Default::default(),
     };
     RunRecord {
         status: Status::Done,
