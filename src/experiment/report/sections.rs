@@ -16,10 +16,15 @@ use crate::experiment::hypotheses::Outcome;
 use crate::experiment::{
     record::{Group, StudyRecord},
     stats,
-    study::slug,
+    study::{ReportOptions, slug},
 };
 
-pub fn markdown(groups: &[Group], paired: &[PairedTable], confirmatory: &[Outcome]) -> String {
+pub fn markdown(
+    groups: &[Group],
+    paired: &[PairedTable],
+    confirmatory: &[Outcome],
+    opts: &ReportOptions,
+) -> String {
     let study = groups[0].runs[0]
         .study
         .as_ref()
@@ -35,13 +40,19 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable], confirmatory: &[Outcom
         out += "![test accuracy against weights kept, per optimizer and pruning method](plots/pruning-methods.svg)\n\n";
     }
     for (task, gs) in by_task(groups) {
-        task_markdown(&mut out, &task, &gs, paired);
+        task_markdown(&mut out, &task, &gs, paired, opts);
     }
     out
 }
 
 /// The section of one task: its setting, then each table its runs allow.
-fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTable]) {
+fn task_markdown(
+    out: &mut String,
+    task: &str,
+    gs: &[&Group],
+    paired: &[PairedTable],
+    opts: &ReportOptions,
+) {
     let first = gs.iter().flat_map(|g| g.runs.iter()).next().expect("a run");
     let c = &first.config;
     let length = match (c.epochs, c.steps) {
@@ -152,8 +163,12 @@ fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTa
     let slug = slug(task);
     let _ = writeln!(
         out,
-        "![near-zero weights over training](plots/{slug}-near-zero.svg)\n![accuracy after pruning](plots/{slug}-pruning.svg)\n![weight magnitudes](plots/{slug}-magnitudes.svg)\n"
+        "![near-zero weights over training](plots/{slug}-near-zero.svg)\n![accuracy after pruning](plots/{slug}-pruning.svg)"
     );
+    if opts.magnitude_plots {
+        let _ = writeln!(out, "![weight magnitudes](plots/{slug}-magnitudes.svg)");
+    }
+    out.push('\n');
 }
 
 /// The pruning scores of a task that prunes.
