@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use super::columns::{
-    bias_cols, cell, finite, has_pruning, main_cols, num, pct, prune_cols, prune_fracs, prune_stat,
-    runs_cell, stat,
+    bias_cols, column_table, finite, has_pruning, main_cols, num, pct, prune_cols, prune_fracs,
+    prune_stat, runs_cell, stat,
 };
 use super::columns::{by_task, md_table};
 use super::matched::{PARETO, matched, matched_markdown};
@@ -81,17 +81,13 @@ fn task_markdown(
         }
     );
     let _ = writeln!(out, "### Accuracy and weight sparsity\n");
-    let mut header = vec!["optimizer".to_string(), "runs".to_string()];
-    header.extend(main_cols().iter().map(|c| c.header.to_string()));
-    let rows: Vec<Vec<String>> = gs
-        .iter()
-        .map(|g| {
-            let mut r = vec![g.label.clone(), runs_cell(g)];
-            r.extend(main_cols().iter().map(|c| cell(g, c)));
-            r
-        })
-        .collect();
-    md_table(out, &header, &rows);
+    column_table(
+        out,
+        gs,
+        &["optimizer", "runs"],
+        |g| vec![g.label.clone(), runs_cell(g)],
+        &main_cols(),
+    );
     if let Some(t) = paired.iter().find(|t| t.task == task) {
         paired_markdown(out, t);
     }
@@ -126,35 +122,21 @@ fn task_markdown(
         prune_markdown(out, gs);
     }
     let _ = writeln!(out, "### Biases and the whole model\n");
-    let mut header = vec!["optimizer".to_string()];
-    header.extend(bias_cols().iter().map(|c| c.header.to_string()));
-    let rows: Vec<Vec<String>> = gs
-        .iter()
-        .map(|g| {
-            let mut r = vec![g.label.clone()];
-            r.extend(bias_cols().iter().map(|c| cell(g, c)));
-            r
-        })
-        .collect();
-    md_table(out, &header, &rows);
+    column_table(
+        out,
+        gs,
+        &["optimizer"],
+        |g| vec![g.label.clone()],
+        &bias_cols(),
+    );
     layer_markdown(out, gs);
-    transformer_group_markdown(
-        out,
-        gs,
-        paired
-            .iter()
-            .find(|t| t.task == task)
-            .map(|t| t.baseline.as_str()),
-    );
+    let baseline = paired
+        .iter()
+        .find(|t| t.task == task)
+        .map(|t| t.baseline.as_str());
+    transformer_group_markdown(out, gs, baseline);
     activity_markdown(out, gs);
-    gradient_markdown(
-        out,
-        gs,
-        paired
-            .iter()
-            .find(|t| t.task == task)
-            .map(|t| t.baseline.as_str()),
-    );
+    gradient_markdown(out, gs, baseline);
     let _ = writeln!(out, "### Configurations\n");
     for g in gs {
         let _ = writeln!(out, "- {}: `{}`", g.label, g.optimizer);
@@ -193,20 +175,18 @@ fn prune_markdown(out: &mut String, gs: &[&Group]) {
          rule on the axis log10(1/(1 − s)), normalised to [0, 1]; the max sparsity is the highest grid point within \
          1 point of the grid's 0 % (the network as it is). Mask sparsity: the weights the masks remove at the end.\n"
     );
-    let mut header = vec!["optimizer".to_string(), "test acc %".to_string()];
-    header.extend(prune_cols().iter().map(|c| c.header.to_string()));
-    let rows: Vec<Vec<String>> = gs
-        .iter()
-        .map(|g| {
-            let mut r = vec![
+    column_table(
+        out,
+        gs,
+        &["optimizer", "test acc %"],
+        |g| {
+            vec![
                 g.label.clone(),
                 pct(stat(g, |r| r.r#final.as_ref().map(|f| f.test_acc))),
-            ];
-            r.extend(prune_cols().iter().map(|c| cell(g, c)));
-            r
-        })
-        .collect();
-    md_table(out, &header, &rows);
+            ]
+        },
+        &prune_cols(),
+    );
 }
 
 /// The weight tensors (names ending in `weight`, with more than one row in
