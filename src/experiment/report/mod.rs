@@ -59,7 +59,7 @@ pub fn write_report(dir: &Path) -> Result<String> {
             &dir.join("tuning.csv"),
             tuning::csv(&choices, t.criterion.higher_is_better()).as_bytes(),
         )?;
-        tuning::write_plots(dir, &choices)?;
+        plots::write_lr_curves(dir, &choices)?;
     }
     write_atomic(&dir.join("results.md"), md.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&groups).as_bytes())?;
