@@ -21,19 +21,8 @@ bin="$CARGO_TARGET_DIR/release/sparsity-lab"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-dirs=()
-if [ $# -gt 0 ]; then
-    for s in "$@"; do
-        for d in "experiments/$s" "experiments/$s/quick"; do
-            [ -d "$d/runs" ] && dirs+=("$d")
-        done
-    done
-else
-    for d in experiments/*/ experiments/*/quick/; do
-        d=${d%/}
-        [ -d "$d/runs" ] && dirs+=("$d")
-    done
-fi
+. scripts/study-dirs.sh
+study_dirs "$@"
 [ ${#dirs[@]} -gt 0 ] || { echo "check-reports: no study folder with runs/ found" >&2; exit 2; }
 
 status=0

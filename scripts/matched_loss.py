@@ -20,6 +20,14 @@ the 95 % interval is Student's t on the paired differences (n - 1 degrees
 of freedom).
 
 Only the run records are read (no checkpoints); the output is Markdown.
+
+Why this is still Python beside the Rust matched-accuracy analysis
+(src/experiment/report/matched.rs): it reads the records' evaluation
+history, which the report does not interpolate yet, and moving it means a
+new report section whose output must reproduce the committed
+matched-loss.md. Until then its Student-t quantile (`t_critical` below:
+bisection on the regularised incomplete beta) is the method of
+`stats::t_critical` in src/experiment/stats.rs, to the same precision.
 """
 
 import argparse

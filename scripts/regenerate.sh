@@ -12,19 +12,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release --quiet
 bin="$CARGO_TARGET_DIR/release/sparsity-lab"
-dirs=()
-if [ $# -gt 0 ]; then
-    for s in "$@"; do
-        for d in "experiments/$s" "experiments/$s/quick"; do
-            [ -d "$d/runs" ] && dirs+=("$d")
-        done
-    done
-else
-    for d in experiments/*/ experiments/*/quick/; do
-        d=${d%/}
-        [ -d "$d/runs" ] && dirs+=("$d")
-    done
-fi
+. scripts/study-dirs.sh
+study_dirs "$@"
 for d in "${dirs[@]}"; do
     "$bin" report "$d" > /dev/null
     echo "rebuilt $d"

@@ -38,6 +38,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Removes a generated file that is no longer wanted (one an earlier run
+/// wrote); a file that is not there is fine.
+pub fn remove_stale(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing the stale {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Makes sure files can be written into `dir` before any work is done:
 /// creates it and a probe file there, then removes the probe. The error, a
 /// usage error, names the folder and the flag (`what`, e.g. `--out`).

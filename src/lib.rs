@@ -3,8 +3,10 @@
 //!
 //! The parts, from the bottom up (each uses only parts listed before it):
 //! - [`error`] (usage errors: the user's to fix, one line, exit code 2),
-//!   [`io`] (files written atomically, JSON read back) and [`rng`] (the
-//!   seeded random numbers everything draws from);
+//!   [`io`] (files written atomically, JSON read back), [`rng`] (the
+//!   seeded random numbers everything draws from) and [`limits`] (the
+//!   memory the process may still take, and the allocator wrapper that
+//!   turns running out into one line and exit status 1);
 //! - [`data`] (MNIST-like images, character-level text, synthetic tasks),
 //!   [`metrics`] (sparsity measures of plain numbers) and [`optim`]
 //!   (optimizers equal to PyTorch's, with every regularisation mode);

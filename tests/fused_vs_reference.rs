@@ -6,7 +6,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use sparsity_lab::optim::{self, Backend, OptimizerConfig, OptimizerKind};
+use sparsity_lab::optim::{self, Backend};
 use sparsity_lab::rng::Rng;
 
 fn randn(n: usize, scale: f64, rng: &mut Rng, dtype: DType) -> Tensor {
@@ -20,82 +20,50 @@ fn randn(n: usize, scale: f64, rng: &mut Rng, dtype: DType) -> Tensor {
 #[test]
 fn fused_equals_reference_bit_for_bit_on_large_tensors() {
     let n = 300_001; // above the threading threshold, and odd
-    // Every valid combination of the blocks: {no L1, subgradient, proximal}
-    // x {no decay, coupled, decoupled}.
-    let regs: [&[(&str, &str)]; 9] = [
-        &[],
-        &[("weight_decay", "0.1")],
-        &[("weight_decay", "0.1"), ("decoupled_weight_decay", "true")],
-        &[("l1", "0.01")],
-        &[("l1", "0.01"), ("weight_decay", "0.1")],
-        &[
-            ("l1", "0.01"),
-            ("weight_decay", "0.1"),
-            ("decoupled_weight_decay", "true"),
-        ],
-        &[("l1_prox", "0.5")],
-        &[("l1_prox", "0.5"), ("weight_decay", "0.1")],
-        &[
-            ("l1_prox", "0.5"),
-            ("weight_decay", "0.1"),
-            ("decoupled_weight_decay", "true"),
-        ],
-    ];
-    for kind in OptimizerKind::ALL {
-        // Every state buffer on (the registry's settings for it).
-        let extra = kind.info().full_state;
-        for reg in regs {
-            // Optimizers whose decay is always decoupled take no flag.
-            let pairs = extra
-                .iter()
-                .chain(reg.iter())
-                .chain(&[("lr", "0.01")])
-                .filter(|(k, _)| kind.accepts(k))
-                .copied();
-            let cfg = OptimizerConfig::from_text(kind.name(), pairs).unwrap();
-            for dtype in [DType::F32, DType::F64] {
-                let mut rng = Rng::new(9);
-                let init = randn(n, 1.0, &mut rng, dtype);
-                let grads: Vec<Tensor> = (0..4).map(|_| randn(n, 0.3, &mut rng, dtype)).collect();
-                let run = |backend| {
-                    let p = Var::from_tensor(&init).unwrap();
-                    let mut opt =
-                        optim::build_with(&cfg, vec![("p".into(), p.clone())], backend).unwrap();
-                    for g in &grads {
-                        let mut store = GradStore::default();
-                        store.insert(p.as_tensor(), g.clone());
-                        opt.step(&store).unwrap();
-                    }
-                    let mut out = vec![
-                        p.as_tensor()
+    // Every rule's variants with every regularisation block it takes.
+    for cfg in optim::variants::every_code_path("0.01").unwrap() {
+        for dtype in [DType::F32, DType::F64] {
+            let mut rng = Rng::new(9);
+            let init = randn(n, 1.0, &mut rng, dtype);
+            let grads: Vec<Tensor> = (0..4).map(|_| randn(n, 0.3, &mut rng, dtype)).collect();
+            let run = |backend| {
+                let p = Var::from_tensor(&init).unwrap();
+                let mut opt =
+                    optim::build_with(&cfg, vec![("p".into(), p.clone())], backend).unwrap();
+                for g in &grads {
+                    let mut store = GradStore::default();
+                    store.insert(p.as_tensor(), g.clone());
+                    opt.step(&store).unwrap();
+                }
+                let mut out = vec![
+                    p.as_tensor()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap(),
+                ];
+                for (_, s) in opt.state("p").unwrap() {
+                    out.push(
+                        s.flatten_all()
+                            .unwrap()
                             .to_dtype(DType::F64)
                             .unwrap()
                             .to_vec1::<f64>()
                             .unwrap(),
-                    ];
-                    for (_, s) in opt.state("p").unwrap() {
-                        out.push(
-                            s.flatten_all()
-                                .unwrap()
-                                .to_dtype(DType::F64)
-                                .unwrap()
-                                .to_vec1::<f64>()
-                                .unwrap(),
-                        );
-                    }
-                    out
-                };
-                let fused = run(Backend::Auto);
-                let reference = run(Backend::Reference);
-                assert_eq!(fused.len(), reference.len());
-                for (a, b) in fused.iter().zip(&reference) {
-                    let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-                    assert!(
-                        same,
-                        "{} {dtype:?}: fused and reference differ",
-                        cfg.short()
                     );
                 }
+                out
+            };
+            let fused = run(Backend::Auto);
+            let reference = run(Backend::Reference);
+            assert_eq!(fused.len(), reference.len());
+            for (a, b) in fused.iter().zip(&reference) {
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{} {dtype:?}: fused and reference differ",
+                    cfg.short()
+                );
             }
         }
     }

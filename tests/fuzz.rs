@@ -478,6 +478,22 @@ fn with_args(args: &[&str]) -> Command {
     c
 }
 
+/// Writes `text` as the study `s.toml` in `dir`, runs `--exp s.toml` with
+/// `extra`, and checks that it is refused (exit 2, one line holding every
+/// needle) before any run trains. Returns stdout.
+fn expect_refused_study(dir: &Path, text: &str, extra: &[&str], needles: &[&str]) -> String {
+    std::fs::write(dir.join("s.toml"), text).unwrap();
+    let mut args = vec!["--exp", "s.toml"];
+    args.extend(extra);
+    let out = expect(with_args(&args), dir, 2, needles);
+    let runs = dir.join("results/s/runs");
+    assert!(
+        !runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none(),
+        "{args:?}: a run trained"
+    );
+    out
+}
+
 /// A safetensors file from (name, dtype, shape, raw bytes).
 fn safetensors(path: &Path, tensors: &[(&str, &str, &[usize], &[u8])]) {
     let mut header = serde_json::Map::new();
@@ -668,7 +684,6 @@ fn memory_limits_give_a_clean_error() {
 #[test]
 fn nonsensical_study_settings_are_refused() {
     let dir = scratch();
-    let file = dir.join("s.toml");
     let cases: Vec<(String, Vec<&str>, Vec<&str>)> = vec![
         (
             edit(STUDY, "optimizers.1.lrs", "[]"),
@@ -740,12 +755,9 @@ fn nonsensical_study_settings_are_refused() {
         (STUDY.to_string(), vec!["--list"], vec!["--list", "--exp"]),
     ];
     for (text, extra, needles) in cases {
-        std::fs::write(&file, &text).unwrap();
-        let mut args = vec!["--exp", "s.toml"];
-        args.extend(extra);
-        let out = expect(with_args(&args), &dir, 2, &needles);
-        assert!(out.is_empty(), "{args:?}: {out}");
-        assert!(!dir.join("results").exists(), "{args:?}: a run started");
+        let out = expect_refused_study(&dir, &text, &extra, &needles);
+        assert!(out.is_empty(), "{extra:?}: {out}");
+        assert!(!dir.join("results").exists(), "{extra:?}: a run started");
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -861,7 +873,6 @@ fn write_idx(dir: &Path, n: usize) {
 #[test]
 fn labels_with_control_characters_are_refused() {
     let dir = scratch();
-    let file = dir.join("s.toml");
     for (key, value) in [
         ("tasks.0.label", "\"two\\nlines\""),
         ("tasks.0.label", "\"tab\\there\""),
@@ -869,13 +880,8 @@ fn labels_with_control_characters_are_refused() {
         ("optimizers.1.label", "\"nul\\u0000\""),
         ("name", "\"bell\\u0007\""),
     ] {
-        std::fs::write(&file, edit(STUDY, key, value)).unwrap();
-        expect(
-            with_args(&["--exp", "s.toml"]),
-            &dir,
-            2,
-            &["s.toml", "control character"],
-        );
+        let text = edit(STUDY, key, value);
+        expect_refused_study(&dir, &text, &[], &["s.toml", "control character"]);
         assert!(!dir.join("results").exists());
     }
     std::fs::remove_dir_all(dir).unwrap();
@@ -958,7 +964,6 @@ fn a_diverged_train_exits_non_zero() {
 #[test]
 fn settings_longer_than_an_epoch_run_are_refused() {
     let dir = scratch();
-    let file = dir.join("s.toml");
     let epochs = |text: String| text.replace("steps = 2\n", "epochs = 2\n");
     for (text, needles) in [
         (
@@ -979,16 +984,7 @@ fn settings_longer_than_an_epoch_run_are_refused() {
         ),
     ] {
         assert!(text.contains("epochs = 2"), "{text}");
-        std::fs::write(&file, &text).unwrap();
-        expect(with_args(&["--exp", "s.toml"]), &dir, 2, &needles);
-        assert!(
-            !dir.join("results/s/runs").exists()
-                || std::fs::read_dir(dir.join("results/s/runs"))
-                    .unwrap()
-                    .count()
-                    == 0,
-            "a run trained"
-        );
+        expect_refused_study(&dir, &text, &[], &needles);
     }
     std::fs::remove_dir_all(dir).unwrap();
 }

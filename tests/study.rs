@@ -59,12 +59,17 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Every output the report writes, by relative path.
 fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    outputs_without(dir, &[])
+}
+
+/// As [`outputs`], for a report that leaves out the top-level files `skip`.
+fn outputs_without(dir: &Path, skip: &[&str]) -> Vec<(String, Vec<u8>)> {
     let base = dir.join("smoke");
-    let mut files = vec![
-        base.join("results.md"),
-        base.join("results.csv"),
-        base.join("metrics.csv"),
-    ];
+    let mut files: Vec<PathBuf> = ["results.md", "results.csv", "metrics.csv"]
+        .into_iter()
+        .filter(|f| !skip.contains(f))
+        .map(|f| base.join(f))
+        .collect();
     let mut plots: Vec<PathBuf> = std::fs::read_dir(base.join("plots"))
         .unwrap()
         .flatten()
@@ -988,5 +993,67 @@ lr = 0.01
         .nth(1)
         .expect("Adam's paired row");
     assert!(paired.contains('['), "a 95 % interval: {paired}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A study's `[report]` options leave metrics.csv and the magnitude plots
+/// out (neither written nor linked, and a stale copy removed) while every
+/// other output stays the same bytes; an unknown option is named.
+#[test]
+fn report_options_leave_out_metrics_and_magnitude_plots() {
+    let d = fresh("report-options");
+    exp(&d, &[]);
+    let base = d.join("smoke");
+    let magnitudes = base.join("plots/teacher-magnitudes.svg");
+    assert!(base.join("metrics.csv").is_file());
+    assert!(magnitudes.is_file());
+    let md = std::fs::read_to_string(base.join("results.md")).unwrap();
+    assert!(md.contains("(plots/teacher-magnitudes.svg)"), "{md}");
+    let before = outputs(&d);
+
+    let toml = d.join("smoke.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let off = format!("{text}\n[report]\nmagnitude_plots = false\nmetrics_csv = false\n");
+    std::fs::write(&toml, &off).unwrap();
+    let o = exp(&d, &[]);
+    // Nothing retrains: the options are the report's, not the runs'.
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(log.contains("6 already done, 0 to run"), "{log}");
+    assert!(!base.join("metrics.csv").exists());
+    assert!(!magnitudes.exists());
+    let md = std::fs::read_to_string(base.join("results.md")).unwrap();
+    assert!(!md.contains("magnitudes"), "{md}");
+    // `report` alone reads the options from the folder's manifest.
+    std::fs::write(base.join("metrics.csv"), "stale").unwrap();
+    let r = Command::new(BIN).arg("report").arg(&base).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(!base.join("metrics.csv").exists());
+    // The rest is what it was, but for the one line that linked the plot.
+    let after = outputs_without(&d, &["metrics.csv"]);
+    let expected: Vec<(String, Vec<u8>)> = before
+        .into_iter()
+        .filter(|(p, _)| p != "metrics.csv" && p != "plots/teacher-magnitudes.svg")
+        .map(|(p, b)| {
+            if p == "results.md" {
+                let md = String::from_utf8(b).unwrap();
+                let md = md.replace("![weight magnitudes](plots/teacher-magnitudes.svg)\n", "");
+                (p, md.into_bytes())
+            } else {
+                (p, b)
+            }
+        })
+        .collect();
+    assert_eq!(after, expected);
+
+    std::fs::write(&toml, text + "\n[report]\nmagnitudes = false\n").unwrap();
+    let o = exp_command(&d, &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("magnitudes"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -24,7 +24,7 @@ use super::args::parse_device;
 use crate::bail_usage;
 use crate::data::{Batch, Task};
 use crate::models::{MlpConfig, ModelConfig, TransformerConfig};
-use crate::optim::{self, Backend, OptimizerConfig, OptimizerKind};
+use crate::optim::{self, Backend, OptimizerConfig};
 use crate::rng::Rng;
 
 #[derive(Args, Debug)]
@@ -50,49 +50,6 @@ fn tolerance(dtype: DType) -> f64 {
     if dtype == DType::F32 { 1e-4 } else { 1e-12 }
 }
 const FLOOR: f64 = 1e-3;
-
-/// The optimizers' variants: each kind as it is, and the options that take
-/// other code (momentum and Nesterov, centred RMSprop, AMSGrad).
-fn variants() -> Vec<(OptimizerKind, Vec<(&'static str, &'static str)>)> {
-    let mut out = vec![];
-    for kind in OptimizerKind::ALL {
-        out.push((kind, vec![]));
-        match kind {
-            OptimizerKind::Sgd => {
-                out.push((kind, vec![("momentum", "0.9")]));
-                out.push((kind, vec![("momentum", "0.9"), ("nesterov", "true")]));
-            }
-            OptimizerKind::Rmsprop => {
-                out.push((kind, vec![("centered", "true"), ("momentum", "0.5")]));
-            }
-            OptimizerKind::Adam => out.push((kind, vec![("amsgrad", "true")])),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Every valid combination of the regularisation blocks: {no L1,
-/// subgradient, proximal} x {no decay, coupled, decoupled}.
-const REGS: [&[(&str, &str)]; 9] = [
-    &[],
-    &[("weight_decay", "0.1")],
-    &[("weight_decay", "0.1"), ("decoupled_weight_decay", "true")],
-    &[("l1", "0.01")],
-    &[("l1", "0.01"), ("weight_decay", "0.1")],
-    &[
-        ("l1", "0.01"),
-        ("weight_decay", "0.1"),
-        ("decoupled_weight_decay", "true"),
-    ],
-    &[("l1_prox", "0.5")],
-    &[("l1_prox", "0.5"), ("weight_decay", "0.1")],
-    &[
-        ("l1_prox", "0.5"),
-        ("weight_decay", "0.1"),
-        ("decoupled_weight_decay", "true"),
-    ],
-];
 
 /// The largest differences of one path from the reference.
 #[derive(Default, Clone, Copy)]
@@ -204,55 +161,39 @@ pub fn run_selfcheck(args: SelfcheckArgs) -> Result<()> {
     );
     let mut worst = [Diff::default(), Diff::default()];
     let (mut checked, mut failed) = (0, 0);
-    for (kind, extra) in variants() {
-        for reg in REGS {
-            // Rules whose decay is always decoupled (AdamW, Lion) have no
-            // `decoupled_weight_decay` key: their plain decay is that case.
-            if (kind == OptimizerKind::Adamw || kind.info().decoupled_only)
-                && reg.iter().any(|(k, _)| *k == "decoupled_weight_decay")
+    for cfg in optim::variants::every_code_path("0.01")? {
+        for dtype in [DType::F32, DType::F64] {
+            let mut rng = Rng::new(9);
+            let init = randn(n, 1.0, &mut rng, dtype)?;
+            let grads = (0..args.steps)
+                .map(|_| randn(n, 0.3, &mut rng, dtype))
+                .collect::<Result<Vec<_>>>()?;
+            let reference = run(&cfg, Backend::Reference, &Device::Cpu, &init, &grads)?;
+            let mut line = format!("{:<60} {dtype:?}", cfg.short());
+            for (i, (path, backend)) in [("fused", Backend::Auto), ("tensor", Backend::Reference)]
+                .into_iter()
+                .enumerate()
             {
-                continue;
-            }
-            let pairs = extra
-                .iter()
-                .chain(reg.iter())
-                .chain(&[("lr", "0.01")])
-                .copied();
-            let cfg = OptimizerConfig::from_text(kind.name(), pairs)?;
-            for dtype in [DType::F32, DType::F64] {
-                let mut rng = Rng::new(9);
-                let init = randn(n, 1.0, &mut rng, dtype)?;
-                let grads = (0..args.steps)
-                    .map(|_| randn(n, 0.3, &mut rng, dtype))
-                    .collect::<Result<Vec<_>>>()?;
-                let reference = run(&cfg, Backend::Reference, &Device::Cpu, &init, &grads)?;
-                let mut line = format!("{:<60} {dtype:?}", cfg.short());
-                for (i, (path, backend)) in
-                    [("fused", Backend::Auto), ("tensor", Backend::Reference)]
-                        .into_iter()
-                        .enumerate()
-                {
-                    let got = run(&cfg, backend, &device, &init, &grads)?;
-                    let mut d = Diff::default();
-                    if got.len() != reference.len() {
-                        bail!(
-                            "{}: the state has {} tensors on {on}, {} on the CPU",
-                            cfg.short(),
-                            got.len(),
-                            reference.len()
-                        );
-                    }
-                    for (a, b) in got.iter().zip(&reference) {
-                        d.add(a, b);
-                    }
-                    let ok = d.max_rel <= tolerance(dtype);
-                    checked += 1;
-                    failed += usize::from(!ok);
-                    worst[i].merge(&d);
-                    line.push_str(&format!("  {path}: {}", d.text(ok)));
+                let got = run(&cfg, backend, &device, &init, &grads)?;
+                let mut d = Diff::default();
+                if got.len() != reference.len() {
+                    bail!(
+                        "{}: the state has {} tensors on {on}, {} on the CPU",
+                        cfg.short(),
+                        got.len(),
+                        reference.len()
+                    );
                 }
-                println!("{line}");
+                for (a, b) in got.iter().zip(&reference) {
+                    d.add(a, b);
+                }
+                let ok = d.max_rel <= tolerance(dtype);
+                checked += 1;
+                failed += usize::from(!ok);
+                worst[i].merge(&d);
+                line.push_str(&format!("  {path}: {}", d.text(ok)));
             }
+            println!("{line}");
         }
     }
     println!(

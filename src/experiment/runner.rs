@@ -205,6 +205,7 @@ fn plan(exp: &str, experiments: &Path, opts: &SweepOptions) -> Result<SweepPlan>
         runs: grid.iter().map(|r| r.file_name()).collect(),
         baselines: study.baselines(),
         tuning: study.tuning,
+        report: study.report,
     };
     write_json(&dir.join(MANIFEST), &manifest)?;
     let mine: Vec<RunSpec> = grid

@@ -29,6 +29,7 @@ mod keys;
 mod mask;
 pub mod registry;
 mod rule;
+pub mod variants;
 
 use std::collections::BTreeMap;
 

@@ -14,7 +14,7 @@ use super::render::{Figure, Panel, render_figure};
 use super::style::{FONT, draw_key, draw_marker, draw_path, plot_err, style};
 use crate::experiment::record::Group;
 use crate::experiment::study::slug;
-use crate::io::write_atomic;
+use crate::io::{remove_stale, write_atomic};
 
 /// The magnitude histogram's y axis starts here (% of weights a bin); bins
 /// below it are drawn at it, and x values where every line is below it are
@@ -47,12 +47,18 @@ pub(super) fn note(gs: &[&Group], baseline: Option<&Group>) -> String {
 /// Writes `plots/<task>-{near-zero,pruning,magnitudes}.svg`, each a small
 /// multiple with the task's first optimizer (in study order) as the baseline.
 pub fn write_all(dir: &Path, groups: &[Group]) -> Result<()> {
-    write_all_with_baseline(dir, groups, None)
+    write_all_with_baseline(dir, groups, None, true)
 }
 
 /// As [`write_all`], with the baseline named by its label (a task without
-/// that label falls back to its first optimizer).
-pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&str>) -> Result<()> {
+/// that label falls back to its first optimizer); without the magnitude
+/// figure unless `magnitudes`, removing a stale one.
+pub fn write_all_with_baseline(
+    dir: &Path,
+    groups: &[Group],
+    baseline: Option<&str>,
+    magnitudes: bool,
+) -> Result<()> {
     let mut tasks: Vec<&str> = vec![];
     for g in groups {
         if !tasks.contains(&g.task.as_str()) {
@@ -69,6 +75,10 @@ pub fn write_all_with_baseline(dir: &Path, groups: &[Group], baseline: Option<&s
         ];
         let mut out: Vec<(String, String)> = vec![];
         for (name, figure) in figures {
+            if name == "magnitudes" && !magnitudes {
+                remove_stale(&dir.join("plots").join(format!("{s}-{name}.svg")))?;
+                continue;
+            }
             if let Some(svg) = figure(&t)? {
                 out.push((format!("{s}-{name}.svg"), svg));
             }

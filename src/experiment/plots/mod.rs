@@ -10,7 +10,8 @@
 //! are Okabe and Ito's colour-blind-safe palette, and every line also has its
 //! own dash pattern and marker, so that the lines stay apart in grey.
 //!
-//! [`pareto`] draws accuracy against a sparsity measure, one line per label.
+//! [`pareto`] draws accuracy against a sparsity measure, one line per label;
+//! [`lr_curve_svg`] a tuning study's criterion against the learning rate.
 //!
 //! The output is a function of the input alone: the same runs give
 //! byte-identical SVG.
@@ -18,9 +19,11 @@
 mod axis;
 mod figures;
 mod lines;
+mod lr_curve;
 mod panels;
 mod render;
 mod style;
 
 pub use figures::{pareto, pruning_methods, write_all, write_all_with_baseline};
+pub use lr_curve::{lr_curve_svg, write_lr_curves};
 pub use panels::{MAX_LINES, family};

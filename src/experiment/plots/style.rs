@@ -10,7 +10,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// Okabe and Ito's colour-blind-safe palette, black (the baseline's) left
 /// out, in an order that keeps the first colours apart in grey too.
-const OKABE_ITO: [(u8, u8, u8); 7] = [
+pub(super) const OKABE_ITO: [(u8, u8, u8); 7] = [
     (0, 114, 178),   // blue
     (213, 94, 0),    // vermillion
     (0, 158, 115),   // bluish green

@@ -18,12 +18,9 @@ pub(super) fn stat(g: &Group, f: impl Fn(&StudyRecord) -> Option<f64>) -> Stat {
     mean_std(&xs).map(|(m, s)| (m, (xs.len() > 1).then_some(s)))
 }
 
+/// A fraction as a percentage, 2 decimals.
 pub(super) fn pct(v: Stat) -> String {
-    match v {
-        Some((m, Some(s))) => format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * s),
-        Some((m, None)) => format!("{:.2}", 100.0 * m),
-        None => "–".into(),
-    }
+    num(v.map(|(m, s)| (100.0 * m, s.map(|s| 100.0 * s))), 2)
 }
 
 pub(super) fn num(v: Stat, digits: usize) -> String {
@@ -235,6 +232,28 @@ pub(super) fn prune_cols() -> Vec<Column> {
         ),
         Column::percent("mask sparsity %", "mask_sparsity", |r| sc(r)?.mask_sparsity),
     ]
+}
+
+/// A table with one row per group: the `lead` columns (their cells from
+/// `lead_cells`), then a cell of each of `cols`.
+pub(super) fn column_table(
+    out: &mut String,
+    gs: &[&Group],
+    lead: &[&str],
+    lead_cells: impl Fn(&Group) -> Vec<String>,
+    cols: &[Column],
+) {
+    let mut header: Vec<String> = lead.iter().map(|h| h.to_string()).collect();
+    header.extend(cols.iter().map(|c| c.header.to_string()));
+    let rows: Vec<Vec<String>> = gs
+        .iter()
+        .map(|g| {
+            let mut r = lead_cells(g);
+            r.extend(cols.iter().map(|c| cell(g, c)));
+            r
+        })
+        .collect();
+    md_table(out, &header, &rows);
 }
 
 pub(super) fn cell(g: &Group, c: &Column) -> String {

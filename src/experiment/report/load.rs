@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use tracing::warn;
 
 use crate::experiment::record::{Group, StudyRecord};
+use crate::experiment::study::ReportOptions;
 use crate::{bail_usage, io::write_json, train::Status};
 
 /// What a results folder holds: which study, with which overrides, and the
@@ -28,6 +29,9 @@ pub struct Manifest {
     /// The study's `[tuning]`, when it is a tuning study.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning: Option<crate::experiment::tuning::Tuning>,
+    /// The study's `[report]` options.
+    #[serde(default, skip_serializing_if = "ReportOptions::is_default")]
+    pub report: ReportOptions,
 }
 
 /// The folder's manifest, if it has one.

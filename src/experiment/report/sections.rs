@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 
 use super::columns::{
-    bias_cols, cell, finite, has_pruning, main_cols, num, pct, prune_cols, prune_fracs, prune_stat,
-    runs_cell, stat,
+    bias_cols, column_table, finite, has_pruning, main_cols, num, pct, prune_cols, prune_fracs,
+    prune_stat, runs_cell, stat,
 };
 use super::columns::{by_task, md_table};
 use super::matched::{PARETO, matched, matched_markdown};
@@ -16,10 +16,15 @@ use crate::experiment::hypotheses::Outcome;
 use crate::experiment::{
     record::{Group, StudyRecord},
     stats,
-    study::slug,
+    study::{ReportOptions, slug},
 };
 
-pub fn markdown(groups: &[Group], paired: &[PairedTable], confirmatory: &[Outcome]) -> String {
+pub fn markdown(
+    groups: &[Group],
+    paired: &[PairedTable],
+    confirmatory: &[Outcome],
+    opts: &ReportOptions,
+) -> String {
     let study = groups[0].runs[0]
         .study
         .as_ref()
@@ -35,13 +40,19 @@ pub fn markdown(groups: &[Group], paired: &[PairedTable], confirmatory: &[Outcom
         out += "![test accuracy against weights kept, per optimizer and pruning method](plots/pruning-methods.svg)\n\n";
     }
     for (task, gs) in by_task(groups) {
-        task_markdown(&mut out, &task, &gs, paired);
+        task_markdown(&mut out, &task, &gs, paired, opts);
     }
     out
 }
 
 /// The section of one task: its setting, then each table its runs allow.
-fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTable]) {
+fn task_markdown(
+    out: &mut String,
+    task: &str,
+    gs: &[&Group],
+    paired: &[PairedTable],
+    opts: &ReportOptions,
+) {
     let first = gs.iter().flat_map(|g| g.runs.iter()).next().expect("a run");
     let c = &first.config;
     let length = match (c.epochs, c.steps) {
@@ -70,17 +81,13 @@ fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTa
         }
     );
     let _ = writeln!(out, "### Accuracy and weight sparsity\n");
-    let mut header = vec!["optimizer".to_string(), "runs".to_string()];
-    header.extend(main_cols().iter().map(|c| c.header.to_string()));
-    let rows: Vec<Vec<String>> = gs
-        .iter()
-        .map(|g| {
-            let mut r = vec![g.label.clone(), runs_cell(g)];
-            r.extend(main_cols().iter().map(|c| cell(g, c)));
-            r
-        })
-        .collect();
-    md_table(out, &header, &rows);
+    column_table(
+        out,
+        gs,
+        &["optimizer", "runs"],
+        |g| vec![g.label.clone(), runs_cell(g)],
+        &main_cols(),
+    );
     if let Some(t) = paired.iter().find(|t| t.task == task) {
         paired_markdown(out, t);
     }
@@ -115,35 +122,21 @@ fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTa
         prune_markdown(out, gs);
     }
     let _ = writeln!(out, "### Biases and the whole model\n");
-    let mut header = vec!["optimizer".to_string()];
-    header.extend(bias_cols().iter().map(|c| c.header.to_string()));
-    let rows: Vec<Vec<String>> = gs
-        .iter()
-        .map(|g| {
-            let mut r = vec![g.label.clone()];
-            r.extend(bias_cols().iter().map(|c| cell(g, c)));
-            r
-        })
-        .collect();
-    md_table(out, &header, &rows);
+    column_table(
+        out,
+        gs,
+        &["optimizer"],
+        |g| vec![g.label.clone()],
+        &bias_cols(),
+    );
     layer_markdown(out, gs);
-    transformer_group_markdown(
-        out,
-        gs,
-        paired
-            .iter()
-            .find(|t| t.task == task)
-            .map(|t| t.baseline.as_str()),
-    );
+    let baseline = paired
+        .iter()
+        .find(|t| t.task == task)
+        .map(|t| t.baseline.as_str());
+    transformer_group_markdown(out, gs, baseline);
     activity_markdown(out, gs);
-    gradient_markdown(
-        out,
-        gs,
-        paired
-            .iter()
-            .find(|t| t.task == task)
-            .map(|t| t.baseline.as_str()),
-    );
+    gradient_markdown(out, gs, baseline);
     let _ = writeln!(out, "### Configurations\n");
     for g in gs {
         let _ = writeln!(out, "- {}: `{}`", g.label, g.optimizer);
@@ -152,8 +145,12 @@ fn task_markdown(out: &mut String, task: &str, gs: &[&Group], paired: &[PairedTa
     let slug = slug(task);
     let _ = writeln!(
         out,
-        "![near-zero weights over training](plots/{slug}-near-zero.svg)\n![accuracy after pruning](plots/{slug}-pruning.svg)\n![weight magnitudes](plots/{slug}-magnitudes.svg)\n"
+        "![near-zero weights over training](plots/{slug}-near-zero.svg)\n![accuracy after pruning](plots/{slug}-pruning.svg)"
     );
+    if opts.magnitude_plots {
+        let _ = writeln!(out, "![weight magnitudes](plots/{slug}-magnitudes.svg)");
+    }
+    out.push('\n');
 }
 
 /// The pruning scores of a task that prunes.
@@ -178,20 +175,18 @@ fn prune_markdown(out: &mut String, gs: &[&Group]) {
          rule on the axis log10(1/(1 − s)), normalised to [0, 1]; the max sparsity is the highest grid point within \
          1 point of the grid's 0 % (the network as it is). Mask sparsity: the weights the masks remove at the end.\n"
     );
-    let mut header = vec!["optimizer".to_string(), "test acc %".to_string()];
-    header.extend(prune_cols().iter().map(|c| c.header.to_string()));
-    let rows: Vec<Vec<String>> = gs
-        .iter()
-        .map(|g| {
-            let mut r = vec![
+    column_table(
+        out,
+        gs,
+        &["optimizer", "test acc %"],
+        |g| {
+            vec![
                 g.label.clone(),
                 pct(stat(g, |r| r.r#final.as_ref().map(|f| f.test_acc))),
-            ];
-            r.extend(prune_cols().iter().map(|c| cell(g, c)));
-            r
-        })
-        .collect();
-    md_table(out, &header, &rows);
+            ]
+        },
+        &prune_cols(),
+    );
 }
 
 /// The weight tensors (names ending in `weight`, with more than one row in

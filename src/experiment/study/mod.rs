@@ -117,6 +117,43 @@ pub struct Study {
     /// `lrs`) by this criterion and report the winner with its margins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tuning: Option<super::tuning::Tuning>,
+    /// What the report writes besides its tables (`[report]`).
+    #[serde(default, skip_serializing_if = "ReportOptions::is_default")]
+    pub report: ReportOptions,
+}
+
+/// A study's `[report]`: the report's optional outputs, all on by default.
+/// A tuning grid of hundreds of runs turns them off: its per-evaluation
+/// `metrics.csv` and its magnitude histograms run over 1 MiB each and say
+/// nothing about the learning-rate choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportOptions {
+    /// `plots/<task>-magnitudes.svg`, linked from each task's section.
+    #[serde(default = "on")]
+    pub magnitude_plots: bool,
+    /// `metrics.csv`, one row per run and evaluation.
+    #[serde(default = "on")]
+    pub metrics_csv: bool,
+}
+
+fn on() -> bool {
+    true
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        Self {
+            magnitude_plots: true,
+            metrics_csv: true,
+        }
+    }
+}
+
+impl ReportOptions {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// One cell of the grid.

@@ -241,14 +241,17 @@ fn the_lr_curve_plot_draws_every_configuration_and_rings_the_winner() {
     }));
     let cs = choose(&g, true);
     let refs: Vec<&Choice> = cs.iter().collect();
-    let svg = lr_curve_svg("t", &refs).unwrap();
+    let svg = crate::experiment::plots::lr_curve_svg("t", &refs).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("\nA\n") && svg.contains("\nB\n"),
         "{svg}"
     );
     // Two black rings, one per configuration's winner.
     assert_eq!(svg.matches("r=\"8\"").count(), 2);
-    assert_eq!(svg, lr_curve_svg("t", &refs).unwrap());
+    assert_eq!(
+        svg,
+        crate::experiment::plots::lr_curve_svg("t", &refs).unwrap()
+    );
 }
 
 #[test]

@@ -1,0 +1,347 @@
+//! The passes of the hand-written Transformer step, one layer kind each:
+//! linear, LayerNorm and causal self-attention, forward and backward, over
+//! row-major f32 buffers, with the sizes of one step ([`Dims`]).
+
+use rayon::prelude::*;
+
+use super::params::Affine;
+use crate::models::kernels::{self as k, View, matmul};
+
+/// Rows per parallel task in the row-wise passes; fixed, so partial sums
+/// (weight gradients of LayerNorm, bias gradients) are added in the same
+/// order whatever the number of threads.
+pub(super) const ROWS: usize = 64;
+const LN_EPS: f32 = 1e-5;
+
+/// LayerNorm output and per-row statistics.
+#[derive(Default)]
+pub(super) struct Norm {
+    pub(super) out: Vec<f32>,
+    pub(super) mean: Vec<f32>,
+    pub(super) rstd: Vec<f32>,
+}
+
+impl Norm {
+    pub(super) fn new(n: usize, d: usize) -> Self {
+        Self {
+            out: vec![0.0; n * d],
+            mean: vec![0.0; n],
+            rstd: vec![0.0; n],
+        }
+    }
+}
+
+/// A raw pointer that may cross threads: the attention tasks write
+/// disjoint column blocks of shared row-major buffers.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: only used where the tasks write disjoint elements (see above).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the whole wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+#[derive(Clone, Copy)]
+struct Shared(View);
+// SAFETY: read-only views of buffers nobody writes meanwhile.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// The same view moved `off` elements along its buffer; callers pass
+    /// offsets from [`Dims`], which stay inside the buffers it checked.
+    fn at(self, off: usize) -> View {
+        View {
+            // SAFETY: see above; `add` stays inside the allocation.
+            ptr: unsafe { self.0.ptr.add(off) },
+            ..self.0
+        }
+    }
+}
+
+/// The sizes of one step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Dims {
+    /// Sequences, positions per sequence, and rows (`b * t`).
+    pub(super) b: usize,
+    pub(super) t: usize,
+    pub(super) n: usize,
+    /// Model width, heads, and width per head (`d / h`).
+    pub(super) d: usize,
+    pub(super) h: usize,
+    pub(super) hd: usize,
+    /// The MLP's hidden width.
+    pub(super) f: usize,
+    pub(super) vocab: usize,
+    pub(super) layers: usize,
+}
+
+impl Dims {
+    /// Offset of head `hi` of sequence `bi`'s queries (`part` 0), keys (1)
+    /// or values (2) in the `[N, 3D]` buffer.
+    fn qkv(&self, bi: usize, hi: usize, part: usize) -> usize {
+        bi * self.t * 3 * self.d + part * self.d + hi * self.hd
+    }
+    /// Offset of head `hi` of sequence `bi` in an `[N, D]` buffer.
+    fn out(&self, bi: usize, hi: usize) -> usize {
+        bi * self.t * self.d + hi * self.hd
+    }
+    /// Views of head `hi` of sequence `bi`'s queries, keys and values in
+    /// the `[N, 3D]` buffer `src`.
+    fn heads_of(&self, src: Shared, bi: usize, hi: usize) -> (View, View, View) {
+        let at = |part| src.at(self.qkv(bi, hi, part));
+        (at(0), at(1), at(2))
+    }
+    fn check(&self, qkv: usize, att: usize, out: usize) {
+        let (n, t) = (self.b * self.t, self.t);
+        assert!(qkv == n * 3 * self.d && att == self.b * self.h * t * t && out == n * self.d);
+    }
+}
+
+/// `out[rows, fout] = p.b + x[rows, fin] · p.w^T` with `p.w` as torch's
+/// `[fout, fin]`, or, with `resid`, `out = resid + p.b + x · p.w^T`.
+pub(super) fn linear(out: &mut [f32], resid: Option<&[f32]>, x: &[f32], p: &Affine<&[f32]>) {
+    let (w, bias) = (p.w, p.b);
+    let fout = bias.len();
+    let fin = w.len() / fout;
+    let rows = x.len() / fin;
+    assert!(out.len() == rows * fout && x.len() == rows * fin && w.len() == fout * fin);
+    out.par_chunks_mut(ROWS * fout)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            for (r, row) in chunk.chunks_exact_mut(fout).enumerate() {
+                match resid {
+                    Some(res) => {
+                        let at = (i * ROWS + r) * fout;
+                        for ((o, a), b) in row.iter_mut().zip(&res[at..at + fout]).zip(bias) {
+                            *o = a + b;
+                        }
+                    }
+                    None => row.copy_from_slice(bias),
+                }
+            }
+        });
+    // SAFETY: shapes checked above; `out` is exclusively borrowed.
+    unsafe {
+        matmul(
+            rows,
+            fout,
+            fin,
+            out.as_mut_ptr(),
+            fout,
+            true,
+            View::rows(x, fin),
+            View::rows(w, fin).t(),
+            k::parallelism(),
+        )
+    }
+}
+
+/// Gradients of a linear layer with weight `w [fout, fin]` from the output
+/// gradient `dout [rows, fout]` and its input `x [rows, fin]`: `g.w =
+/// dout^T · x`, `g.b` = column sums, and, when asked, `dx = dout · w`.
+pub(super) fn linear_bwd(
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    g: &mut Affine<Vec<f32>>,
+    dx: Option<&mut [f32]>,
+    parts: &mut Vec<f32>,
+) {
+    let fout = g.b.len();
+    let fin = w.len() / fout;
+    let rows = x.len() / fin;
+    assert!(dout.len() == rows * fout && x.len() == rows * fin && g.w.len() == fout * fin);
+    let par = k::parallelism();
+    // SAFETY: shapes checked above; the outputs are exclusive borrows.
+    unsafe {
+        matmul(
+            fout,
+            fin,
+            rows,
+            g.w.as_mut_ptr(),
+            fin,
+            false,
+            View::rows(dout, fout).t(),
+            View::rows(x, fin),
+            par,
+        );
+    }
+    col_sums(dout, fout, &mut g.b, parts);
+    if let Some(dx) = dx {
+        assert!(dx.len() == rows * fin);
+        // SAFETY: as above.
+        unsafe {
+            matmul(
+                rows,
+                fin,
+                fout,
+                dx.as_mut_ptr(),
+                fin,
+                false,
+                View::rows(dout, fout),
+                View::rows(w, fin),
+                par,
+            )
+        }
+    }
+}
+
+/// Column sums of a row-major matrix with `cols` columns, in a fixed order.
+fn col_sums(x: &[f32], cols: usize, out: &mut [f32], parts: &mut Vec<f32>) {
+    // One partial sum per block of rows, in `parts` (kept across calls).
+    parts.clear();
+    parts.resize(x.len().div_ceil(ROWS * cols) * cols, 0.0);
+    parts
+        .par_chunks_mut(cols)
+        .zip(x.par_chunks(ROWS * cols))
+        .for_each(|(s, chunk)| {
+            for row in chunk.chunks_exact(cols) {
+                add_to(s, row);
+            }
+        });
+    out.fill(0.0);
+    for p in parts.chunks_exact(cols) {
+        add_to(out, p);
+    }
+}
+
+pub(super) fn add_to(acc: &mut [f32], x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a += v;
+    }
+}
+
+/// LayerNorm of the rows of `x` with gain `p.w` and shift `p.b`.
+pub(super) fn layer_norm(x: &[f32], p: &Affine<&[f32]>, out: &mut Norm) {
+    let (w, b) = (p.w, p.b);
+    let d = w.len();
+    out.out
+        .par_chunks_mut(ROWS * d)
+        .zip(out.mean.par_chunks_mut(ROWS))
+        .zip(out.rstd.par_chunks_mut(ROWS))
+        .zip(x.par_chunks(ROWS * d))
+        .for_each(|(((o, m), r), x)| k::layer_norm_rows(x, w, b, LN_EPS, o, m, r));
+}
+
+/// Adds the input gradient of a LayerNorm with gain `w` to `dx`; writes
+/// its gain and shift gradients to `g`.
+pub(super) fn layer_norm_bwd(
+    x: &[f32],
+    norm: &Norm,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    g: &mut Affine<Vec<f32>>,
+    parts: &mut Vec<f32>,
+) {
+    let d = w.len();
+    // Per block of rows: partial dw, partial db, one scratch row.
+    parts.clear();
+    parts.resize(x.len().div_ceil(ROWS * d) * 3 * d, 0.0);
+    x.par_chunks(ROWS * d)
+        .zip(dy.par_chunks(ROWS * d))
+        .zip(dx.par_chunks_mut(ROWS * d))
+        .zip(norm.mean.par_chunks(ROWS))
+        .zip(norm.rstd.par_chunks(ROWS))
+        .zip(parts.par_chunks_mut(3 * d))
+        .for_each(|(((((x, dy), dx), m), r), acc)| {
+            let (pw, rest) = acc.split_at_mut(d);
+            let (pb, scratch) = rest.split_at_mut(d);
+            k::layer_norm_bwd_rows(x, m, r, w, dy, dx, pw, pb, scratch);
+        });
+    g.w.fill(0.0);
+    g.b.fill(0.0);
+    for p in parts.chunks_exact(3 * d) {
+        add_to(&mut g.w, &p[..d]);
+        add_to(&mut g.b, &p[d..2 * d]);
+    }
+}
+
+/// Causal self-attention: `att` gets the probabilities, `y` the heads'
+/// outputs side by side.
+pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
+    s.check(qkv.len(), att.len(), y.len());
+    let (t, hd) = (s.t, s.hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let y_ptr = SharedMut(y.as_mut_ptr());
+    let src = Shared(View::rows(qkv, 3 * s.d));
+    att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
+        let (bi, hi) = (i / s.h, i % s.h);
+        let (q, kk, v) = s.heads_of(src, bi, hi);
+        // SAFETY: `p` is this task's own block; the y block (rows of
+        // sequence bi, columns of head hi) is written by this task only.
+        unsafe {
+            matmul(
+                t,
+                t,
+                hd,
+                p.as_mut_ptr(),
+                t,
+                false,
+                q,
+                kk.t(),
+                gemm::Parallelism::None,
+            );
+            k::causal_softmax_block(p, t, scale);
+            matmul(
+                t,
+                hd,
+                t,
+                y_ptr.get().add(s.out(bi, hi)),
+                s.d,
+                false,
+                View::rows(p, t),
+                v,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+}
+
+/// The backward of [`attention`]: from `dy` (`[N, D]`) to `dqkv`.
+/// `datt` (the size of `att`) holds the gradients of the scores.
+pub(super) fn attention_bwd(
+    s: Dims,
+    qkv: &[f32],
+    att: &[f32],
+    dy: &[f32],
+    dqkv: &mut [f32],
+    datt: &mut [f32],
+) {
+    s.check(qkv.len(), att.len(), dy.len());
+    assert!(dqkv.len() == qkv.len());
+    let (t, hd) = (s.t, s.hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let dst = SharedMut(dqkv.as_mut_ptr());
+    let src = Shared(View::rows(qkv, 3 * s.d));
+    let dsrc = Shared(View::rows(dy, s.d));
+    att.par_chunks(t * t)
+        .zip(datt.par_chunks_mut(t * t))
+        .enumerate()
+        .for_each(|(i, (p, dp))| {
+            let (bi, hi) = (i / s.h, i % s.h);
+            let (q, kk, v) = s.heads_of(src, bi, hi);
+            let dyv = dsrc.at(s.out(bi, hi));
+            let pv = View::rows(p, t);
+            let none = gemm::Parallelism::None;
+            // SAFETY: this task alone writes head hi's columns of
+            // sequence bi's rows in dqkv, and its own block `dp` of datt.
+            unsafe {
+                let out = |part: usize| dst.get().add(s.qkv(bi, hi, part));
+                // dV = P^T dY
+                matmul(t, hd, t, out(2), 3 * s.d, false, pv.t(), dyv, none);
+                // dP = dY V^T, then through the softmax
+                matmul(t, t, hd, dp.as_mut_ptr(), t, false, dyv, v.t(), none);
+                k::causal_softmax_bwd_block(p, dp, t, scale);
+                let ds = View::rows(dp, t);
+                // dQ = dS K, dK = dS^T Q
+                matmul(t, hd, t, out(0), 3 * s.d, false, ds, kk, none);
+                matmul(t, hd, t, out(1), 3 * s.d, false, ds.t(), q, none);
+            }
+        });
+}
