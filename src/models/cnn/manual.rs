@@ -19,7 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Device, Storage, Tensor, Var};
 use rayon::prelude::*;
 
-use super::BN_EPS;
+use super::ops::BN_EPS;
 use super::rows;
 use crate::models::kernels::{self as k, View, matmul};
 

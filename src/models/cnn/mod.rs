@@ -29,21 +29,8 @@ mod manual;
 mod ops;
 mod rows;
 
-use ops::{BnReluTrain, ColStats, Conv3x3, MaxPool};
-
-/// Activations of the CPU path are "rows": `[N * H * W, C]`, one row per
-/// pixel (n, y, x), which is what a convolution as one matrix product
-/// gives and takes. Channel reductions are then column sums.
-#[derive(Clone, Copy)]
-pub(super) struct Grid {
-    n: usize,
-    h: usize,
-    w: usize,
-}
-
-/// BatchNorm's epsilon and momentum, torch's defaults.
-pub const BN_EPS: f64 = 1e-5;
-pub const BN_MOMENTUM: f64 = 0.1;
+pub use ops::{BN_EPS, BN_MOMENTUM};
+use ops::{BnReluTrain, ColStats, Conv3x3, Grid, MaxPool};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -5,9 +5,22 @@
 
 use candle_core::Tensor;
 
-use super::{BN_EPS, Grid};
 use crate::models::kernels;
 use crate::models::ops::f32_slice;
+
+/// Activations of the CPU path are "rows": `[N * H * W, C]`, one row per
+/// pixel (n, y, x), which is what a convolution as one matrix product
+/// gives and takes. Channel reductions are then column sums.
+#[derive(Clone, Copy)]
+pub(super) struct Grid {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+/// BatchNorm's epsilon and momentum, torch's defaults.
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
 
 /// A 3 x 3, padding 1 convolution of rows `[N * H * W, C_in]` by
 /// `[weights | bias]` `[C, C_in * 9 + 1]` (torch's weight order, the bias
