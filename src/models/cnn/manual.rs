@@ -20,7 +20,9 @@ use candle_core::{CpuStorage, Device, Storage, Tensor, Var};
 use rayon::prelude::*;
 
 use super::ops::BN_EPS;
-use super::rows;
+use super::rows::{
+    self, col2im_image, column_stats, flatten, im2col_image, linear, linear_bwd, unflatten,
+};
 use crate::models::kernels::{self as k, View, matmul};
 
 /// The parameters of one conv block, or their gradients.
@@ -214,174 +216,6 @@ impl Workspace {
     }
 }
 
-/// The 3 x 3, padding 1 patches of one image's rows `x` (`[S * S, c]`)
-/// into `out` (`[S * S, 9 c + 1]`, `(ky, kx, c)` then a 1), every entry
-/// written.
-fn im2col_image(x: &[f32], side: usize, c: usize, out: &mut [f32]) {
-    let kk = 9 * c + 1;
-    for (row, o) in out.chunks_exact_mut(kk).enumerate() {
-        let (y, x0) = (row / side, row % side);
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let dst = &mut o[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                let (sy, sx) = (y + ky, x0 + kx);
-                if sy == 0 || sy > side || sx == 0 || sx > side {
-                    dst.fill(0.0);
-                } else {
-                    let src = (sy - 1) * side + sx - 1;
-                    dst.copy_from_slice(&x[src * c..(src + 1) * c]);
-                }
-            }
-        }
-        o[kk - 1] = 1.0;
-    }
-}
-
-/// The adjoint of [`im2col_image`] for one image: each pixel's gradient
-/// `dx` (`[S * S, c]`) is the sum of its patch entries in `dcols` (`[S *
-/// S, 9 c]`, no ones column), every entry written.
-fn col2im_image(dcols: &[f32], side: usize, c: usize, dx: &mut [f32]) {
-    let kk = 9 * c;
-    for (src, d) in dx.chunks_exact_mut(c).enumerate() {
-        let (sy, sx) = (src / side, src % side);
-        let mut first = true;
-        // Output pixel (y, x) reads source (y + ky - 1, x + kx - 1).
-        for ky in 0..3 {
-            let y = sy + 1;
-            if y < ky || y - ky >= side {
-                continue;
-            }
-            for kx in 0..3 {
-                let x = sx + 1;
-                if x < kx || x - kx >= side {
-                    continue;
-                }
-                let row = (y - ky) * side + (x - kx);
-                let at = row * kk + (ky * 3 + kx) * c;
-                let part = &dcols[at..at + c];
-                if first {
-                    d.copy_from_slice(part);
-                    first = false;
-                } else {
-                    rows::add_rows(d, part);
-                }
-            }
-        }
-        if first {
-            d.fill(0.0);
-        }
-    }
-}
-
-/// `out[rows, fout] = b + x[rows, fin] · wᵀ`, `w` as torch's `[fout, fin]`.
-fn linear(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) {
-    let fout = b.len();
-    let fin = w.len() / fout;
-    let rows = x.len() / fin;
-    assert!(out.len() == rows * fout && x.len() == rows * fin);
-    for row in out.chunks_exact_mut(fout) {
-        row.copy_from_slice(b);
-    }
-    // SAFETY: shapes checked above; `out` is exclusively borrowed.
-    unsafe {
-        matmul(
-            rows,
-            fout,
-            fin,
-            out.as_mut_ptr(),
-            fout,
-            true,
-            View::rows(x, fin),
-            View::rows(w, fin).t(),
-            k::parallelism(),
-        )
-    }
-}
-
-/// Gradients of a linear layer with weights `w [fout, fin]` from `dout
-/// [rows, fout]` and its input `x [rows, fin]`: `gw = doutᵀ · x`, `gb` the
-/// column sums, and, when asked, `dx = dout · w`.
-fn linear_bwd(
-    dout: &[f32],
-    x: &[f32],
-    w: &[f32],
-    gw: &mut [f32],
-    gb: &mut [f32],
-    dx: Option<&mut [f32]>,
-) {
-    let fout = gb.len();
-    let fin = w.len() / fout;
-    let rows = x.len() / fin;
-    assert!(dout.len() == rows * fout && gw.len() == fout * fin);
-    let par = k::parallelism();
-    // SAFETY: shapes checked above; the outputs are exclusive borrows.
-    unsafe {
-        matmul(
-            fout,
-            fin,
-            rows,
-            gw.as_mut_ptr(),
-            fin,
-            false,
-            View::rows(dout, fout).t(),
-            View::rows(x, fin),
-            par,
-        );
-    }
-    gb.fill(0.0);
-    for row in dout.chunks_exact(fout) {
-        rows::add_rows(gb, row);
-    }
-    if let Some(dx) = dx {
-        assert!(dx.len() == rows * fin);
-        // SAFETY: as above.
-        unsafe {
-            matmul(
-                rows,
-                fin,
-                fout,
-                dx.as_mut_ptr(),
-                fin,
-                false,
-                View::rows(dout, fout),
-                View::rows(w, fin),
-                par,
-            )
-        }
-    }
-}
-
-/// Per column of `x` (`[M, c]`, in blocks of `block` rows, one partial
-/// each, added in block order): the mean and the biased variance, in f64.
-fn column_stats(x: &[f32], c: usize, block: usize, parts: &mut Vec<f64>) -> (Vec<f64>, Vec<f64>) {
-    let m = x.len() / c;
-    let blocks = x.len().div_ceil(block * c);
-    let reduce = |parts: &mut Vec<f64>, f: &(dyn Fn(&[f32], &mut [f64]) + Sync)| {
-        parts.clear();
-        parts.resize(blocks * c, 0.0);
-        parts
-            .par_chunks_mut(c)
-            .zip(x.par_chunks(block * c))
-            .for_each(|(p, rows)| f(rows, p));
-        let mut total = vec![0f64; c];
-        for p in parts.chunks_exact(c) {
-            for (t, v) in total.iter_mut().zip(p) {
-                *t += v;
-            }
-        }
-        total
-    };
-    let mean: Vec<f64> = reduce(parts, &|rows, p| rows::col_sums_f64(rows, p))
-        .into_iter()
-        .map(|s| s / m as f64)
-        .collect();
-    let var = reduce(parts, &|rows, p| rows::col_sq_dev_f64(rows, &mean, p))
-        .into_iter()
-        .map(|s| s / m as f64)
-        .collect();
-    (mean, var)
-}
-
 /// The f32 contents of a contiguous CPU tensor.
 fn host(s: &Storage, l: &candle_core::Layout) -> Result<*const [f32]> {
     match (s, l.contiguous_offsets()) {
@@ -571,32 +405,6 @@ fn block_backward(
             .zip(a.dcols.par_chunks(hw * kw))
             .for_each(|(dx, dcols)| col2im_image(dcols, side, c_in, dx));
     }
-}
-
-/// Pooled rows `[N * S * S, c]` to torch's flattening `[N, c * S * S]`.
-fn flatten(x: &[f32], s2: usize, c: usize, out: &mut [f32]) {
-    out.par_chunks_mut(c * s2)
-        .zip(x.par_chunks(s2 * c))
-        .for_each(|(o, img)| {
-            for (p, row) in img.chunks_exact(c).enumerate() {
-                for (j, v) in row.iter().enumerate() {
-                    o[j * s2 + p] = *v;
-                }
-            }
-        });
-}
-
-/// The adjoint of [`flatten`].
-fn unflatten(d: &[f32], s2: usize, c: usize, out: &mut [f32]) {
-    out.par_chunks_mut(s2 * c)
-        .zip(d.par_chunks(c * s2))
-        .for_each(|(o, img)| {
-            for (p, row) in o.chunks_exact_mut(c).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = img[j * s2 + p];
-                }
-            }
-        });
 }
 
 /// Mean cross-entropy and every parameter's gradient for flat images `x`
