@@ -11,7 +11,7 @@
 //! permuted to match once per step (a few thousand values).
 //!
 //! Autograd over the same model (`Model::loss_and_grads_autograd`) is the
-//! reference; `tests/training.rs` checks that both give the same loss and
+//! reference; `tests/cnn.rs` checks that both give the same loss and
 //! gradients on fresh random batches, on one and on two threads.
 
 use anyhow::{Result, bail};
