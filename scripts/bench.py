@@ -201,22 +201,39 @@ def ours(case):
     return json.loads(line)["median_ms"]
 
 
+# The CPU features that decide which kernels run (gemm's and ours pick at
+# run time; PyTorch's too).
+SIMD = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+        "amx_tile", "amx_bf16", "asimd", "sve"]
+
+
 def machine():
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), []
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith(("flags", "Features")) and not flags:
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in SIMD if f in have]
     except OSError:
         pass
     rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
-    return f"{cpu}, {os.cpu_count()} cores; {rustc}; PyTorch {torch.__version__}; Python {platform.python_version()}"
+    return (f"{cpu} ({' '.join(flags) or 'features unknown'}), {os.cpu_count()} cores; {rustc}; "
+            f"PyTorch {torch.__version__}; Python {platform.python_version()}")
+
+
+def load():
+    try:
+        return "load %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load unknown"
 
 
 def main():
     cases = [a for a in sys.argv[1:] if not a.startswith("-")] or CASES
     subprocess.run(["cargo", "bench", "--no-run", "--quiet", "--bench", "speed"], cwd=ROOT, check=True)
+    print(f"machine: {machine()}", flush=True)
     rows = []
     for case in cases:
         t_ours = ours(case)
@@ -224,7 +241,7 @@ def main():
         ratio = t_torch / t_ours
         rows.append((case, threads_of(case), t_ours, t_torch, impl, ratio, all_t))
         print(f"{case:18} threads {threads_of(case)}  ours {t_ours:9.3f} ms  torch {t_torch:9.3f} ms ({impl})  "
-              f"ratio {ratio:5.2f}x", flush=True)
+              f"ratio {ratio:5.2f}x  ({load()})", flush=True)
     if len(cases) == len(CASES):
         lines = [
             "# Benchmarks",

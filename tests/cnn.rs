@@ -364,3 +364,147 @@ fn exempt_1d_spares_batchnorm_scales() {
     assert!(decayed("bn1.weight") > 0.01, "gamma is not decayed");
     assert!(decayed("conv1.weight") <= 0.1 + 1e-6, "conv weights decay");
 }
+
+/// Loss and every parameter's gradient of one training step, by
+/// `loss_and_grads` (the hand-written step where it applies) or autograd.
+fn step_values(model: &Model, task: &Task, batch: &Batch, manual: bool) -> (f64, Vec<Vec<f32>>) {
+    let (loss, g) = if manual {
+        model.loss_and_grads(task, batch).unwrap()
+    } else {
+        model.loss_and_grads_autograd(task, batch).unwrap()
+    };
+    let grads = model
+        .named_params()
+        .into_iter()
+        .map(|(k, v)| {
+            g.get(v.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {k}"))
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect();
+    (loss, grads)
+}
+
+/// A CNN, a random batch of `n` images of `side x side`, and Adam moved a
+/// few steps by autograd (so that BatchNorm's gamma and beta are not 1 and
+/// 0).
+fn random_cnn(cfg: &str, side: usize, n: usize, seed: u64) -> (Model, Task, Batch) {
+    use sparsity_lab::rng::Rng;
+    let task = Task::Classify {
+        inputs: side * side,
+        classes: 10,
+    };
+    let cfg: ModelConfig = serde_json::from_str(cfg).unwrap();
+    let model = cfg.build(&task, seed, DType::F32, &Device::Cpu).unwrap();
+    let mut rng = Rng::new(seed + 100);
+    let x: Vec<f32> = (0..n * side * side).map(|_| rng.normal() as f32).collect();
+    let y: Vec<u32> = (0..n).map(|_| rng.below(10) as u32).collect();
+    let batch = Batch {
+        x: Tensor::from_vec(x, (n, side * side), &Device::Cpu).unwrap(),
+        y: Tensor::from_vec(y, n, &Device::Cpu).unwrap(),
+    };
+    let adam = sparsity_lab::optim::OptimizerConfig::from_text("adam", [("lr", "0.01")]).unwrap();
+    let mut o = sparsity_lab::optim::build(&adam, model.named_params()).unwrap();
+    for _ in 0..3 {
+        let (_, g) = model.loss_and_grads_autograd(&task, &batch).unwrap();
+        o.step(&g).unwrap();
+    }
+    (model, task, batch)
+}
+
+/// The hand-written CNN step gives autograd's loss and gradients, on fresh
+/// random batches (even and odd image sides, one to three blocks), on one
+/// and on two threads, and the same bits on both. Both are f32 with
+/// different summation orders (the patch matrix's column order, per-image
+/// partial sums of BatchNorm's statistics, matmul blocking); BatchNorm's
+/// backward divides by the batch's standard deviation, which amplifies
+/// them. The bound, 1e-5 of the largest gradient entry of each parameter
+/// (about 100 ulps), is the Transformer's and the MLP's; a wrong term (a
+/// transposed weight, a missing BatchNorm term) gives differences of order
+/// 1.
+#[test]
+fn manual_step_matches_autograd_on_one_and_two_threads() {
+    let cases = [
+        (
+            r#"{"name": "cnn", "channels": [4, 6], "hidden": 16}"#,
+            12usize,
+            5usize,
+            1u64,
+        ),
+        (
+            r#"{"name": "cnn", "channels": [3, 5, 7], "hidden": 9}"#,
+            13,
+            3,
+            2,
+        ),
+        (r#"{"name": "cnn"}"#, 28, 8, 3),
+    ];
+    for (cfg, side, n, seed) in cases {
+        let mut per_threads = vec![];
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (manual, auto, names) = pool.install(|| {
+                let (model, task, batch) = random_cnn(cfg, side, n, seed);
+                let names: Vec<String> = model.named_params().into_iter().map(|(k, _)| k).collect();
+                let Model::Cnn(cnn) = &model else {
+                    panic!("not a cnn")
+                };
+                assert!(
+                    cnn.manual_backward(),
+                    "{cfg}: the hand-written step applies"
+                );
+                let manual = step_values(&model, &task, &batch, true);
+                let (model, task, batch) = random_cnn(cfg, side, n, seed);
+                (manual, step_values(&model, &task, &batch, false), names)
+            });
+            let dl = ((manual.0 - auto.0) / auto.0).abs();
+            let largest = |g: &[f32]| g.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            let model_scale = auto.1.iter().map(|g| largest(g)).fold(0f64, f64::max);
+            let mut dg = 0f64;
+            for ((a, e), name) in manual.1.iter().zip(&auto.1).zip(&names) {
+                // A conv bias's true gradient is 0 under BatchNorm (the
+                // mean subtraction cancels it): both sides give rounding
+                // noise, measured against the model's largest gradient.
+                let scale = if name.starts_with("conv") && name.ends_with("bias") {
+                    model_scale
+                } else {
+                    largest(e)
+                };
+                for (x, y) in a.iter().zip(e) {
+                    dg = dg.max((x - y).abs() as f64 / scale);
+                }
+            }
+            println!("{cfg}, side {side}, {threads} threads: loss {dl:.1e}, gradients {dg:.1e}");
+            assert!(
+                dl < 1e-5 && dg < 1e-5,
+                "{cfg}: loss {dl:e}, gradients {dg:e}"
+            );
+            per_threads.push(manual);
+        }
+        assert!(
+            per_threads[0] == per_threads[1],
+            "{cfg}: one and two threads give different bits"
+        );
+    }
+}
+
+/// Without BatchNorm the hand-written step does not apply: the step goes
+/// through autograd, bit for bit.
+#[test]
+fn without_batch_norm_the_step_falls_back_to_autograd() {
+    let cfg = r#"{"name": "cnn", "channels": [4, 6], "hidden": 16, "batch_norm": false}"#;
+    let (model, task, batch) = random_cnn(cfg, 12, 5, 4);
+    let Model::Cnn(cnn) = &model else {
+        panic!("not a cnn")
+    };
+    assert!(!cnn.manual_backward());
+    let a = step_values(&model, &task, &batch, true);
+    let b = step_values(&model, &task, &batch, false);
+    assert!(a == b, "the fallback is autograd's step");
+}

@@ -41,6 +41,8 @@ macro_rules! simd_fn {
     };
 }
 
+pub(crate) use simd_fn;
+
 const LANES: usize = 8;
 
 #[inline(always)]

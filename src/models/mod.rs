@@ -328,6 +328,11 @@ impl Model {
         {
             return m.loss_and_grads(&batch.x, &batch.y);
         }
+        if let Model::Cnn(c) = self
+            && c.manual_backward()
+        {
+            return c.loss_and_grads_cpu(&batch.x, &batch.y);
+        }
         if let Model::Transformer(t) = self
             && t.manual_backward()
         {

@@ -1,41 +1,26 @@
-//! A small convolutional network for 1-channel square images:
-//! per channel count `c` in `channels`, a block
-//! `conv 3x3 (padding 1) -> BatchNorm2d -> ReLU -> max-pool 2`, then
-//! `linear -> ReLU -> linear`. With the defaults (`[32, 64]`, hidden 128) on
-//! 28 x 28 images: 1 -> 32 -> 64 channels, 64 * 7 * 7 = 3136 -> 128 -> 10.
-//!
-//! Parameter names are those of torch's `state_dict` for the same module
-//! (`conv1.weight`, `bn1.weight`, `fc1.weight`, ...), with torch's default
-//! initialisation: kaiming_uniform(a = sqrt 5) for conv and linear weights,
-//! which is U(+-1/sqrt(fan_in)), the same bound for the biases, and
-//! BatchNorm's gamma = 1, beta = 0. BatchNorm's running mean and variance
-//! (and `num_batches_tracked`) are buffers: saved in the checkpoint, never
-//! optimized.
-//!
-//! BatchNorm works as torch's: in train mode ([`Cnn::forward`] with
-//! `train = true`) it normalises by the batch's mean and biased variance and
-//! moves the running statistics by momentum 0.1 towards the batch mean and
-//! the *unbiased* variance; in eval mode it normalises by the running
-//! statistics. Training steps use train mode, every evaluation eval mode.
+//! The CNN's custom ops for the autograd path on the CPU (f32, rows
+//! `[N * H * W, C]`): the 3 x 3 convolution as im2col and one matrix
+//! product, the 2 x 2 max-pool, the column statistics and the fused
+//! train-mode BatchNorm + ReLU, each with its backward.
 
-use anyhow::Result;
-use candle_core::{DType, Tensor, Var};
-use serde::{Deserialize, Serialize};
+use candle_core::Tensor;
 
-use super::kernels;
-use super::ops::f32_slice;
-use super::params::{Init, Params};
-use crate::bail_usage;
+use crate::models::kernels;
+use crate::models::ops::f32_slice;
 
 /// Activations of the CPU path are "rows": `[N * H * W, C]`, one row per
 /// pixel (n, y, x), which is what a convolution as one matrix product
 /// gives and takes. Channel reductions are then column sums.
 #[derive(Clone, Copy)]
-struct Grid {
-    n: usize,
-    h: usize,
-    w: usize,
+pub(super) struct Grid {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
 }
+
+/// BatchNorm's epsilon and momentum, torch's defaults.
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
 
 /// A 3 x 3, padding 1 convolution of rows `[N * H * W, C_in]` by
 /// `[weights | bias]` `[C, C_in * 9 + 1]` (torch's weight order, the bias
@@ -44,10 +29,10 @@ struct Grid {
 /// gradient of the patch matrix (9 times the input) never becomes a tensor
 /// that autograd allocates, zeroes and adds; the products are Candle's
 /// own (the same `gemm` calls, so the same bits).
-struct Conv3x3 {
-    grid: Grid,
+pub(super) struct Conv3x3 {
+    pub grid: Grid,
     /// The forward's patch matrix, for the weights' gradient.
-    cols: std::sync::Mutex<Vec<f32>>,
+    pub cols: std::sync::Mutex<Vec<f32>>,
 }
 
 /// The 3 x 3, padding 1 patches of rows `[N * H * W, C]` as `[N * H * W,
@@ -203,13 +188,13 @@ impl candle_core::CustomOp2 for Conv3x3 {
 /// (W / 2), C]` ([`kernels::max_pool_2x2`]: odd last rows and columns
 /// dropped, and the gradient to the first maximum of each window, as
 /// torch). The forward keeps each output's winner for the backward.
-struct MaxPool {
+pub(super) struct MaxPool {
     grid: Grid,
     winners: std::sync::Mutex<Vec<f32>>,
 }
 
 impl MaxPool {
-    fn new(grid: Grid) -> Self {
+    pub fn new(grid: Grid) -> Self {
         Self {
             grid,
             winners: Default::default(),
@@ -299,7 +284,7 @@ impl candle_core::CustomOp1 for MaxPoolBwd {
 
 /// Per column of rows `[M, C]`: the mean and the biased variance, `[2, C]`
 /// (sums in f64).
-struct ColStats;
+pub(super) struct ColStats;
 
 impl candle_core::CustomOp1 for ColStats {
     fn name(&self) -> &'static str {
@@ -341,7 +326,7 @@ impl candle_core::CustomOp1 for ColStats {
 /// the usual closed form (the statistics depend on `z`):
 /// `dz = gamma / (M sqrt(var + eps)) * (M dy - sum dy - xhat * sum(dy xhat))`
 /// with `dy` the output gradient masked by the ReLU.
-struct BnReluTrain;
+pub(super) struct BnReluTrain;
 
 impl BnReluTrain {
     /// Per column: gamma * inv_std, beta - mean * gamma * inv_std, inv_std.
@@ -425,358 +410,5 @@ impl candle_core::CustomOp3 for BnReluTrain {
             Some(Tensor::from_vec(dgb, (2, c), z.device())?),
             None,
         ))
-    }
-}
-
-/// BatchNorm's epsilon and momentum, torch's defaults.
-pub const BN_EPS: f64 = 1e-5;
-pub const BN_MOMENTUM: f64 = 0.1;
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CnnConfig {
-    /// Output channels of each conv block; each block halves the image side.
-    pub channels: Vec<usize>,
-    /// Width of the hidden linear layer.
-    pub hidden: usize,
-    /// BatchNorm2d after each convolution.
-    pub batch_norm: bool,
-}
-
-impl Default for CnnConfig {
-    fn default() -> Self {
-        Self {
-            channels: vec![32, 64],
-            hidden: 128,
-            batch_norm: true,
-        }
-    }
-}
-
-impl CnnConfig {
-    /// The image side for `inputs` pixels (a square), or a usage error.
-    pub fn side(&self, inputs: usize) -> Result<usize> {
-        let s = (inputs as f64).sqrt().round() as usize;
-        if s * s != inputs {
-            bail_usage!(
-                "cnn: the inputs ({inputs} values) are not a square 1-channel image; use the cnn with mnist or fashion-mnist"
-            );
-        }
-        Ok(s)
-    }
-
-    /// The side after every block's 2 x 2 max-pool (floor, as torch).
-    pub fn final_side(&self, side: usize) -> usize {
-        self.channels.iter().fold(side, |s, _| s / 2)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        if self.channels.is_empty() || self.channels.contains(&0) {
-            bail_usage!(
-                "cnn: channels must be one or more counts > 0, got {:?}; e.g. --channels 32,64 or channels = [32, 64]",
-                self.channels
-            );
-        }
-        if self.hidden == 0 {
-            bail_usage!("cnn: hidden must be > 0; e.g. --hidden 128 or hidden = 128");
-        }
-        Ok(())
-    }
-}
-
-struct BatchNorm {
-    gamma: Var,
-    beta: Var,
-    running_mean: Var,
-    running_var: Var,
-    batches: Var,
-}
-
-struct Block {
-    w: Var,
-    b: Var,
-    bn: Option<BatchNorm>,
-}
-
-pub struct Cnn {
-    pub params: Params,
-    side: usize,
-    blocks: Vec<Block>,
-    fc1: (Var, Var),
-    fc2: (Var, Var),
-}
-
-/// `[C]` as `[1, C, 1, 1]`, to broadcast over NCHW.
-fn per_channel(t: &Tensor) -> Result<Tensor> {
-    Ok(t.reshape((1, t.dim(0)?, 1, 1))?)
-}
-
-impl BatchNorm {
-    /// Moves the running statistics towards a batch's mean and biased
-    /// variance over `m` values per channel, as torch: the variance made
-    /// unbiased first.
-    fn update_running(&self, mean: &Tensor, var: &Tensor, m: usize) -> Result<()> {
-        let c = self.gamma.dim(0)?;
-        let (bm, bv) = (mean.detach().reshape(c)?, var.detach().reshape(c)?);
-        let unbiased = if m > 1 {
-            (bv * (m as f64 / (m as f64 - 1.0)))?
-        } else {
-            bv
-        };
-        let keep = 1.0 - BN_MOMENTUM;
-        self.running_mean
-            .set(&((self.running_mean.as_tensor() * keep)? + (bm * BN_MOMENTUM)?)?)?;
-        self.running_var
-            .set(&((self.running_var.as_tensor() * keep)? + (unbiased * BN_MOMENTUM)?)?)?;
-        let done = self.batches.as_tensor().to_scalar::<i64>()?;
-        self.batches
-            .set(&Tensor::new(done + 1, self.batches.device())?)?;
-        Ok(())
-    }
-
-    /// BatchNorm and ReLU on rows `[M, C]` (CPU, f32): in train mode the
-    /// fused [`BnReluTrain`] (Candle's reductions over a leading dimension,
-    /// which the backward of every broadcast op needs, were a fifth of the
-    /// step); in eval mode plain tensor ops.
-    fn forward_relu_rows(&self, z: &Tensor, train: bool) -> Result<Tensor> {
-        let (m, c) = z.dims2()?;
-        if train {
-            let stats = z.apply_op1_no_bwd(&ColStats)?;
-            self.update_running(&stats.get(0)?, &stats.get(1)?, m)?;
-            let gb = Tensor::stack(&[self.gamma.as_tensor(), self.beta.as_tensor()], 0)?;
-            return Ok(z.apply_op3(&gb, &stats, BnReluTrain)?);
-        }
-        let row = |t: &Tensor| t.reshape((1, c));
-        let scale = row(self.gamma.as_tensor())?
-            .broadcast_div(&(row(self.running_var.as_tensor())? + BN_EPS)?.sqrt()?)?;
-        Ok(z.broadcast_sub(&row(self.running_mean.as_tensor())?)?
-            .broadcast_mul(&scale)?
-            .broadcast_add(&row(self.beta.as_tensor())?)?
-            .relu()?)
-    }
-
-    /// On `[N, C, H, W]` (devices other than the CPU, dtypes other than f32).
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (mean, var) = if train {
-            let (n, _, h, w) = x.dims4()?;
-            let m = (n * h * w) as f64;
-            let mean = (x.sum_keepdim((0, 2, 3))? / m)?;
-            let centered = x.broadcast_sub(&mean)?;
-            let var = (centered.sqr()?.sum_keepdim((0, 2, 3))? / m)?;
-            self.update_running(&mean, &var, n * h * w)?;
-            (mean, var)
-        } else {
-            (
-                per_channel(self.running_mean.as_tensor())?,
-                per_channel(self.running_var.as_tensor())?,
-            )
-        };
-        let normed = x
-            .broadcast_sub(&mean)?
-            .broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-        Ok(normed
-            .broadcast_mul(&per_channel(self.gamma.as_tensor())?)?
-            .broadcast_add(&per_channel(self.beta.as_tensor())?)?)
-    }
-}
-
-/// 2 x 2 max-pool of `[N, C, H, W]` as two max reductions. Not Candle's
-/// `max_pool2d`: its backward in candle-core 0.11 scales the gradient of a
-/// window's single maximum by 1/4 (it multiplies by the share of maxima in
-/// the window where it should divide), which the PyTorch fixture caught.
-fn max_pool_nchw(x: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (oh, ow) = (h / 2, w / 2);
-    Ok(x.narrow(2, 0, 2 * oh)?
-        .narrow(3, 0, 2 * ow)?
-        .reshape((n, c, oh, 2, ow, 2))?
-        .max(5)?
-        .max(3)?)
-}
-
-impl Cnn {
-    /// A CNN for `side x side` images and `classes` outputs.
-    pub fn new(cfg: &CnnConfig, side: usize, classes: usize, mut params: Params) -> Result<Self> {
-        cfg.validate()?;
-        let mut blocks = vec![];
-        let mut c_in = 1;
-        for (i, &c) in cfg.channels.iter().enumerate() {
-            let k = i + 1;
-            let bound = 1.0 / ((c_in * 9) as f64).sqrt();
-            let w = params.add(
-                &format!("conv{k}.weight"),
-                &[c, c_in, 3, 3],
-                Init::Uniform(bound),
-            )?;
-            let b = params.add(&format!("conv{k}.bias"), &[c], Init::Uniform(bound))?;
-            let bn = if cfg.batch_norm {
-                Some(BatchNorm {
-                    gamma: params.add(&format!("bn{k}.weight"), &[c], Init::Ones)?,
-                    beta: params.add(&format!("bn{k}.bias"), &[c], Init::Zeros)?,
-                    running_mean: params.add_buffer(
-                        &format!("bn{k}.running_mean"),
-                        Tensor::zeros(c, params.dtype(), params.device())?,
-                    )?,
-                    running_var: params.add_buffer(
-                        &format!("bn{k}.running_var"),
-                        Tensor::ones(c, params.dtype(), params.device())?,
-                    )?,
-                    batches: params.add_buffer(
-                        &format!("bn{k}.num_batches_tracked"),
-                        Tensor::new(0i64, params.device())?,
-                    )?,
-                })
-            } else {
-                None
-            };
-            blocks.push(Block { w, b, bn });
-            c_in = c;
-        }
-        let last = cfg.final_side(side);
-        if last == 0 {
-            bail_usage!(
-                "cnn: {} pooling blocks shrink a {side} x {side} image to nothing; use fewer channels entries",
-                cfg.channels.len()
-            );
-        }
-        let flat = c_in * last * last;
-        let linear = |p: &mut Params, name: &str, fan_in: usize, fan_out: usize| {
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            Ok::<_, anyhow::Error>((
-                p.add(
-                    &format!("{name}.weight"),
-                    &[fan_out, fan_in],
-                    Init::Uniform(bound),
-                )?,
-                p.add(&format!("{name}.bias"), &[fan_out], Init::Uniform(bound))?,
-            ))
-        };
-        let fc1 = linear(&mut params, "fc1", flat, cfg.hidden)?;
-        let fc2 = linear(&mut params, "fc2", cfg.hidden, classes)?;
-        Ok(Self {
-            params,
-            side,
-            blocks,
-            fc1,
-            fc2,
-        })
-    }
-
-    /// The number of conv blocks.
-    pub fn conv_layers(&self) -> usize {
-        self.blocks.len()
-    }
-
-    fn linear(x: &Tensor, (w, b): &(Var, Var)) -> Result<Tensor> {
-        Ok(x.matmul(&w.as_tensor().t()?)?
-            .broadcast_add(b.as_tensor())?)
-    }
-
-    /// Logits `[N, classes]` of flat images `[N, side * side]`. In train
-    /// mode BatchNorm uses the batch's statistics and updates its running
-    /// ones; in eval mode it uses the running ones. With `hidden =
-    /// Some(..)`, collects per conv block the per-image maximum of each
-    /// channel's post-ReLU output (`[N, C]`: a filter is dead when this is
-    /// 0 on every image), then the hidden linear layer's post-ReLU output.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        train: bool,
-        hidden: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
-        if x.device().is_cpu() && x.dtype() == DType::F32 {
-            self.forward_rows(x, train, hidden)
-        } else {
-            self.forward_nchw(x, train, hidden)
-        }
-    }
-
-    /// [`forward`](Self::forward) on the CPU in f32, on rows `[N * H * W,
-    /// C]` with the custom ops above: Candle's own CPU conv2d, its
-    /// backward, max-pool and reductions over NCHW took 10 times PyTorch's
-    /// step here.
-    fn forward_rows(
-        &self,
-        x: &Tensor,
-        train: bool,
-        mut hidden: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let (mut side, mut c_in) = (self.side, 1);
-        let mut a = x.reshape((n * side * side, 1))?;
-        for block in &self.blocks {
-            let grid = Grid {
-                n,
-                h: side,
-                w: side,
-            };
-            let c = block.w.dim(0)?;
-            // [weights | bias]: the bias multiplies im2col's ones column.
-            let wb = Tensor::cat(
-                &[
-                    block.w.as_tensor().flatten_from(1)?,
-                    block.b.as_tensor().reshape((c, 1))?,
-                ],
-                1,
-            )?;
-            let z = a.contiguous()?.apply_op2(
-                &wb,
-                Conv3x3 {
-                    grid,
-                    cols: Default::default(),
-                },
-            )?;
-            let r = match &block.bn {
-                Some(bn) => bn.forward_relu_rows(&z, train)?,
-                None => z.relu()?,
-            };
-            if let Some(out) = hidden.as_deref_mut() {
-                out.push(r.reshape((n, side * side, c))?.max(1)?);
-            }
-            a = r.apply_op1(MaxPool::new(grid))?;
-            side /= 2;
-            c_in = c;
-        }
-        // torch's flatten of NCHW: channel-major.
-        let flat = a
-            .reshape((n, side * side, c_in))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((n, c_in * side * side))?;
-        let h = Self::linear(&flat, &self.fc1)?.relu()?;
-        if let Some(out) = hidden {
-            out.push(h.clone());
-        }
-        Self::linear(&h, &self.fc2)
-    }
-
-    /// [`forward`](Self::forward) with Candle's conv2d and max-pool on
-    /// `[N, C, H, W]`.
-    fn forward_nchw(
-        &self,
-        x: &Tensor,
-        train: bool,
-        mut hidden: Option<&mut Vec<Tensor>>,
-    ) -> Result<Tensor> {
-        let n = x.dim(0)?;
-        let mut h = x.reshape((n, 1, self.side, self.side))?;
-        for block in &self.blocks {
-            h = h
-                .conv2d(block.w.as_tensor(), 1, 1, 1, 1)?
-                .broadcast_add(&per_channel(block.b.as_tensor())?)?;
-            if let Some(bn) = &block.bn {
-                h = bn.forward(&h, train)?;
-            }
-            h = h.relu()?;
-            if let Some(out) = hidden.as_deref_mut() {
-                out.push(h.max(3)?.max(2)?);
-            }
-            h = max_pool_nchw(&h)?;
-        }
-        let h = Self::linear(&h.flatten_from(1)?, &self.fc1)?.relu()?;
-        if let Some(out) = hidden {
-            out.push(h.clone());
-        }
-        Self::linear(&h, &self.fc2)
     }
 }
