@@ -203,38 +203,25 @@ struct Table {
 }
 
 impl Table {
+    /// Reads a report's CSV (the `csv` crate's reader: quoted fields may
+    /// hold commas, quotes and line breaks); rows are keyed by their first
+    /// two fields (task / configuration).
     fn parse(text: &str) -> Self {
-        let mut lines = text.lines();
-        let header = lines.next().map(split_csv).unwrap_or_default();
-        let rows = lines
-            .filter(|l| !l.is_empty())
-            .map(split_csv)
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let mut records = reader
+            .records()
+            .map_while(|r| r.ok())
+            .map(|r| r.iter().map(String::from).collect::<Vec<String>>());
+        let header = records.next().unwrap_or_default();
+        let rows = records
             .filter(|r| r.len() >= 2)
             .map(|r| (format!("{} / {}", r[0], r[1]), r))
             .collect();
         Self { header, rows }
     }
-}
-
-/// Splits one CSV line (fields quoted with `"` when they hold a comma).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = vec![];
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
 }
 
 #[cfg(test)]
@@ -292,5 +279,17 @@ mod tests {
             text.contains("+1.50 sd") && text.contains("u / Adam"),
             "{text}"
         );
+    }
+
+    /// A quoted field may hold quotes and a line break (what the report's
+    /// writer produces for such a label): the row stays one row.
+    #[test]
+    fn quoted_quotes_and_line_breaks_stay_in_their_field() {
+        let t =
+            Table::parse("task,optimizer,acc_mean\nt,\"say \"\"hi\"\"\nthere\",0.5\nt,SGD,0.4\n");
+        assert_eq!(t.header, vec!["task", "optimizer", "acc_mean"]);
+        let keys: Vec<&String> = t.rows.keys().collect();
+        assert_eq!(keys, vec!["t / SGD", "t / say \"hi\"\nthere"]);
+        assert_eq!(t.rows["t / say \"hi\"\nthere"][2], "0.5");
     }
 }

@@ -2,8 +2,6 @@
 //! `paired.csv` (one row per paired comparison) and `metrics.csv` (one row
 //! per run and evaluation).
 
-use std::fmt::Write as _;
-
 use super::columns::by_task;
 use super::columns::{
     Column, Stat, bias_cols, has_pruning, main_cols, prune_cols, prune_fracs, prune_stat, stat,
@@ -12,11 +10,35 @@ use super::paired::PairedTable;
 use crate::experiment::record::Group;
 use crate::train::Status;
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// A CSV file built row by row (the `csv` crate's writer: fields quoted
+/// only where they must be, `\n` line ends).
+struct Table(csv::Writer<Vec<u8>>);
+
+impl Table {
+    fn new() -> Self {
+        Self(
+            csv::WriterBuilder::new()
+                .terminator(csv::Terminator::Any(b'\n'))
+                .from_writer(vec![]),
+        )
+    }
+
+    fn row<I, T>(&mut self, fields: I)
+    where
+        I: IntoIterator<Item = T>,
+        T: AsRef<[u8]>,
+    {
+        self.0
+            .write_record(fields)
+            .expect("writing CSV to memory cannot fail");
+    }
+
+    fn finish(self) -> String {
+        let bytes = self
+            .0
+            .into_inner()
+            .expect("flushing CSV to memory cannot fail");
+        String::from_utf8(bytes).expect("the fields are UTF-8")
     }
 }
 
@@ -42,7 +64,8 @@ pub fn csv(groups: &[Group]) -> String {
         header.push(format!("pruned_{:.0}_acc_mean", 100.0 * f));
         header.push(format!("pruned_{:.0}_acc_std", 100.0 * f));
     }
-    let mut out = header.join(",") + "\n";
+    let mut out = Table::new();
+    out.row(&header);
     let fmt = |v: Stat| match v {
         Some((m, s)) => [
             format!("{m:.6}"),
@@ -52,9 +75,9 @@ pub fn csv(groups: &[Group]) -> String {
     };
     for g in groups {
         let mut row = vec![
-            csv_field(&g.task),
-            csv_field(&g.label),
-            csv_field(&g.optimizer),
+            g.task.clone(),
+            g.label.clone(),
+            g.optimizer.clone(),
             g.count(Status::Done).to_string(),
             g.count(Status::Diverged).to_string(),
             g.count(Status::Failed).to_string(),
@@ -65,38 +88,47 @@ pub fn csv(groups: &[Group]) -> String {
         for i in 0..fracs.len() {
             row.extend(fmt(prune_stat(g, i)));
         }
-        out += &(row.join(",") + "\n");
+        out.row(&row);
     }
-    out
+    out.finish()
 }
 
 /// Every paired comparison, one row per (task, configuration, measure).
 pub fn paired_csv(tables: &[PairedTable]) -> String {
-    let mut out =
-        "task,optimizer,baseline,measure,n,mean_diff,ci95_low,ci95_high,p,p_holm\n".to_string();
+    let mut out = Table::new();
+    out.row([
+        "task",
+        "optimizer",
+        "baseline",
+        "measure",
+        "n",
+        "mean_diff",
+        "ci95_low",
+        "ci95_high",
+        "p",
+        "p_holm",
+    ]);
     let f = |x: Option<f64>| x.map(|v| format!("{v:.6e}")).unwrap_or_default();
     for t in tables {
         for r in &t.rows {
             for (cell, c) in r.cells.iter().zip(&t.cols) {
                 let Some((p, holm)) = cell else { continue };
-                let _ = writeln!(
-                    out,
-                    "{},{},{},{},{},{},{},{},{},{}",
-                    csv_field(&t.task),
-                    csv_field(&r.label),
-                    csv_field(&t.baseline),
-                    c.key,
-                    p.n,
+                out.row([
+                    t.task.clone(),
+                    r.label.clone(),
+                    t.baseline.clone(),
+                    c.key.to_string(),
+                    p.n.to_string(),
                     f(Some(p.mean)),
                     f(p.p.map(|_| p.lo)),
                     f(p.p.map(|_| p.hi)),
                     f(p.p),
-                    f(*holm)
-                );
+                    f(*holm),
+                ]);
             }
         }
     }
-    out
+    out.finish()
 }
 
 /// One row per run and evaluation (tidy data): the study's place, the
@@ -134,7 +166,8 @@ pub fn metrics_csv(groups: &[Group]) -> String {
     .collect();
     header.extend(thresholds.iter().map(|t| format!("weights_near_zero_{t}")));
     header.push("weights_rel_near_zero".into());
-    let mut out = header.join(",") + "\n";
+    let mut out = Table::new();
+    out.row(&header);
     let status = |s: Status| match s {
         Status::Done => "done",
         Status::Diverged => "diverged",
@@ -144,8 +177,8 @@ pub fn metrics_csv(groups: &[Group]) -> String {
         for r in &g.runs {
             for h in &r.history {
                 let mut row = vec![
-                    csv_field(&g.task),
-                    csv_field(&g.label),
+                    g.task.clone(),
+                    g.label.clone(),
                     r.seed.to_string(),
                     status(r.status).to_string(),
                     h.step.to_string(),
@@ -163,9 +196,9 @@ pub fn metrics_csv(groups: &[Group]) -> String {
                         .unwrap_or_default()
                 }));
                 row.push(h.weights_rel_near_zero_frac.to_string());
-                out += &(row.join(",") + "\n");
+                out.row(&row);
             }
         }
     }
-    out
+    out.finish()
 }
