@@ -131,16 +131,9 @@ fn cgroup() -> Vec<Available> {
     out
 }
 
-/// Bytes as `1.2 GB`.
+/// Bytes as `1.20 GB` (indicatif's decimal units).
 pub fn human_bytes(b: f64) -> String {
-    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
-    let mut v = b;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < UNITS.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", UNITS[i])
+    indicatif::DecimalBytes(b.max(0.0).min(u64::MAX as f64) as u64).to_string()
 }
 
 /// A global allocator that ends the process cleanly when an allocation
@@ -201,6 +194,14 @@ fn out_of_memory(size: usize) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_in_decimal_units() {
+        assert_eq!(human_bytes(999.0), "999 B");
+        assert_eq!(human_bytes(1.2e9), "1.20 GB");
+        assert_eq!(human_bytes(3.5e12), "3.50 TB");
+        assert_eq!(human_bytes(-1.0), "0 B");
+    }
 
     #[test]
     fn reads_rlimits_and_status_lines() {
