@@ -90,7 +90,12 @@ out=dist/sparsity-lab-cuda
     echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'), built $(date -u '+%Y-%m-%d')"
     echo "CUDA $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p') toolkit; cudarc bindings for $CUDARC_CUDA_VERSION, loading the CUDA libraries at run time; Candle's kernels as PTX for sm_$CUDA_COMPUTE_CAP"
 } >"$out.info"
-curand=$(readlink -f "$(find_lib libcurand.so)")
+# The real library, not the link-time stub of the stubs/ folders.
+curand=""
+for d in /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64; do
+    [ -e "$d/libcurand.so.10" ] && { curand=$(readlink -f "$d/libcurand.so.10"); break; }
+done
+[ -n "$curand" ] || { echo "error: libcurand.so.10 not found (the CUDA toolkit's libraries)" >&2; exit 2; }
 if [ ! -s dist/libcurand.so.10.xz ] || [ "$curand" -nt dist/libcurand.so.10.xz ]; then
     echo "compressing $curand into dist/libcurand.so.10.xz (a few minutes)"
     xz -T0 -6 -c "$curand" >dist/libcurand.so.10.xz.tmp && mv dist/libcurand.so.10.xz.tmp dist/libcurand.so.10.xz
