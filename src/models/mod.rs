@@ -3,6 +3,7 @@
 
 pub mod cnn;
 pub mod kernels;
+pub(crate) mod linear;
 pub mod mlp;
 pub mod ops;
 pub mod params;

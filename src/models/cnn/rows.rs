@@ -6,7 +6,8 @@
 
 use rayon::prelude::*;
 
-use crate::models::kernels::{self as k, View, matmul, simd_fn};
+use crate::models::kernels::simd_fn;
+use crate::models::linear as dense;
 
 simd_fn! {
     /// `acc <- acc + x`, elementwise.
@@ -138,27 +139,10 @@ pub(super) fn col2im_image(dcols: &[f32], side: usize, c: usize, dx: &mut [f32])
 
 /// `out[rows, fout] = b + x[rows, fin] · wᵀ`, `w` as torch's `[fout, fin]`.
 pub(super) fn linear(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) {
-    let fout = b.len();
-    let fin = w.len() / fout;
-    let rows = x.len() / fin;
-    assert!(out.len() == rows * fout && x.len() == rows * fin);
-    for row in out.chunks_exact_mut(fout) {
+    for row in out.chunks_exact_mut(b.len()) {
         row.copy_from_slice(b);
     }
-    // SAFETY: shapes checked above; `out` is exclusively borrowed.
-    unsafe {
-        matmul(
-            rows,
-            fout,
-            fin,
-            out.as_mut_ptr(),
-            fout,
-            true,
-            View::rows(x, fin),
-            View::rows(w, fin).t(),
-            k::parallelism(),
-        )
-    }
+    dense::add_x_wt(out, x, w, b.len());
 }
 
 /// Gradients of a linear layer with weights `w [fout, fin]` from `dout
@@ -173,44 +157,10 @@ pub(super) fn linear_bwd(
     dx: Option<&mut [f32]>,
 ) {
     let fout = gb.len();
-    let fin = w.len() / fout;
-    let rows = x.len() / fin;
-    assert!(dout.len() == rows * fout && gw.len() == fout * fin);
-    let par = k::parallelism();
-    // SAFETY: shapes checked above; the outputs are exclusive borrows.
-    unsafe {
-        matmul(
-            fout,
-            fin,
-            rows,
-            gw.as_mut_ptr(),
-            fin,
-            false,
-            View::rows(dout, fout).t(),
-            View::rows(x, fin),
-            par,
-        );
-    }
+    dense::grads(dout, x, w, fout, gw, dx);
     gb.fill(0.0);
     for row in dout.chunks_exact(fout) {
         add_rows(gb, row);
-    }
-    if let Some(dx) = dx {
-        assert!(dx.len() == rows * fin);
-        // SAFETY: as above.
-        unsafe {
-            matmul(
-                rows,
-                fin,
-                fout,
-                dx.as_mut_ptr(),
-                fin,
-                false,
-                View::rows(dout, fout),
-                View::rows(w, fin),
-                par,
-            )
-        }
     }
 }
 

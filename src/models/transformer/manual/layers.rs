@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::params::Affine;
 use crate::models::kernels::{self as k, View, matmul};
+use crate::models::linear as dense;
 
 /// Rows per parallel task in the row-wise passes; fixed, so partial sums
 /// (weight gradients of LayerNorm, bias gradients) are added in the same
@@ -125,20 +126,7 @@ pub(super) fn linear(out: &mut [f32], resid: Option<&[f32]>, x: &[f32], p: &Affi
                 }
             }
         });
-    // SAFETY: shapes checked above; `out` is exclusively borrowed.
-    unsafe {
-        matmul(
-            rows,
-            fout,
-            fin,
-            out.as_mut_ptr(),
-            fout,
-            true,
-            View::rows(x, fin),
-            View::rows(w, fin).t(),
-            k::parallelism(),
-        )
-    }
+    dense::add_x_wt(out, x, w, fout);
 }
 
 /// Gradients of a linear layer with weight `w [fout, fin]` from the output
@@ -153,42 +141,8 @@ pub(super) fn linear_bwd(
     parts: &mut Vec<f32>,
 ) {
     let fout = g.b.len();
-    let fin = w.len() / fout;
-    let rows = x.len() / fin;
-    assert!(dout.len() == rows * fout && x.len() == rows * fin && g.w.len() == fout * fin);
-    let par = k::parallelism();
-    // SAFETY: shapes checked above; the outputs are exclusive borrows.
-    unsafe {
-        matmul(
-            fout,
-            fin,
-            rows,
-            g.w.as_mut_ptr(),
-            fin,
-            false,
-            View::rows(dout, fout).t(),
-            View::rows(x, fin),
-            par,
-        );
-    }
+    dense::grads(dout, x, w, fout, &mut g.w, dx);
     col_sums(dout, fout, &mut g.b, parts);
-    if let Some(dx) = dx {
-        assert!(dx.len() == rows * fin);
-        // SAFETY: as above.
-        unsafe {
-            matmul(
-                rows,
-                fin,
-                fout,
-                dx.as_mut_ptr(),
-                fin,
-                false,
-                View::rows(dout, fout),
-                View::rows(w, fin),
-                par,
-            )
-        }
-    }
 }
 
 /// Column sums of a row-major matrix with `cols` columns, in a fixed order.
