@@ -96,9 +96,13 @@ for d in /usr/lib/x86_64-linux-gnu /usr/local/cuda/lib64; do
     [ -e "$d/libcurand.so.10" ] && { curand=$(readlink -f "$d/libcurand.so.10"); break; }
 done
 [ -n "$curand" ] || { echo "error: libcurand.so.10 not found (the CUDA toolkit's libraries)" >&2; exit 2; }
-if [ ! -s dist/libcurand.so.10.xz ] || [ "$curand" -nt dist/libcurand.so.10.xz ]; then
+# Compressed again whenever the library it came from changes (its path and
+# size are kept beside it).
+source_id="$curand $(stat -c %s "$curand")"
+if [ ! -s dist/libcurand.so.10.xz ] || [ "$(cat dist/libcurand.so.10.xz.source 2>/dev/null)" != "$source_id" ]; then
     echo "compressing $curand into dist/libcurand.so.10.xz (a few minutes)"
     xz -T0 -6 -c "$curand" >dist/libcurand.so.10.xz.tmp && mv dist/libcurand.so.10.xz.tmp dist/libcurand.so.10.xz
+    echo "$source_id" >dist/libcurand.so.10.xz.source
 fi
 bytes=$(stat -c %s "$stripped")
 curand_bytes=$(stat -c %s dist/libcurand.so.10.xz)
