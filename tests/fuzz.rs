@@ -956,6 +956,38 @@ fn a_diverged_train_exits_non_zero() {
     let rec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("dv/run.json")).unwrap()).unwrap();
     assert_eq!(rec["status"], "diverged");
+    // A loss that turns NaN mid-run (Adam with eps = 0 on a one-wide
+    // Transformer): the same one line, not a log warning before it (the
+    // case the property test `train_never_panics` once drew).
+    let args = [
+        "train",
+        "--model",
+        "transformer",
+        "--data",
+        "modadd",
+        "--d-model",
+        "1",
+        "--heads",
+        "1",
+        "--layers",
+        "1",
+        "--context",
+        "4",
+        "--batch-size",
+        "1",
+        "--steps",
+        "2",
+        "--set",
+        "eps=0",
+        "--out",
+        "nan",
+    ];
+    expect(
+        with_args(&args),
+        &dir,
+        1,
+        &["diverged after 1 steps", "nan/run.json"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

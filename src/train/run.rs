@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::config::TrainConfig;
 use super::measures::{
@@ -111,7 +111,10 @@ pub fn run_on(
         let batch = batcher.next(&ds.train)?;
         let (l, grads) = model.loss_and_grads(&ds.task, &batch)?;
         if !l.is_finite() {
-            warn!(
+            // Logged at info: the caller reports a diverged run in its own
+            // one line (`train`'s error, a study's line per run), so a warning
+            // here would say it twice.
+            info!(
                 "{}: step {}: loss is {l}; the run diverged",
                 who(cfg, ds),
                 t + 1
@@ -284,7 +287,7 @@ fn checked_final(
     Ok(match f.first_non_finite() {
         None => (Status::Done, None, Some(f)),
         Some(what) => {
-            warn!(
+            info!(
                 "{}: the final {what} is not finite; the run is recorded as diverged",
                 who(cfg, ds)
             );
