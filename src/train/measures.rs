@@ -12,21 +12,10 @@ use crate::models::Model;
 use crate::optim;
 use crate::prune;
 
-/// Measures of the weights (tensors with two or more dimensions) alone.
-pub(super) fn weight_measures(model: &Model) -> Result<metrics::Measures> {
-    let mut w = vec![];
-    for (_, v) in model.named_params() {
-        if v.rank() >= 2 {
-            w.push(metrics::values(v.as_tensor())?);
-        }
-    }
-    let parts: Vec<&[f64]> = w.iter().map(|v| v.as_slice()).collect();
-    Ok(metrics::Measures::of_group(&parts))
-}
-
 /// The values of the weights (tensors with two or more dimensions) by
-/// name, for [`shrinkage`].
-pub(super) fn initial_weights(model: &Model) -> Result<Vec<(String, Vec<f64>)>> {
+/// name: at step 0 for [`shrinkage`], and at each evaluation for the
+/// weights' measures and their distance from step 0.
+pub(super) fn weight_values(model: &Model) -> Result<Vec<(String, Vec<f64>)>> {
     model
         .named_params()
         .into_iter()
@@ -35,12 +24,12 @@ pub(super) fn initial_weights(model: &Model) -> Result<Vec<(String, Vec<f64>)>> 
         .collect()
 }
 
-/// The weights now against `initial` ([`initial_weights`] at step 0).
+/// The weights now against `initial` ([`weight_values`] at step 0).
 pub(super) fn shrinkage(
     model: &Model,
     initial: &[(String, Vec<f64>)],
 ) -> Result<metrics::ShrinkageReport> {
-    let end = initial_weights(model)?;
+    let end = weight_values(model)?;
     let named: Vec<(String, Vec<f64>, Vec<f64>)> = initial
         .iter()
         .zip(end)

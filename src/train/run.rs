@@ -9,9 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info};
 
 use super::config::TrainConfig;
-use super::measures::{
-    GradTracker, evaluate, final_measures, initial_weights, shrinkage, weight_measures,
-};
+use super::measures::{GradTracker, evaluate, final_measures, shrinkage, weight_values};
 use super::record::{EvalPoint, Final, RunRecord, Status};
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, Dataset, Task};
@@ -62,7 +60,7 @@ pub fn run_on(
     let mut plan = prune::Plan::new(cfg.pruning.as_ref(), train_steps, per_epoch)?;
     let total = plan.total_steps();
     plan.start(&model)?;
-    let initial = initial_weights(&model)?;
+    let initial = weight_values(&model)?;
     let eval_every = eval_every(cfg, per_epoch, total);
     let evals = data::eval_batches(
         &ds.test,
@@ -193,7 +191,7 @@ struct Step {
 
 /// An evaluation during training: held-out loss and accuracy, the
 /// weights' sparsity, and how far they are from `initial` (the weights at
-/// step 0, [`initial_weights`]), at `step`.
+/// step 0, [`weight_values`]), at `step`.
 fn eval_point(
     model: &Model,
     task: &Task,
@@ -208,8 +206,9 @@ fn eval_point(
         train_loss,
     } = at;
     let (test_loss, test_acc) = evaluate(model, task, evals, None)?;
-    let m = weight_measures(model)?;
-    let now = initial_weights(model)?;
+    // One copy of the weights serves the measures and the distance.
+    let now = weight_values(model)?;
+    let m = metrics::Measures::of_group(&now.iter().map(|(_, v)| v.as_slice()).collect::<Vec<_>>());
     let parts: Vec<(&[f64], &[f64])> = initial
         .iter()
         .zip(&now)
