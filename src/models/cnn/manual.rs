@@ -130,6 +130,9 @@ struct BlockActs {
     cols: Vec<f32>,
     /// `[c, 9 * c_in + 1]`: the weights in the patches' order, and the bias.
     wb: Vec<f32>,
+    /// `wb`'s gradient (`dzᵀ · cols`), before it is reordered into torch's
+    /// layout: kept across steps like the other buffers.
+    dwb: Vec<f32>,
     /// `[N * S * S, c]`: the convolution's output, BatchNorm + ReLU's.
     z: Vec<f32>,
     r: Vec<f32>,
@@ -183,6 +186,7 @@ impl Workspace {
                     c,
                     cols: vec![0.0; rows * kk],
                     wb: vec![0.0; c * kk],
+                    dwb: vec![0.0; c * kk],
                     z: vec![0.0; rows * c],
                     r: vec![0.0; rows * c],
                     pooled: vec![0.0; pooled],
@@ -360,14 +364,13 @@ fn block_backward(
     g.gamma.copy_from_slice(&sdyx32);
     g.beta.copy_from_slice(&sdy32);
     // [weights | bias] gradient: dzᵀ · cols, [c, kk].
-    let mut dwb = vec![0f32; c * kk];
     // SAFETY: `dwb` holds c x kk; `dz` rows x c, `cols` rows x kk.
     unsafe {
         matmul(
             c,
             kk,
             rows,
-            dwb.as_mut_ptr(),
+            a.dwb.as_mut_ptr(),
             kk,
             false,
             View::rows(&a.dz, c).t(),
@@ -375,7 +378,7 @@ fn block_backward(
             k::parallelism(),
         )
     }
-    for (o, row) in dwb.chunks_exact(kk).enumerate() {
+    for (o, row) in a.dwb.chunks_exact(kk).enumerate() {
         for ci in 0..c_in {
             for t in 0..9 {
                 g.w[(o * c_in + ci) * 9 + t] = row[t * c_in + ci];
