@@ -62,7 +62,7 @@ impl Hypothesis {
     /// fingerprint is in every record it is tested on was declared before
     /// those runs: confirmatory in substance, not only in form.
     pub fn fingerprint(&self) -> String {
-        let text = [
+        let mut text = [
             self.id.as_str(),
             &self.claim,
             &self.task,
@@ -71,6 +71,12 @@ impl Hypothesis {
             &self.direction,
         ]
         .join("\u{1e}");
+        // `task_b` changes what b is; appended only when set, so the
+        // fingerprints of hypotheses without it stay what their records hold.
+        if let Some(tb) = &self.task_b {
+            text.push('\u{1e}');
+            text.push_str(tb);
+        }
         format!("{:016x}", crate::rng::fnv1a(text.as_bytes()))
     }
 }
@@ -646,6 +652,20 @@ mod tests {
         let labels = |_: &str| Some(vec!["Adam".to_string(), "SGD".to_string()]);
         let e = check("s.toml", &[hyp("x"), hyp("x")], labels, |_: &str| None).unwrap_err();
         assert!(format!("{e}").contains("two hypotheses have the id `x`"));
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_is_tested_not_why() {
+        let h = hyp("f");
+        let mut reworded = h.clone();
+        reworded.why = "another reason".into();
+        assert_eq!(h.fingerprint(), reworded.fingerprint());
+        let mut other_task = h.clone();
+        other_task.task_b = Some("u".into());
+        assert_ne!(h.fingerprint(), other_task.fingerprint());
+        let mut other_measure = h.clone();
+        other_measure.measure = "shrinkage_0.1".into();
+        assert_ne!(h.fingerprint(), other_measure.fingerprint());
     }
 
     #[test]
