@@ -324,6 +324,23 @@ fn a_cnn_run_records_filters_and_checkpoints_buffers() {
         from_file.layers["conv2"].small_norm,
         filters.layers["conv2"].small_norm
     );
+    // Every evaluation records them too (issue 21: when filters die), and
+    // the last one, on the final weights and the same held-out pass, agrees
+    // with the final measures exactly.
+    assert!(rec.history.len() >= 2);
+    for h in &rec.history {
+        let hf = h.filters.as_ref().expect("filters at every evaluation");
+        assert_eq!(hf.total.filters, 12);
+        assert!(hf.total.dead.is_some());
+        assert_eq!(
+            h.dense_dead.as_ref().expect("dense dead units").units,
+            vec![16]
+        );
+    }
+    let last = rec.history.last().unwrap();
+    assert_eq!(last.step, 12);
+    assert_eq!(last.filters.as_ref(), Some(filters));
+    assert_eq!(last.dense_dead.as_ref(), Some(dead));
 }
 
 /// BatchNorm's gamma and beta are 1-D, so `exempt_1d` keeps them from

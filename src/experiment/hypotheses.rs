@@ -211,6 +211,24 @@ pub fn measures() -> Vec<Measure> {
             get: |r| fin(r)?.dead_units.as_ref().map(|d| d.frac),
         },
         Measure {
+            key: "dead_filters",
+            name: "dead filters (all conv layers)",
+            percent: true,
+            get: |r| finite(fin(r)?.filters.as_ref()?.total.dead_frac()),
+        },
+        Measure {
+            key: "filters_gamma_small",
+            name: "filters with BatchNorm |γ| < 1e-3",
+            percent: true,
+            get: |r| finite(fin(r)?.filters.as_ref()?.total.gamma_small_frac()),
+        },
+        Measure {
+            key: "filters_norm_0.1",
+            name: "filters with norm < 0.1 × layer median",
+            percent: true,
+            get: |r| finite(fin(r)?.filters.as_ref()?.total.small_norm_frac("0.1")),
+        },
+        Measure {
             key: "shrinkage_0.1",
             name: "shrunk to ≤ 0.1 |w_init|",
             percent: true,

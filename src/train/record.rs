@@ -54,6 +54,15 @@ pub struct EvalPoint {
     /// written before it existed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub weights_shrinkage: std::collections::BTreeMap<String, f64>,
+    /// Models with conv layers (the CNN): the filter measures now, per conv
+    /// layer and in total, dead filters from this evaluation's held-out pass
+    /// (absent for other models and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<metrics::FilterMeasures>,
+    /// Models with conv layers: the dense hidden layers' dead units on this
+    /// evaluation's held-out pass (as [`Final::dead_units`] at the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_dead: Option<metrics::DeadUnitsReport>,
 }
 
 impl Final {

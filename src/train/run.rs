@@ -13,7 +13,7 @@ use super::measures::{GradTracker, evaluate, final_measures, shrinkage, weight_v
 use super::record::{EvalPoint, Final, RunRecord, Status};
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, Dataset, Task};
-use crate::metrics;
+use crate::metrics::{self, DeadUnits};
 use crate::models::Model;
 use crate::optim;
 use crate::provenance;
@@ -205,7 +205,23 @@ fn eval_point(
         lr,
         train_loss,
     } = at;
-    let (test_loss, test_acc) = evaluate(model, task, evals, None)?;
+    // With conv layers, the pass also collects which filters and dense
+    // units fire, for the filter measures over training.
+    let convs = model.conv_layers();
+    let mut dead = DeadUnits::default();
+    let (test_loss, test_acc) = evaluate(model, task, evals, (convs > 0).then_some(&mut dead))?;
+    let (filters, dense_dead) = if convs > 0 {
+        let conv = dead.split_first(convs).report();
+        let named: Vec<(String, candle_core::Tensor)> = model
+            .named_params()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        let f = metrics::filter_measures(&named)?.map(|f| f.with_dead(&conv.per_layer));
+        (f, Some(dead.report()))
+    } else {
+        (None, None)
+    };
     // One copy of the weights serves the measures and the distance.
     let now = weight_values(model)?;
     let m = metrics::Measures::of_group(&now.iter().map(|(_, v)| v.as_slice()).collect::<Vec<_>>());
@@ -234,6 +250,8 @@ fn eval_point(
         weights_scale_rel_near_zero_frac: m.scale_rel_near_zero_frac,
         weights_dist_init: dist.is_finite().then_some(dist),
         weights_shrinkage: shrunk,
+        filters,
+        dense_dead,
     })
 }
 

@@ -178,6 +178,8 @@ fn records_with_non_finite_numbers_read_back() {
         weights_scale_rel_near_zero_frac: Default::default(),
         weights_dist_init: None,
         weights_shrinkage: Default::default(),
+        filters: None,
+        dense_dead: None,
     };
     let json = serde_json::to_string(&p).unwrap();
     let back: EvalPoint = serde_json::from_str(&json).unwrap();

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use super::axis::{Axis, fmt_num, fmt_pct, fmt_pow10, x_extent, y_extent};
-use super::lines::{Line, magnitude_line, near_zero_line, pruning_line, trim_tails};
+use super::lines::{Line, history_line, magnitude_line, near_zero_line, pruning_line, trim_tails};
 use super::panels::{PanelSpec, panel_specs};
 use super::render::{Figure, Panel, render_figure};
 use super::style::{FONT, draw_key, draw_marker, draw_path, plot_err, style};
@@ -68,10 +68,13 @@ pub fn write_all_with_baseline(
     for task in tasks {
         let t = TaskPlots::new(groups, task, baseline);
         let s = slug(task);
-        let figures: [(&str, FigureFn); 3] = [
+        let figures: [(&str, FigureFn); 6] = [
             ("near-zero", near_zero_figure),
             ("pruning", pruning_figure),
             ("magnitudes", magnitude_figure),
+            ("dead-filters", dead_filters_figure),
+            ("dense-dead", dense_dead_figure),
+            ("train-loss", train_loss_figure),
         ];
         let mut out: Vec<(String, String)> = vec![];
         for (name, figure) in figures {
@@ -172,6 +175,71 @@ fn near_zero_figure(t: &TaskPlots) -> Result<Option<String>> {
         return render_figure(&fig).map(Some);
     }
     Ok(None)
+}
+
+/// Whether the task's runs record filter measures at every evaluation (the
+/// CNN since issue 21): the condition for the three figures over training
+/// that follow.
+pub fn has_filter_history(gs: &[&Group]) -> bool {
+    gs.iter()
+        .flat_map(|g| g.done())
+        .any(|r| r.history.iter().any(|h| h.filters.is_some()))
+}
+
+/// A figure of one per-evaluation value against the epoch, for tasks with
+/// [`has_filter_history`]; linear y from 0.
+fn history_figure(
+    t: &TaskPlots,
+    title: &str,
+    y_desc: &'static str,
+    value: fn(&crate::train::EvalPoint) -> Option<f64>,
+) -> Result<Option<String>> {
+    if !has_filter_history(&t.gs) {
+        return Ok(None);
+    }
+    let (bl, panels) = t.build(&|g| history_line(g, value));
+    let lines = all_lines(&bl, &panels);
+    let (Some((x0, x1)), Some((y0, y1))) = (x_extent(lines.iter()), y_extent(lines.iter(), false))
+    else {
+        return Ok(None);
+    };
+    let fig = Figure {
+        title: format!("{}: {title}", t.task),
+        note: t.note.clone(),
+        x_desc: "epoch",
+        y_desc,
+        x: Axis::linear(x0, x1, None, fmt_num),
+        y: Axis::linear(y0.min(0.0), y1, Some(0.0), fmt_num),
+        vline: None,
+        baseline: bl,
+        panels,
+    };
+    render_figure(&fig).map(Some)
+}
+
+/// Dead filters over all conv layers, per evaluation.
+fn dead_filters_figure(t: &TaskPlots) -> Result<Option<String>> {
+    history_figure(
+        t,
+        "dead filters (all conv layers) during training",
+        "% of filters",
+        |h| Some(100.0 * h.filters.as_ref()?.total.dead_frac()),
+    )
+}
+
+/// The dense hidden layer's dead units, per evaluation.
+fn dense_dead_figure(t: &TaskPlots) -> Result<Option<String>> {
+    history_figure(t, "dense dead units during training", "% of units", |h| {
+        Some(100.0 * h.dense_dead.as_ref()?.frac)
+    })
+}
+
+/// The training loss since the previous evaluation: flat at the end when
+/// training has converged.
+fn train_loss_figure(t: &TaskPlots) -> Result<Option<String>> {
+    history_figure(t, "training loss during training", "training loss", |h| {
+        h.train_loss
+    })
 }
 
 /// Accuracy after pruning, against the fraction of weights kept.

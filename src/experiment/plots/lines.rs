@@ -51,6 +51,17 @@ pub(super) fn near_zero_line(g: &Group) -> Line {
     })
 }
 
+/// A per-evaluation value against the epoch, from the evaluations that
+/// have it.
+pub(super) fn history_line(g: &Group, value: fn(&crate::train::EvalPoint) -> Option<f64>) -> Line {
+    line_of(g, |r| {
+        r.history
+            .iter()
+            .filter_map(|h| value(h).filter(|v| v.is_finite()).map(|v| (h.epoch, v)))
+            .collect()
+    })
+}
+
 /// Test accuracy against the fraction of weights kept (1 = unpruned).
 pub(super) fn pruning_line(g: &Group) -> Line {
     line_of(g, |r| {

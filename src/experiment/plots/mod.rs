@@ -1,5 +1,6 @@
 //! SVG plots of a study, per task: near-zero weights over training, accuracy
-//! after pruning, and the distribution of weight magnitudes.
+//! after pruning, and the distribution of weight magnitudes; for the CNN,
+//! dead filters, dense dead units and the training loss over training.
 //!
 //! Each figure is a set of small multiples: one panel per optimizer family
 //! (see [`family`]), at most [`MAX_LINES`] optimizers a panel, all panels on
@@ -24,6 +25,8 @@ mod panels;
 mod render;
 mod style;
 
-pub use figures::{pareto, pruning_methods, write_all, write_all_with_baseline};
+pub use figures::{
+    has_filter_history, pareto, pruning_methods, write_all, write_all_with_baseline,
+};
 pub use lr_curve::{lr_curve_svg, write_lr_curves};
 pub use panels::{MAX_LINES, family};

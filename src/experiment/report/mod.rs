@@ -13,6 +13,7 @@
 
 mod columns;
 mod csv;
+mod filters;
 mod load;
 mod matched;
 mod paired;

@@ -130,6 +130,7 @@ fn task_markdown(
         &bias_cols(),
     );
     layer_markdown(out, gs);
+    super::filters::filter_markdown(out, gs);
     let baseline = paired
         .iter()
         .find(|t| t.task == task)
@@ -149,6 +150,12 @@ fn task_markdown(
     );
     if opts.magnitude_plots {
         let _ = writeln!(out, "![weight magnitudes](plots/{slug}-magnitudes.svg)");
+    }
+    if crate::experiment::plots::has_filter_history(gs) {
+        let _ = writeln!(
+            out,
+            "![dead filters over training](plots/{slug}-dead-filters.svg)\n![dense dead units over training](plots/{slug}-dense-dead.svg)\n![training loss over training](plots/{slug}-train-loss.svg)"
+        );
     }
     out.push('\n');
 }

@@ -165,6 +165,8 @@ fn record() -> RunRecord {
         weights_scale_rel_near_zero_frac: Default::default(),
         weights_dist_init: None,
         weights_shrinkage: Default::default(),
+        filters: None,
+        dense_dead: None,
     };
     RunRecord {
         status: Status::Done,
