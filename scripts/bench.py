@@ -2,8 +2,15 @@
 """One benchmark command: sparsity-lab against PyTorch on this machine, in
 the same run, same shapes, dtypes, threads and kinds of inputs.
 
-    python3 scripts/bench.py            # all cases, writes BENCHMARKS.md
-    python3 scripts/bench.py mlp-64     # some cases, prints only
+    python3 scripts/bench.py                   # all cases, recorded in BENCHMARKS.md
+    python3 scripts/bench.py mlp-64            # some cases, printed only
+    python3 scripts/bench.py cnn cnn-2t --record   # some cases, recorded
+
+A recorded sitting goes into BENCHMARKS.md under this machine's section
+(`## <CPU model> with AVX-512|AVX2, <n> cores`, created before `## Notes`
+when it is the first sitting on such a machine), newest first, with the
+date, the commit, the load and the CPU's features. Nothing else in the
+file is touched; its summary table at the top is kept by hand.
 
 Installs torch with pip when it is missing. Our side is
 `cargo bench --bench speed` (benches/speed.rs); the peer is below. Each case
@@ -242,26 +249,56 @@ def main():
         rows.append((case, threads_of(case), t_ours, t_torch, impl, ratio, all_t))
         print(f"{case:18} threads {threads_of(case)}  ours {t_ours:9.3f} ms  torch {t_torch:9.3f} ms ({impl})  "
               f"ratio {ratio:5.2f}x  ({load()})", flush=True)
-    if len(cases) == len(CASES):
-        lines = [
-            "# Benchmarks",
-            "",
-            f"Machine: {machine()}.",
-            "",
-            "Written by `python3 scripts/bench.py` (benches/speed.rs against the PyTorch peer in the same run).",
-            "Median times per step; ratio = PyTorch / sparsity-lab (above 1: we are faster). PyTorch's best",
-            "implementation (fused, foreach or for-loop) is the one compared.",
-            "",
-            "| case | threads | sparsity-lab ms | PyTorch ms | PyTorch impl | ratio | all PyTorch impls (ms) |",
-            "|---|---:|---:|---:|---|---:|---|",
-        ]
-        for case, th, a, b, impl, r, all_t in rows:
-            others = ", ".join(f"{k} {v:.3f}" for k, v in all_t.items())
-            lines.append(f"| {case} | {th} | {a:.3f} | {b:.3f} | {impl} | {r:.2f}x | {others} |")
-        with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
-            f.write("\n".join(lines) + "\n")
-        print("wrote BENCHMARKS.md")
+    if len(cases) == len(CASES) or "--record" in sys.argv[1:]:
+        record(cases, rows)
 
+
+def machine_heading():
+    """`## <CPU model> with AVX-512|AVX2, <n> cores`: one section per kind of machine."""
+    desc = machine()
+    cpu = desc.split(" (", 1)[0]
+    feats = desc.split(" (", 1)[1].split(")", 1)[0].split() if " (" in desc else []
+    simd = " with AVX-512" if "avx512f" in feats else (" with AVX2" if "avx2" in feats else "")
+    return f"## {cpu}{simd}, {os.cpu_count()} cores"
+
+
+def record(cases, rows):
+    """Inserts this sitting's table into BENCHMARKS.md under the machine's section."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "unknown commit"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines = [
+        f"### {when}, at {commit}: `python3 scripts/bench.py {' '.join(cases)}`",
+        "",
+        f"Machine: {machine()}; {load()} at the end.",
+        "",
+        "| case | threads | sparsity-lab ms | PyTorch ms | PyTorch impl | ratio | all PyTorch impls (ms) |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    for case, th, a, b, impl, r, all_t in rows:
+        others = ", ".join(f"{k} {v:.3f}" for k, v in all_t.items())
+        lines.append(f"| {case} | {th} | {a:.3f} | {b:.3f} | {impl} | {r:.2f}x | {others} |")
+    sitting = "\n".join(lines) + "\n\n"
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n## Notes\n"
+    heading = machine_heading()
+    at = text.find(heading + "\n")
+    if at < 0:
+        notes = text.find("## Notes")
+        at = notes if notes >= 0 else len(text)
+        text = text[:at] + heading + "\n\n" + sitting + text[at:]
+    else:
+        # After the section's heading and its description paragraph (up to
+        # the first sitting), so the newest sitting comes first.
+        first = text.find("\n### ", at)
+        end = text.find("\n## ", at + 1)
+        pos = first + 1 if first >= 0 and (end < 0 or first < end) else (end + 1 if end >= 0 else len(text))
+        text = text[:pos] + sitting + text[pos:]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    print(f"recorded in BENCHMARKS.md under '{heading}'")
 
 if __name__ == "__main__":
     main()
