@@ -146,6 +146,27 @@ pub fn weight_measures_of(named: &[(String, Tensor)]) -> Result<(ModelMeasures, 
     Ok((measures, LogHistogram::of(&weights, -10.0, 1.0, 0.25)))
 }
 
+/// The model's parameters as named tensors, in name order.
+pub(super) fn named_tensors(model: &Model) -> Vec<(String, Tensor)> {
+    model
+        .named_params()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().clone()))
+        .collect()
+}
+
+/// The filter measures of `named` (None without conv layers) with the dead
+/// filters of a held-out pass: splits the conv layers off `dead`, so that
+/// what remains is the dense hidden layers'.
+pub(super) fn filters_with_dead(
+    model: &Model,
+    named: &[(String, Tensor)],
+    dead: &mut DeadUnits,
+) -> Result<Option<metrics::FilterMeasures>> {
+    let conv = dead.split_first(model.conv_layers()).report();
+    Ok(metrics::filter_measures(named)?.map(|f| f.with_dead(&conv.per_layer)))
+}
+
 pub(super) fn final_measures(
     cfg: &TrainConfig,
     model: &Model,
@@ -158,14 +179,9 @@ pub(super) fn final_measures(
     let task = &ds.task;
     let mut dead = DeadUnits::default();
     let (test_loss, test_acc) = evaluate(model, task, evals, Some(&mut dead))?;
-    let named: Vec<(String, Tensor)> = model
-        .named_params()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_tensor().clone()))
-        .collect();
+    let named = named_tensors(model);
     let (measures, weight_histogram) = weight_measures_of(&named)?;
-    let conv = dead.split_first(model.conv_layers()).report();
-    let filters = metrics::filter_measures(&named)?.map(|f| f.with_dead(&conv.per_layer));
+    let filters = filters_with_dead(model, &named, &mut dead)?;
     let (criterion, scope) = plan.curve_settings();
     let pruning = prune::curve(
         model,

@@ -9,7 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{debug, info};
 
 use super::config::TrainConfig;
-use super::measures::{GradTracker, evaluate, final_measures, shrinkage, weight_values};
+use super::measures::{
+    GradTracker, evaluate, filters_with_dead, final_measures, named_tensors, shrinkage,
+    weight_values,
+};
 use super::record::{EvalPoint, Final, RunRecord, Status};
 use crate::bail_usage;
 use crate::data::{self, Batch, Batcher, Dataset, Task};
@@ -211,13 +214,7 @@ fn eval_point(
     let mut dead = DeadUnits::default();
     let (test_loss, test_acc) = evaluate(model, task, evals, (convs > 0).then_some(&mut dead))?;
     let (filters, dense_dead) = if convs > 0 {
-        let conv = dead.split_first(convs).report();
-        let named: Vec<(String, candle_core::Tensor)> = model
-            .named_params()
-            .into_iter()
-            .map(|(k, v)| (k, v.as_tensor().clone()))
-            .collect();
-        let f = metrics::filter_measures(&named)?.map(|f| f.with_dead(&conv.per_layer));
+        let f = filters_with_dead(model, &named_tensors(model), &mut dead)?;
         (f, Some(dead.report()))
     } else {
         (None, None)

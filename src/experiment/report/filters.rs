@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::columns::{md_table, num, pct, stat};
+use super::columns::{finite, md_table, num, pct, stat};
 use crate::experiment::record::{Group, StudyRecord};
 use crate::metrics::{FilterCounts, FilterMeasures};
 
@@ -25,10 +25,6 @@ const MEASURES: [(&str, LayerFrac); 3] = [
     ("\\|γ\\| < 1e-3 %", FilterCounts::gamma_small_frac),
     ("norm < 0.1 median %", |c| c.small_norm_frac("0.1")),
 ];
-
-fn finite(x: f64) -> Option<f64> {
-    x.is_finite().then_some(x)
-}
 
 /// The conv layers' names, from the first finished run that has them.
 fn layer_names(gs: &[&Group]) -> Vec<String> {
