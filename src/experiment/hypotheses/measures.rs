@@ -1,7 +1,7 @@
 //! The measures a hypothesis may name ([`measures`]): each a key in study
 //! files, a name in tables, and how to read it from a finished run.
 
-use super::StudyRecord;
+use crate::experiment::record::StudyRecord;
 
 /// A measure a hypothesis can compare: its key in study files, its name in
 /// tables, whether it is a fraction (shown in percent, differences in
