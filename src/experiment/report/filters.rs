@@ -8,7 +8,8 @@
 
 use std::fmt::Write as _;
 
-use super::columns::{finite, md_table, num, pct, stat};
+use super::columns::{finite, md_table, pct, stat};
+use super::history::{Series, history_tables};
 use crate::experiment::record::{Group, StudyRecord};
 use crate::metrics::{FilterCounts, FilterMeasures};
 
@@ -91,9 +92,6 @@ fn eval_epochs(gs: &[&Group]) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-/// A run's value at evaluation `i`.
-type AtEval = fn(&StudyRecord, usize) -> Option<f64>;
-
 /// The over-training tables: one per measure, a row per optimizer, a
 /// column per evaluation.
 fn over_training(out: &mut String, gs: &[&Group]) {
@@ -101,7 +99,7 @@ fn over_training(out: &mut String, gs: &[&Group]) {
     if epochs.is_empty() {
         return;
     }
-    let tables: [(&str, AtEval, bool); 4] = [
+    let tables: [Series; 4] = [
         (
             "Dead filters, all conv layers (%)",
             |r, i| finite(r.history.get(i)?.filters.as_ref()?.total.dead_frac()),
@@ -127,21 +125,10 @@ fn over_training(out: &mut String, gs: &[&Group]) {
         out,
         "#### Over training\n\nAt each evaluation (columns: epoch), mean ± sd over seeds. The held-out pass of every evaluation decides which filters and units are dead at that point.\n"
     );
-    let mut header = vec!["optimizer".to_string()];
-    header.extend(epochs.iter().map(|e| format!("{e:.2}")));
-    for (title, at, percent) in tables {
-        let _ = writeln!(out, "{title}:\n");
-        let rows: Vec<Vec<String>> = gs
-            .iter()
-            .map(|g| {
-                let mut row = vec![g.label.clone()];
-                row.extend((0..epochs.len()).map(|i| {
-                    let v = stat(g, |r| at(r, i));
-                    if percent { pct(v) } else { num(v, 4) }
-                }));
-                row
-            })
-            .collect();
-        md_table(out, &header, &rows);
-    }
+    let columns: Vec<(usize, String)> = epochs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i, format!("{e:.2}")))
+        .collect();
+    history_tables(out, gs, &columns, &tables);
 }

@@ -14,6 +14,7 @@
 mod columns;
 mod csv;
 mod filters;
+mod history;
 mod load;
 mod matched;
 mod paired;

@@ -136,6 +136,7 @@ fn task_markdown(
         .find(|t| t.task == task)
         .map(|t| t.baseline.as_str());
     transformer_group_markdown(out, gs, baseline);
+    super::history::weights_over_training(out, gs);
     activity_markdown(out, gs);
     gradient_markdown(out, gs, baseline);
     let _ = writeln!(out, "### Configurations\n");
