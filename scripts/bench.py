@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 OPTS = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
 CASES = [f"opt-{o}-{s}" for o in OPTS for s in ("1m", "10m")] + [
-    "mlp-64", "mlp-256", "transformer", "cnn", "cnn-2t"]
+    "mlp-64", "mlp-256", "transformer", "transformer-matmuls", "cnn", "cnn-2t"]
 
 
 def threads_of(case):
@@ -142,6 +142,39 @@ def torch_transformer(impl):
     return timeit(step, min_runs=10, budget=5.0)
 
 
+def torch_matmuls(_impl):
+    """benches/speed.rs's `transformer-matmuls`: only the matrix products of
+    a Transformer step (each linear layer's forward and its two gradients;
+    the attention scores, the attention output and their gradients), twice
+    (two layers), at the study's shapes: is the matrix product the limit?"""
+    g = torch.Generator().manual_seed(3)
+    n, d = 32 * 128, 128
+    r = lambda *s: torch.randn(*s, generator=g)
+    x, h = r(n, d), r(n, 4 * d)
+    w_qkv, w_o, w_fc, w_pr = r(3 * d, d), r(d, d), r(4 * d, d), r(d, 4 * d)
+    q, p = r(32, 4, 128, 32), r(32, 4, 128, 128)
+
+    def lin(x, w):
+        y = x @ w.T
+        _dx = y @ w
+        _dw = y.T @ x
+
+    def step():
+        for _ in range(2):
+            lin(x, w_qkv)
+            lin(x, w_o)
+            lin(x, w_fc)
+            lin(h, w_pr)
+            s = q @ q.transpose(-1, -2)
+            _ = s @ q
+            _ = s.transpose(-1, -2) @ q
+            o = p @ q
+            _ = o @ q.transpose(-1, -2)
+            _ = p.transpose(-1, -2) @ o
+
+    return timeit(step, min_runs=10, budget=3.0)
+
+
 class Cnn(nn.Module):
     """src/models/cnn.rs's default CNN (the same as scripts/cnn_reference.py)."""
 
@@ -180,6 +213,8 @@ def peer(case):
     impls = ["fused", "foreach", "forloop"]
     if case.startswith("opt-rmsprop"):
         impls = ["foreach", "forloop"]  # no fused RMSprop in torch
+    if case == "transformer-matmuls":
+        impls = ["matmul"]  # no optimizer: one implementation
     results = {}
     for impl in impls:
         try:
@@ -190,6 +225,8 @@ def peer(case):
                 results[impl] = torch_mlp(int(case.split("-")[1]), impl)
             elif case.startswith("cnn"):
                 results[impl] = torch_cnn(impl)
+            elif case == "transformer-matmuls":
+                results[impl] = torch_matmuls(impl)
             else:
                 results[impl] = torch_transformer(impl)
         except (RuntimeError, TypeError) as e:  # an implementation torch lacks here

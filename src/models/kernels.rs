@@ -4,16 +4,18 @@
 //! loops for exp, GELU, causal softmax, LayerNorm, cross-entropy, 2 x 2
 //! max-pool and the BatchNorm + ReLU backward.
 //!
-//! Every loop is compiled twice, plainly and for AVX2+FMA, and the CPU
-//! picks at run time ([`simd_fn!`]). Neither version contracts `a * b + c`
-//! into a fused multiply-add, so both give the same bits. Reductions keep
+//! Every loop is compiled three times, plainly, for AVX2+FMA and for
+//! AVX-512, and the CPU picks at run time ([`simd_fn!`]). No version
+//! contracts `a * b + c` into a fused multiply-add, and each element goes
+//! through the same operations whatever the vector width, so all three give
+//! the same bits. Reductions keep
 //! eight partial sums in a fixed order (so they vectorise without
 //! reassociation, and are deterministic).
 
 use gemm::Parallelism;
 
-/// Defines `pub fn $name` that runs its body compiled for AVX2+FMA when the
-/// CPU has them, and plainly otherwise.
+/// Defines `pub fn $name` that runs its body compiled for AVX-512 when the
+/// CPU has it, else for AVX2+FMA when it has them, and plainly otherwise.
 macro_rules! simd_fn {
     ($(#[$m:meta])* pub fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
@@ -24,6 +26,19 @@ macro_rules! simd_fn {
             fn imp($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                fn wide($($a: $t),*) $(-> $r)? {
+                    imp($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has these features, checked just above.
+                    return unsafe { wide($($a),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 fn fast($($a: $t),*) $(-> $r)? {
@@ -89,8 +104,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    // Round to nearest by the 1.5 * 2^23 trick (vectorises, unlike round()).
-    let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+    // Round to nearest by the 1.5 * 2^23 trick (vectorises, unlike round()):
+    // `shifted` holds n in the low bits of its mantissa, so its bits are
+    // 0x4B40_0000 + n for the |n| <= 127 that the clamp allows.
+    let shifted = x * std::f32::consts::LOG2_E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
     let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
     let z = r * r;
     let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2)
@@ -101,7 +119,15 @@ pub fn exp(x: f32) -> f32 {
         * z
         + r
         + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from the exponent bits: (n + 127) << 23, with n read from
+    // `shifted`'s bits in wrapping integer arithmetic (a float-to-int cast
+    // would saturate, which does not vectorise).
+    p * f32::from_bits(
+        shifted
+            .to_bits()
+            .wrapping_sub(0x4B40_0000 - 127)
+            .wrapping_shl(23),
+    )
 }
 
 /// GELU (the erf form, torch's default) and its derivative:
@@ -531,6 +557,67 @@ simd_fn! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`exp`]'s 2^n from `shifted`'s bits is the old saturating cast's
+    /// 2^n bit for bit, on a dense sweep of the clamped range, its ends,
+    /// the values beyond them, the infinities and NaN.
+    #[test]
+    fn exp_from_bits_equals_exp_by_the_cast() {
+        fn by_cast(x: f32) -> f32 {
+            let x = x.clamp(-87.0, 88.0);
+            let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;
+            let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
+            let z = r * r;
+            let p = (((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r
+                + 4.166_579_6e-2)
+                * r
+                + 0.166_666_65)
+                * r
+                + 0.5)
+                * z
+                + r
+                + 1.0;
+            p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        }
+        let n = 2_000_000;
+        let sweep = (0..=n).map(|i| -87.5 + 176.0 * i as f32 / n as f32);
+        let ends = [
+            -87.0,
+            88.0,
+            -1e6,
+            1e6,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            0.0,
+            -0.0,
+        ];
+        for x in sweep.chain(ends) {
+            assert_eq!(exp(x).to_bits(), by_cast(x).to_bits(), "x = {x}");
+        }
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    /// The dispatched loop (AVX-512 or AVX2 where the CPU has them) gives
+    /// the bits of the formula evaluated one element at a time by plain
+    /// code, on random inputs and the edges.
+    #[test]
+    fn gelu_rows_gives_the_bits_of_the_scalar_formula() {
+        let mut rng = crate::rng::Rng::new(7);
+        let mut u: Vec<f32> = (0..10_007).map(|_| 12.0 * rng.normal() as f32).collect();
+        u.extend([0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0, 1e6, -1e6]);
+        let want: Vec<(u32, u32)> = u
+            .iter()
+            .map(|&x| {
+                let (y, d) = std::hint::black_box(gelu_and_grad(std::hint::black_box(x)));
+                (y.to_bits(), d.to_bits())
+            })
+            .collect();
+        let mut du = vec![0f32; u.len()];
+        gelu_rows(&mut u, &mut du);
+        for (i, ((y, d), w)) in u.iter().zip(&du).zip(&want).enumerate() {
+            assert_eq!((y.to_bits(), d.to_bits()), *w, "element {i}");
+        }
+    }
 
     #[test]
     fn exp_is_within_two_ulp_of_libm() {
