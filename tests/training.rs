@@ -560,7 +560,8 @@ fn mlp_manual_backward_matches_autograd() {
 
 /// The Transformer's hand-written step gives autograd's loss and
 /// gradients: predicting every token and the last token only, at full and
-/// shorter-than-context length, with one and two layers, after a few
+/// shorter-than-context length, shorter and longer than the attention's
+/// causal blocks of 32 rows, with one and two layers, after a few
 /// optimizer steps (so LayerNorm weights and biases are not 1 and 0).
 /// Differences come from summation orders and the GELU and exp
 /// approximations (1.2e-7 and 2 ulp relative). Measured worst: 1.1e-6 of
@@ -573,6 +574,10 @@ fn transformer_manual_backward_matches_autograd() {
         (1usize, 8usize, 8usize, false, 1u64),
         (2, 16, 11, false, 2),
         (2, 16, 16, true, 3),
+        // Longer than the attention's 32-row causal blocks: two full blocks
+        // and a partial one, and one full block and a partial one.
+        (1, 80, 70, false, 4),
+        (1, 48, 40, true, 5),
     ];
     for (layers, context, t, last_only, seed) in cases {
         let vocab = 13;

@@ -361,6 +361,15 @@ impl View {
             cs: self.rs,
         }
     }
+    /// The same matrix from element (`r`, `c`) on (its lower-right part).
+    /// The pointer is only computed here; [`matmul`]'s caller vouches for
+    /// what it reads.
+    pub fn from(self, r: usize, c: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(r * self.rs + c * self.cs),
+            ..self
+        }
+    }
 }
 
 /// Whether to split a matrix product across threads: over the current rayon

@@ -216,6 +216,20 @@ pub(super) fn layer_norm_bwd(
     }
 }
 
+/// Rows per block of the causal attention's products: a block of query
+/// rows `r0..r1` needs only the keys `0..r1`, so the products skip the
+/// blocks above the diagonal (37.5 % of the work at T = 128). The skipped
+/// terms are exact zeros at the end (or, for the keys' gradients, the
+/// start) of each sum, so the bits are those of the full products.
+const CAUSAL_BLOCK: usize = 32;
+
+/// The blocks of rows `(r0, r1)` of a `t`-row causal attention.
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(CAUSAL_BLOCK)
+        .map(move |r0| (r0, (r0 + CAUSAL_BLOCK).min(t)))
+}
+
 /// Causal self-attention: `att` gets the probabilities, `y` the heads'
 /// outputs side by side.
 pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
@@ -224,35 +238,26 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     let scale = 1.0 / (hd as f32).sqrt();
     let y_ptr = SharedMut(y.as_mut_ptr());
     let src = Shared(View::rows(qkv, 3 * s.d));
+    let none = gemm::Parallelism::None;
     att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
         let (bi, hi) = (i / s.h, i % s.h);
         let (q, kk, v) = s.heads_of(src, bi, hi);
         // SAFETY: `p` is this task's own block; the y block (rows of
         // sequence bi, columns of head hi) is written by this task only.
+        // Every product stays inside the [t, t] block and the head's rows.
         unsafe {
-            matmul(
-                t,
-                t,
-                hd,
-                p.as_mut_ptr(),
-                t,
-                false,
-                q,
-                kk.t(),
-                gemm::Parallelism::None,
-            );
+            // Scores of rows r0..r1 against keys 0..r1; the softmax reads
+            // no further and zeroes the rest of each row.
+            for (r0, r1) in causal_blocks(t) {
+                let dst = p.as_mut_ptr().add(r0 * t);
+                matmul(r1 - r0, r1, hd, dst, t, false, q.from(r0, 0), kk.t(), none);
+            }
             k::causal_softmax_block(p, t, scale);
-            matmul(
-                t,
-                hd,
-                t,
-                y_ptr.get().add(s.out(bi, hi)),
-                s.d,
-                false,
-                View::rows(p, t),
-                v,
-                gemm::Parallelism::None,
-            );
+            let pv = View::rows(p, t);
+            for (r0, r1) in causal_blocks(t) {
+                let dst = y_ptr.get().add(s.out(bi, hi) + r0 * s.d);
+                matmul(r1 - r0, hd, r1, dst, s.d, false, pv.from(r0, 0), v, none);
+            }
         }
     });
 }
@@ -283,19 +288,50 @@ pub(super) fn attention_bwd(
             let dyv = dsrc.at(s.out(bi, hi));
             let pv = View::rows(p, t);
             let none = gemm::Parallelism::None;
+            let row = 3 * s.d;
             // SAFETY: this task alone writes head hi's columns of
             // sequence bi's rows in dqkv, and its own block `dp` of datt.
+            // Every product stays inside the [t, t] blocks and the head's
+            // rows.
             unsafe {
-                let out = |part: usize| dst.get().add(s.qkv(bi, hi, part));
-                // dV = P^T dY
-                matmul(t, hd, t, out(2), 3 * s.d, false, pv.t(), dyv, none);
-                // dP = dY V^T, then through the softmax
-                matmul(t, t, hd, dp.as_mut_ptr(), t, false, dyv, v.t(), none);
+                let out = |part: usize, r0: usize| dst.get().add(s.qkv(bi, hi, part) + r0 * row);
+                for (r0, r1) in causal_blocks(t) {
+                    // dV = P^T dY: key rows r0..r1 get the queries r0..t.
+                    let (m, kq) = (r1 - r0, t - r0);
+                    matmul(
+                        m,
+                        hd,
+                        kq,
+                        out(2, r0),
+                        row,
+                        false,
+                        pv.t().from(r0, r0),
+                        dyv.from(r0, 0),
+                        none,
+                    );
+                    // dP = dY V^T, rows r0..r1 against keys 0..r1.
+                    let dpp = dp.as_mut_ptr().add(r0 * t);
+                    matmul(m, r1, hd, dpp, t, false, dyv.from(r0, 0), v.t(), none);
+                }
                 k::causal_softmax_bwd_block(p, dp, t, scale);
                 let ds = View::rows(dp, t);
-                // dQ = dS K, dK = dS^T Q
-                matmul(t, hd, t, out(0), 3 * s.d, false, ds, kk, none);
-                matmul(t, hd, t, out(1), 3 * s.d, false, ds.t(), q, none);
+                for (r0, r1) in causal_blocks(t) {
+                    let (m, kq) = (r1 - r0, t - r0);
+                    // dQ = dS K, rows r0..r1 over keys 0..r1.
+                    matmul(m, hd, r1, out(0, r0), row, false, ds.from(r0, 0), kk, none);
+                    // dK = dS^T Q, key rows r0..r1 over queries r0..t.
+                    matmul(
+                        m,
+                        hd,
+                        kq,
+                        out(1, r0),
+                        row,
+                        false,
+                        ds.t().from(r0, r0),
+                        q.from(r0, 0),
+                        none,
+                    );
+                }
             }
         });
 }
