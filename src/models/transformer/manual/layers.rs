@@ -295,42 +295,28 @@ pub(super) fn attention_bwd(
             // rows.
             unsafe {
                 let out = |part: usize, r0: usize| dst.get().add(s.qkv(bi, hi, part) + r0 * row);
-                for (r0, r1) in causal_blocks(t) {
-                    // dV = P^T dY: key rows r0..r1 get the queries r0..t.
+                // Key rows r0..r1 of a gradient a^T b: summed over the
+                // queries r0..t, the only ones that see those keys.
+                let by_keys = |part: usize, (r0, r1): (usize, usize), a: View, b: View| {
                     let (m, kq) = (r1 - r0, t - r0);
-                    matmul(
-                        m,
-                        hd,
-                        kq,
-                        out(2, r0),
-                        row,
-                        false,
-                        pv.t().from(r0, r0),
-                        dyv.from(r0, 0),
-                        none,
-                    );
+                    let (a, b) = (a.t().from(r0, r0), b.from(r0, 0));
+                    matmul(m, hd, kq, out(part, r0), row, false, a, b, none);
+                };
+                for (r0, r1) in causal_blocks(t) {
+                    // dV = P^T dY.
+                    by_keys(2, (r0, r1), pv, dyv);
                     // dP = dY V^T, rows r0..r1 against keys 0..r1.
                     let dpp = dp.as_mut_ptr().add(r0 * t);
-                    matmul(m, r1, hd, dpp, t, false, dyv.from(r0, 0), v.t(), none);
+                    matmul(r1 - r0, r1, hd, dpp, t, false, dyv.from(r0, 0), v.t(), none);
                 }
                 k::causal_softmax_bwd_block(p, dp, t, scale);
                 let ds = View::rows(dp, t);
                 for (r0, r1) in causal_blocks(t) {
-                    let (m, kq) = (r1 - r0, t - r0);
                     // dQ = dS K, rows r0..r1 over keys 0..r1.
-                    matmul(m, hd, r1, out(0, r0), row, false, ds.from(r0, 0), kk, none);
-                    // dK = dS^T Q, key rows r0..r1 over queries r0..t.
-                    matmul(
-                        m,
-                        hd,
-                        kq,
-                        out(1, r0),
-                        row,
-                        false,
-                        ds.t().from(r0, r0),
-                        q.from(r0, 0),
-                        none,
-                    );
+                    let dst = out(0, r0);
+                    matmul(r1 - r0, hd, r1, dst, row, false, ds.from(r0, 0), kk, none);
+                    // dK = dS^T Q.
+                    by_keys(1, (r0, r1), ds, q);
                 }
             }
         });
