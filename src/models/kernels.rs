@@ -17,6 +17,21 @@ use gemm::Parallelism;
 /// Defines `pub fn $name` that runs its body compiled for AVX-512 when the
 /// CPU has it, else for AVX2+FMA when it has them, and plainly otherwise.
 macro_rules! simd_fn {
+    // One compiled variant `$v` of `imp`, called when the CPU has
+    // `$feature`s (string literals, passed as tokens so that
+    // `is_x86_feature_detected!` still sees literals).
+    (@variant $v:ident, $enable:tt, [$($feature:tt),+], ($($a:ident : $t:ty),*) $(-> $r:ty)?) => {
+        #[target_feature(enable = $enable)]
+        #[allow(clippy::too_many_arguments)]
+        fn $v($($a: $t),*) $(-> $r)? {
+            imp($($a),*)
+        }
+        if $(std::arch::is_x86_feature_detected!($feature))&&+ {
+            // SAFETY: the CPU has the features `$v` is compiled for,
+            // checked just above.
+            return unsafe { $v($($a),*) };
+        }
+    };
     ($(#[$m:meta])* pub fn $name:ident($($a:ident : $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
         #[allow(clippy::too_many_arguments)]
@@ -26,30 +41,9 @@ macro_rules! simd_fn {
             fn imp($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn wide($($a: $t),*) $(-> $r)? {
-                    imp($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has these features, checked just above.
-                    return unsafe { wide($($a),*) };
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn fast($($a: $t),*) $(-> $r)? {
-                    imp($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
-                    return unsafe { fast($($a),*) };
-                }
+                simd_fn!(@variant wide, "avx512f,avx512bw,avx512vl,avx2,fma",
+                    ["avx512f", "avx512bw", "avx512vl", "fma"], ($($a: $t),*) $(-> $r)?);
+                simd_fn!(@variant fast, "avx2,fma", ["avx2", "fma"], ($($a: $t),*) $(-> $r)?);
             }
             imp($($a),*)
         }
@@ -364,7 +358,7 @@ impl View {
     /// The same matrix from element (`r`, `c`) on (its lower-right part).
     /// The pointer is only computed here; [`matmul`]'s caller vouches for
     /// what it reads.
-    pub fn from(self, r: usize, c: usize) -> Self {
+    pub fn sub(self, r: usize, c: usize) -> Self {
         Self {
             ptr: self.ptr.wrapping_add(r * self.rs + c * self.cs),
             ..self

@@ -46,7 +46,7 @@ pub(super) fn history_tables(
 
 /// At most `max` of `n` evaluations, evenly spaced, always the first and
 /// the last: every k-th with the smallest k that fits, plus the last.
-pub(super) fn spaced(n: usize, max: usize) -> Vec<usize> {
+fn spaced(n: usize, max: usize) -> Vec<usize> {
     if n <= max {
         return (0..n).collect();
     }
@@ -72,7 +72,7 @@ fn run_with_distance<'a>(gs: &[&'a Group]) -> Option<&'a StudyRecord> {
 /// The held-out loss's fall over the last fifth of a run (from the last
 /// evaluation at or before 80 % of its steps to the end), as a fraction of
 /// its fall since the first evaluation.
-pub(super) fn last_fifth_fall(r: &StudyRecord) -> Option<f64> {
+fn last_fifth_fall(r: &StudyRecord) -> Option<f64> {
     let points: Vec<(usize, f64)> = r.history.iter().map(|h| (h.step, h.test_loss)).collect();
     fall_fraction(&points)
 }

@@ -250,13 +250,13 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
             // no further and zeroes the rest of each row.
             for (r0, r1) in causal_blocks(t) {
                 let dst = p.as_mut_ptr().add(r0 * t);
-                matmul(r1 - r0, r1, hd, dst, t, false, q.from(r0, 0), kk.t(), none);
+                matmul(r1 - r0, r1, hd, dst, t, false, q.sub(r0, 0), kk.t(), none);
             }
             k::causal_softmax_block(p, t, scale);
             let pv = View::rows(p, t);
             for (r0, r1) in causal_blocks(t) {
                 let dst = y_ptr.get().add(s.out(bi, hi) + r0 * s.d);
-                matmul(r1 - r0, hd, r1, dst, s.d, false, pv.from(r0, 0), v, none);
+                matmul(r1 - r0, hd, r1, dst, s.d, false, pv.sub(r0, 0), v, none);
             }
         }
     });
@@ -299,7 +299,7 @@ pub(super) fn attention_bwd(
                 // queries r0..t, the only ones that see those keys.
                 let by_keys = |part: usize, (r0, r1): (usize, usize), a: View, b: View| {
                     let (m, kq) = (r1 - r0, t - r0);
-                    let (a, b) = (a.t().from(r0, r0), b.from(r0, 0));
+                    let (a, b) = (a.t().sub(r0, r0), b.sub(r0, 0));
                     matmul(m, hd, kq, out(part, r0), row, false, a, b, none);
                 };
                 for (r0, r1) in causal_blocks(t) {
@@ -307,14 +307,14 @@ pub(super) fn attention_bwd(
                     by_keys(2, (r0, r1), pv, dyv);
                     // dP = dY V^T, rows r0..r1 against keys 0..r1.
                     let dpp = dp.as_mut_ptr().add(r0 * t);
-                    matmul(r1 - r0, r1, hd, dpp, t, false, dyv.from(r0, 0), v.t(), none);
+                    matmul(r1 - r0, r1, hd, dpp, t, false, dyv.sub(r0, 0), v.t(), none);
                 }
                 k::causal_softmax_bwd_block(p, dp, t, scale);
                 let ds = View::rows(dp, t);
                 for (r0, r1) in causal_blocks(t) {
                     // dQ = dS K, rows r0..r1 over keys 0..r1.
                     let dst = out(0, r0);
-                    matmul(r1 - r0, hd, r1, dst, row, false, ds.from(r0, 0), kk, none);
+                    matmul(r1 - r0, hd, r1, dst, row, false, ds.sub(r0, 0), kk, none);
                     // dK = dS^T Q.
                     by_keys(1, (r0, r1), ds, q);
                 }
