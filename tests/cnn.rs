@@ -1,7 +1,8 @@
 //! The CNN against PyTorch: `tests/golden/cnn.json`, written by
 //! `tests/golden/make_cnn_fixture.py` (run `scripts/make-fixtures.sh` after
 //! changing it). One train-mode forward and backward of a small CNN
-//! (channels [4, 8], hidden 16) on 8 images, with the weights given
+//! (channels [4, 8], hidden 16, with and without BatchNorm; and channels
+//! [4, 4, 6] pooled after the second block only) on 8 images, with the weights given
 //! explicitly: logits, loss, every parameter's gradient, BatchNorm's running
 //! statistics after the step, and the eval-mode logits.
 //!
@@ -269,6 +270,7 @@ fn tiny_run(optimizer: &str, sets: &[(&str, &str)], steps: usize) -> sparsity_la
     let mut cfg = TrainConfig::new(
         ModelConfig::Cnn(sparsity_lab::models::CnnConfig {
             channels: vec![4, 8],
+            pool_every: 1,
             hidden: 16,
             batch_norm: true,
         }),
@@ -458,6 +460,14 @@ fn manual_step_matches_autograd_on_one_and_two_threads() {
             2,
         ),
         (r#"{"name": "cnn"}"#, 28, 8, 3),
+        // Pools after blocks 2 and 4 only (a BasicNet's pattern), on an odd
+        // side (13 -> 6 -> 3), the last block unpooled.
+        (
+            r#"{"name": "cnn", "channels": [3, 4, 5, 6, 5], "pool_every": 2, "hidden": 9}"#,
+            13,
+            4,
+            5,
+        ),
     ];
     for (cfg, side, n, seed) in cases {
         let mut per_threads = vec![];

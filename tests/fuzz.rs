@@ -735,7 +735,20 @@ fn nonsensical_study_settings_are_refused() {
                 "{ name = \"mnist\" }",
             ),
             vec![],
-            vec!["channels", "6 pooling blocks", "28 x 28", "at most 4"],
+            vec!["channels", "6 max-pools", "28 x 28", "at most 4"],
+        ),
+        (
+            edit(
+                &edit(
+                    STUDY,
+                    "tasks.0.model",
+                    "{ name = \"cnn\", channels = [4, 4], pool_every = 0 }",
+                ),
+                "tasks.0.data",
+                "{ name = \"mnist\" }",
+            ),
+            vec![],
+            vec!["pool_every must be >= 1", "pool_every = 2"],
         ),
         (
             STUDY.to_string(),
@@ -840,7 +853,7 @@ fn nonsensical_train_settings_are_refused() {
         ]),
         &dir,
         2,
-        &["5 pooling blocks", "at most 4"],
+        &["5 max-pools", "at most 4"],
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// CNN: output channels of each conv block, comma-separated.
     #[arg(long, value_delimiter = ',', value_name = "C,...")]
     channels: Option<Vec<usize>>,
+    /// CNN: a 2 x 2 max-pool after every N-th conv block (1: after each;
+    /// 2 with seven channels entries: a BasicNet).
+    #[arg(long, value_name = "N")]
+    pool_every: Option<usize>,
     /// CNN: BatchNorm after each convolution (true or false).
     #[arg(long, value_name = "BOOL")]
     batch_norm: Option<bool>,
@@ -98,9 +102,11 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
         }
     }
     let mut model = ModelConfig::by_name(&a.model)?;
-    if !matches!(model, ModelConfig::Cnn(_)) && (a.channels.is_some() || a.batch_norm.is_some()) {
+    if !matches!(model, ModelConfig::Cnn(_))
+        && (a.channels.is_some() || a.batch_norm.is_some() || a.pool_every.is_some())
+    {
         bail_usage!(
-            "--channels and --batch-norm are cnn options; this is --model {}",
+            "--channels, --pool-every and --batch-norm are cnn options; this is --model {}",
             a.model
         );
     }
@@ -125,6 +131,9 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
             }
             if let Some(bn) = a.batch_norm {
                 c.batch_norm = bn;
+            }
+            if let Some(p) = a.pool_every {
+                c.pool_every = p;
             }
         }
         ModelConfig::Mlp(m) => {

@@ -157,10 +157,12 @@ impl ModelConfig {
                 let mut pixels = *inputs as f64;
                 let mut c_in = 1.0;
                 let mut n = b * pixels;
-                for &ch in &c.channels {
+                for (i, &ch) in c.channels.iter().enumerate() {
                     n += b * pixels * (9.0 * c_in + 8.0 * ch as f64);
                     c_in = ch as f64;
-                    pixels /= 4.0;
+                    if c.pools_after(i) {
+                        pixels /= 4.0;
+                    }
                 }
                 n + b * (3.0 * c.hidden as f64 + 3.0 * *classes as f64)
             }

@@ -2,7 +2,7 @@
 //! made before anything trains, for settings that would otherwise fail in
 //! the middle of a study or silently do nothing: a learning-rate warmup
 //! longer than the run, an IMP rewind step at or after the run's last step,
-//! a CNN with more pooling blocks than its image has halvings.
+//! a CNN with more max-pools than its image has halvings.
 //!
 //! [`check_config`] needs only the config (the study file's and `train`'s
 //! flags are checked at load); [`check_with_data`] needs the loaded data,
@@ -24,9 +24,10 @@ pub fn check_config(cfg: &TrainConfig) -> Result<()> {
     {
         let most = (usize::BITS - 1 - side.leading_zeros()) as usize;
         bail_usage!(
-            "cnn: channels = {:?} gives {} pooling blocks, which shrink a {side} x {side} image to nothing; give at most {most} channels entries",
+            "cnn: channels = {:?} with pool_every = {} gives {} max-pools, which shrink a {side} x {side} image to nothing; give at most {most} pools (fewer channels entries or a larger pool_every)",
             c.channels,
-            c.channels.len()
+            c.pool_every,
+            c.pools()
         );
     }
     let mut seen = Vec::<f64>::new();

@@ -1,7 +1,9 @@
 """Writes tests/golden/cnn.json: the CNN of src/models/cnn.rs, small
 (channels [4, 8], hidden 16, 28 x 28 inputs, 10 classes), run by PyTorch.
 
-Per case (with and without BatchNorm): the weights (given explicitly, so
+Per case (with and without BatchNorm; and a deeper one that pools after
+every second block only, as a BasicNet does, its last block unpooled): the
+weights (given explicitly, so
 that the two sides' initialisation RNGs do not matter), a batch of 8 inputs
 and labels, and from ONE train-mode forward and backward: the logits, the
 mean cross-entropy, every parameter's gradient and BatchNorm's running
@@ -22,17 +24,19 @@ import torch.nn.functional as F
 
 
 class Cnn(nn.Module):
-    def __init__(self, channels, hidden, batch_norm, side=28, classes=10):
+    def __init__(self, channels, hidden, batch_norm, pool_every=1, side=28, classes=10):
         super().__init__()
         c_in = 1
         self.blocks = len(channels)
         self.batch_norm = batch_norm
+        self.pool_every = pool_every
         for i, c in enumerate(channels):
             setattr(self, f"conv{i + 1}", nn.Conv2d(c_in, c, 3, padding=1))
             if batch_norm:
                 setattr(self, f"bn{i + 1}", nn.BatchNorm2d(c))
             c_in = c
-            side //= 2
+            if (i + 1) % pool_every == 0:
+                side //= 2
         self.fc1 = nn.Linear(c_in * side * side, hidden)
         self.fc2 = nn.Linear(hidden, classes)
 
@@ -42,7 +46,9 @@ class Cnn(nn.Module):
             h = getattr(self, f"conv{i + 1}")(h)
             if self.batch_norm:
                 h = getattr(self, f"bn{i + 1}")(h)
-            h = F.max_pool2d(F.relu(h), 2)
+            h = F.relu(h)
+            if (i + 1) % self.pool_every == 0:
+                h = F.max_pool2d(h, 2)
         h = F.relu(self.fc1(h.flatten(1)))
         return self.fc2(h)
 
@@ -51,9 +57,9 @@ def values(t):
     return [float(v) for v in t.detach().flatten().tolist()]
 
 
-def case(name, batch_norm, seed):
+def case(name, batch_norm, seed, channels=(4, 8), pool_every=1):
     torch.manual_seed(seed)
-    model = Cnn([4, 8], 16, batch_norm)
+    model = Cnn(list(channels), 16, batch_norm, pool_every)
     with torch.no_grad():
         for k, p in model.named_parameters():
             # Non-trivial BatchNorm scales and shifts.
@@ -71,7 +77,13 @@ def case(name, batch_norm, seed):
     loss.backward()
     out = {
         "name": name,
-        "model": {"name": "cnn", "channels": [4, 8], "hidden": 16, "batch_norm": batch_norm},
+        "model": {
+            "name": "cnn",
+            "channels": list(channels),
+            **({"pool_every": pool_every} if pool_every != 1 else {}),
+            "hidden": 16,
+            "batch_norm": batch_norm,
+        },
         "x": values(x),
         "y": y.tolist(),
         "params": {
@@ -96,7 +108,11 @@ def case(name, batch_norm, seed):
 
 
 def main():
-    cases = [case("batch_norm", True, 0), case("no_batch_norm", False, 1)]
+    cases = [
+        case("batch_norm", True, 0),
+        case("no_batch_norm", False, 1),
+        case("pool_every_2", True, 2, channels=(4, 4, 6), pool_every=2),
+    ]
     doc = {
         "source": "tests/golden/make_cnn_fixture.py",
         "torch": torch.__version__,

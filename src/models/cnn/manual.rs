@@ -95,25 +95,35 @@ struct Dims {
     side: usize,
     /// Output channels per block.
     channels: Vec<usize>,
+    /// Per block: whether it ends with a 2 x 2 max-pool.
+    pools: Vec<bool>,
     hidden: usize,
     classes: usize,
 }
 
 impl Dims {
-    /// Per block: the side of its input, its input and output channels.
-    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    /// Per block: the side of its input, its input and output channels,
+    /// whether it pools.
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize, bool)> + '_ {
         let mut side = self.side;
         let mut c_in = 1;
-        self.channels.iter().map(move |&c| {
-            let out = (side, c_in, c);
-            side /= 2;
-            c_in = c;
-            out
-        })
+        self.channels
+            .iter()
+            .zip(&self.pools)
+            .map(move |(&c, &pool)| {
+                let out = (side, c_in, c, pool);
+                if pool {
+                    side /= 2;
+                }
+                c_in = c;
+                out
+            })
     }
 
     fn last_side(&self) -> usize {
-        self.channels.iter().fold(self.side, |s, _| s / 2)
+        self.blocks()
+            .last()
+            .map_or(self.side, |(s, _, _, pool)| if pool { s / 2 } else { s })
     }
 
     fn flat(&self) -> usize {
@@ -126,6 +136,8 @@ struct BlockActs {
     side: usize,
     c_in: usize,
     c: usize,
+    /// Ends with a 2 x 2 max-pool.
+    pool: bool,
     /// `[N * S * S, 9 * c_in + 1]`: the patches, `(ky, kx, c_in)`, and 1.
     cols: Vec<f32>,
     /// `[c, 9 * c_in + 1]`: the weights in the patches' order, and the bias.
@@ -136,7 +148,8 @@ struct BlockActs {
     /// `[N * S * S, c]`: the convolution's output, BatchNorm + ReLU's.
     z: Vec<f32>,
     r: Vec<f32>,
-    /// `[N * (S/2)^2, c]`: the max-pool's output and each output's winner.
+    /// `[N * (S/2)^2, c]`: the max-pool's output and each output's winner
+    /// (without a pool, `[N * S * S, c]`: a copy of `r`, and no winners).
     pooled: Vec<f32>,
     winners: Vec<f32>,
     /// BatchNorm per channel: batch mean, biased variance, 1/sqrt(var +
@@ -177,20 +190,25 @@ impl Workspace {
         let blocks = d
             .blocks()
             .enumerate()
-            .map(|(i, (side, c_in, c))| {
+            .map(|(i, (side, c_in, c, pool))| {
                 let (rows, kk) = (n * side * side, 9 * c_in + 1);
-                let pooled = n * (side / 2) * (side / 2) * c;
+                let pooled = if pool {
+                    n * (side / 2) * (side / 2) * c
+                } else {
+                    rows * c
+                };
                 BlockActs {
                     side,
                     c_in,
                     c,
+                    pool,
                     cols: vec![0.0; rows * kk],
                     wb: vec![0.0; c * kk],
                     dwb: vec![0.0; c * kk],
                     z: vec![0.0; rows * c],
                     r: vec![0.0; rows * c],
                     pooled: vec![0.0; pooled],
-                    winners: vec![0.0; pooled],
+                    winners: if pool { vec![0.0; pooled] } else { vec![] },
                     mean: vec![0.0; c],
                     var: vec![0.0; c],
                     inv: vec![0.0; c],
@@ -280,6 +298,10 @@ fn block_forward(
     a.r.par_chunks_mut(hw * c)
         .zip(a.z.par_chunks(hw * c))
         .for_each(|(r, z)| rows::scale_shift_relu(z, gain, shift, r));
+    if !a.pool {
+        a.pooled.copy_from_slice(&a.r);
+        return;
+    }
     let pix = k::Pixels {
         n: 1,
         h: side,
@@ -296,7 +318,7 @@ fn block_forward(
     }
 }
 
-/// One block's backward from the gradient of its pooled output `dp`:
+/// One block's backward from the gradient of its (pooled) output `dp`:
 /// its parameters' gradients into `g`, and, when asked, its input's
 /// gradient into `dx`.
 fn block_backward(
@@ -315,17 +337,21 @@ fn block_backward(
         w: side,
         c,
     };
-    let out = (side / 2) * (side / 2) * c;
-    let odd = side % 2 == 1;
-    a.dr.par_chunks_mut(hw * c)
-        .zip(dp.par_chunks(out.max(1)))
-        .zip(a.winners.par_chunks(out.max(1)))
-        .for_each(|((dr, dp), win)| {
-            if odd {
-                dr.fill(0.0);
-            }
-            k::max_pool_2x2_bwd(dp, win, pix, dr)
-        });
+    if a.pool {
+        let out = (side / 2) * (side / 2) * c;
+        let odd = side % 2 == 1;
+        a.dr.par_chunks_mut(hw * c)
+            .zip(dp.par_chunks(out.max(1)))
+            .zip(a.winners.par_chunks(out.max(1)))
+            .for_each(|((dr, dp), win)| {
+                if odd {
+                    dr.fill(0.0);
+                }
+                k::max_pool_2x2_bwd(dp, win, pix, dr)
+            });
+    } else {
+        a.dr.copy_from_slice(dp);
+    }
     // BatchNorm + ReLU: per-image partial sums, added in image order.
     let cols = k::BnColumns {
         mean: &a.mean,
@@ -417,6 +443,7 @@ fn block_backward(
 pub(super) fn loss_and_grads(
     vars: &ParamTensors<&Var>,
     side: usize,
+    pools: &[bool],
     workspace: &std::sync::Mutex<Option<Box<Workspace>>>,
     x: &Tensor,
     y: &Tensor,
@@ -430,6 +457,7 @@ pub(super) fn loss_and_grads(
             .iter()
             .map(|b| b.b.dim(0))
             .collect::<candle_core::Result<_>>()?,
+        pools: pools.to_vec(),
         hidden: vars.fc1.1.dim(0)?,
         classes: vars.fc2.1.dim(0)?,
     };

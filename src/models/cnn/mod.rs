@@ -1,8 +1,12 @@
 //! A small convolutional network for 1-channel square images:
 //! per channel count `c` in `channels`, a block
-//! `conv 3x3 (padding 1) -> BatchNorm2d -> ReLU -> max-pool 2`, then
-//! `linear -> ReLU -> linear`. With the defaults (`[32, 64]`, hidden 128) on
-//! 28 x 28 images: 1 -> 32 -> 64 channels, 64 * 7 * 7 = 3136 -> 128 -> 10.
+//! `conv 3x3 (padding 1) -> BatchNorm2d -> ReLU`, followed by a 2 x 2
+//! max-pool after every `pool_every`-th block, then
+//! `linear -> ReLU -> linear`. With the defaults (`[32, 64]`, a pool after
+//! every block, hidden 128) on 28 x 28 images: 1 -> 32 -> 64 channels,
+//! 64 * 7 * 7 = 3136 -> 128 -> 10. With seven blocks and `pool_every = 2`
+//! it is a BasicNet after Mehta, Kim & Theobalt (CVPR 2019): pools after
+//! blocks 2, 4 and 6, 28 -> 14 -> 7 -> 3.
 //!
 //! Parameter names are those of torch's `state_dict` for the same module
 //! (`conv1.weight`, `bn1.weight`, `fc1.weight`, ...), with torch's default
@@ -35,8 +39,14 @@ use ops::{BnReluTrain, ColStats, Conv3x3, Grid, MaxPool};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CnnConfig {
-    /// Output channels of each conv block; each block halves the image side.
+    /// Output channels of each conv block.
     pub channels: Vec<usize>,
+    /// A 2 x 2 max-pool (halving the image side) after blocks
+    /// `pool_every`, `2 * pool_every`, ...: 1 pools after every block.
+    /// Left out of the serialised config at 1, so that the records of runs
+    /// from before the option keep their bytes.
+    #[serde(skip_serializing_if = "is_one")]
+    pub pool_every: usize,
     /// Width of the hidden linear layer.
     pub hidden: usize,
     /// BatchNorm2d after each convolution.
@@ -47,6 +57,7 @@ impl Default for CnnConfig {
     fn default() -> Self {
         Self {
             channels: vec![32, 64],
+            pool_every: 1,
             hidden: 128,
             batch_norm: true,
         }
@@ -65,9 +76,21 @@ impl CnnConfig {
         Ok(s)
     }
 
-    /// The side after every block's 2 x 2 max-pool (floor, as torch).
+    /// Whether block `i` (from 0) ends with a 2 x 2 max-pool.
+    pub fn pools_after(&self, i: usize) -> bool {
+        (i + 1).is_multiple_of(self.pool_every.max(1))
+    }
+
+    /// The number of max-pools.
+    pub fn pools(&self) -> usize {
+        (0..self.channels.len())
+            .filter(|&i| self.pools_after(i))
+            .count()
+    }
+
+    /// The side after the last block (each 2 x 2 max-pool floors, as torch).
     pub fn final_side(&self, side: usize) -> usize {
-        self.channels.iter().fold(side, |s, _| s / 2)
+        (0..self.pools()).fold(side, |s, _| s / 2)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -80,8 +103,17 @@ impl CnnConfig {
         if self.hidden == 0 {
             bail_usage!("cnn: hidden must be > 0; e.g. --hidden 128 or hidden = 128");
         }
+        if self.pool_every == 0 {
+            bail_usage!(
+                "cnn: pool_every must be >= 1 (1 pools after every block, 2 after every second); e.g. --pool-every 2 or pool_every = 2"
+            );
+        }
         Ok(())
     }
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 struct BatchNorm {
@@ -96,6 +128,8 @@ struct Block {
     w: Var,
     b: Var,
     bn: Option<BatchNorm>,
+    /// Ends with a 2 x 2 max-pool.
+    pool: bool,
 }
 
 pub struct Cnn {
@@ -231,14 +265,19 @@ impl Cnn {
             } else {
                 None
             };
-            blocks.push(Block { w, b, bn });
+            blocks.push(Block {
+                w,
+                b,
+                bn,
+                pool: cfg.pools_after(i),
+            });
             c_in = c;
         }
         let last = cfg.final_side(side);
         if last == 0 {
             bail_usage!(
-                "cnn: {} pooling blocks shrink a {side} x {side} image to nothing; use fewer channels entries",
-                cfg.channels.len()
+                "cnn: {} max-pools shrink a {side} x {side} image to nothing; use fewer channels entries or a larger pool_every",
+                cfg.pools()
             );
         }
         let flat = c_in * last * last;
@@ -295,19 +334,23 @@ impl Cnn {
                 beta: &bn.beta,
             });
         }
+        let pools: Vec<bool> = self.blocks.iter().map(|b| b.pool).collect();
         let vars = manual::ParamTensors {
             blocks,
             fc1: (&self.fc1.0, &self.fc1.1),
             fc2: (&self.fc2.0, &self.fc2.1),
         };
-        let (loss, grads, stats) = manual::loss_and_grads(&vars, self.side, &self.workspace, x, y)?;
+        let (loss, grads, stats) =
+            manual::loss_and_grads(&vars, self.side, &pools, &self.workspace, x, y)?;
         let (n, mut side) = (x.dim(0)?, self.side);
         for (b, (mean, var)) in self.blocks.iter().zip(stats) {
             let bn = b.bn.as_ref().expect("checked above");
             let c = mean.len();
             let t = |v: Vec<f32>| Tensor::from_vec(v, c, bn.gamma.device());
             bn.update_running(&t(mean)?, &t(var)?, n * side * side)?;
-            side /= 2;
+            if b.pool {
+                side /= 2;
+            }
         }
         Ok((loss, grads))
     }
@@ -383,8 +426,12 @@ impl Cnn {
             if let Some(out) = hidden.as_deref_mut() {
                 out.push(r.reshape((n, side * side, c))?.max(1)?);
             }
-            a = r.apply_op1(MaxPool::new(grid))?;
-            side /= 2;
+            if block.pool {
+                a = r.apply_op1(MaxPool::new(grid))?;
+                side /= 2;
+            } else {
+                a = r;
+            }
             c_in = c;
         }
         // torch's flatten of NCHW: channel-major.
@@ -421,7 +468,9 @@ impl Cnn {
             if let Some(out) = hidden.as_deref_mut() {
                 out.push(h.max(3)?.max(2)?);
             }
-            h = max_pool_nchw(&h)?;
+            if block.pool {
+                h = max_pool_nchw(&h)?;
+            }
         }
         let h = Self::linear(&h.flatten_from(1)?, &self.fc1)?.relu()?;
         if let Some(out) = hidden {
