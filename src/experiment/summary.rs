@@ -64,8 +64,25 @@ pub fn collect(experiments: &Path) -> Result<Vec<StudyOutcomes>> {
     Ok(out)
 }
 
+/// A setting's place in the table: [`SETTINGS`]' order, a variant of one
+/// ("CNN (7 conv)") right after it, anything else last.
+fn setting_rank(setting: &str) -> usize {
+    let exact = SETTINGS.iter().position(|s| *s == setting);
+    let variant = || {
+        SETTINGS
+            .iter()
+            .position(|s| setting.starts_with(&format!("{s} (")))
+    };
+    match (exact, variant()) {
+        (Some(i), _) => 2 * i,
+        (None, Some(i)) => 2 * i + 1,
+        (None, None) => 2 * SETTINGS.len(),
+    }
+}
+
 /// The rows in table order: claim, then setting (MNIST MLP, Fashion-MNIST
-/// MLP, CNN, Transformer, others), then study and declaration order.
+/// MLP, CNN and its variants, Transformer and its variants, others), then
+/// study and declaration order.
 pub fn rows(all: &[StudyOutcomes]) -> Vec<(&str, &Outcome)> {
     let mut rows: Vec<(usize, usize, &str, &Outcome)> = vec![];
     for s in all {
@@ -73,12 +90,7 @@ pub fn rows(all: &[StudyOutcomes]) -> Vec<(&str, &Outcome)> {
             rows.push((i, 0, &s.study, o));
         }
     }
-    let setting_rank = |o: &Outcome| {
-        SETTINGS
-            .iter()
-            .position(|s| *s == o.setting)
-            .unwrap_or(SETTINGS.len())
-    };
+    let setting_rank = |o: &Outcome| setting_rank(&o.setting);
     for (k, r) in rows.iter_mut().enumerate() {
         r.1 = k;
     }
@@ -356,6 +368,34 @@ mod tests {
         );
         let e = replace_block(&format!("{END}\n{BEGIN} -->"), &block, "F.md").unwrap_err();
         assert!(format!("{e}").contains("comes before"));
+    }
+
+    #[test]
+    fn variants_of_a_setting_follow_it() {
+        let mut got = vec![
+            "MLP (text)",
+            "Transformer (modadd)",
+            "CNN (7 conv)",
+            "Transformer",
+            "CNN",
+            "Fashion-MNIST MLP",
+            "MNIST MLP",
+            "CNNs",
+        ];
+        got.sort_by_key(|s| setting_rank(s));
+        assert_eq!(
+            got,
+            [
+                "MNIST MLP",
+                "Fashion-MNIST MLP",
+                "CNN",
+                "CNN (7 conv)",
+                "Transformer",
+                "Transformer (modadd)",
+                "MLP (text)",
+                "CNNs",
+            ]
+        );
     }
 
     #[test]

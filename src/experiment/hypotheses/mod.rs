@@ -300,10 +300,17 @@ impl Outcome {
 }
 
 /// The setting of a group's runs for summary tables: "MNIST MLP",
-/// "Fashion-MNIST MLP", "CNN" (with its data if not Fashion-MNIST),
-/// "Transformer" (character-level text) or "Transformer (modadd)".
+/// "Fashion-MNIST MLP", "CNN" (two conv blocks; "CNN (7 conv)" for
+/// another depth), "Transformer" (character-level text) or "Transformer
+/// (modadd)".
 pub fn setting(r: &StudyRecord) -> String {
     let data = r.config.data.name();
+    match &r.config.model {
+        crate::models::ModelConfig::Cnn(c) if c.channels.len() != 2 => {
+            return format!("CNN ({} conv)", c.channels.len());
+        }
+        _ => {}
+    }
     match r.config.model.name() {
         "mlp" => match data {
             "mnist" => "MNIST MLP".into(),
