@@ -5,7 +5,8 @@
 //! Usage: `cargo bench --bench speed -- [CASE ...]` with CASE one of
 //! opt-<sgd|rmsprop|adam|adamw|amsgrad>-<1m|10m>, mlp-64, mlp-256,
 //! transformer, cnn and cnn-2t (the same CNN step; the script runs it on one
-//! and on two threads), or `all`; and, for profiling (not in `all`), transformer-fwd,
+//! and on two threads), basicnet (experiments/basicnet.toml's 7-conv CNN), or
+//! `all`; and, for profiling (not in `all`), transformer-fwd,
 //! transformer-fwdbwd and transformer-matmuls (the forward alone, forward and
 //! backward, and the step's matrix products alone), opt-adamax-1m and
 //! opt-rmsprop-centered-1m. Threads follow RAYON_NUM_THREADS (Candle's
@@ -119,9 +120,11 @@ fn mlp_case(b: usize) -> (f64, usize) {
     )
 }
 
-/// The default CNN (conv 32, conv 64, BatchNorm, hidden 128) on a batch of
-/// 64 images, Adam: one training step.
-fn cnn_case() -> (f64, usize) {
+/// A CNN on a batch of 64 images, Adam: one training step. `cnn`: the
+/// default (conv 32, conv 64, BatchNorm, hidden 128); `basicnet`:
+/// experiments/basicnet.toml's (7 conv blocks 16-64, a pool after every
+/// second).
+fn cnn_case(model: CnnConfig) -> (f64, usize) {
     let b = 64;
     let mut rng = Rng::new(4);
     let x = randn(&[b, 784], &mut rng).affine(0.3, 0.1).unwrap();
@@ -132,7 +135,7 @@ fn cnn_case() -> (f64, usize) {
     )
     .unwrap();
     train_case(
-        ModelConfig::Cnn(CnnConfig::default()),
+        ModelConfig::Cnn(model),
         Task::Classify {
             inputs: 784,
             classes: 10,
@@ -243,7 +246,17 @@ fn main() {
         cases = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
             .iter()
             .flat_map(|o| [format!("opt-{o}-1m"), format!("opt-{o}-10m")])
-            .chain(["mlp-64", "mlp-256", "transformer", "cnn", "cnn-2t"].map(String::from))
+            .chain(
+                [
+                    "mlp-64",
+                    "mlp-256",
+                    "transformer",
+                    "cnn",
+                    "cnn-2t",
+                    "basicnet",
+                ]
+                .map(String::from),
+            )
             .collect();
     }
     for case in cases {
@@ -260,7 +273,12 @@ fn main() {
                 "mlp-64" => mlp_case(64),
                 "mlp-256" => mlp_case(256),
                 "transformer" => transformer_case(),
-                "cnn" | "cnn-2t" => cnn_case(),
+                "cnn" | "cnn-2t" => cnn_case(CnnConfig::default()),
+                "basicnet" => cnn_case(CnnConfig {
+                    channels: vec![16, 16, 32, 32, 64, 64, 64],
+                    pool_every: 2,
+                    ..CnnConfig::default()
+                }),
                 "transformer-fwd" => transformer_parts(false),
                 "transformer-matmuls" => transformer_matmuls(),
                 "transformer-fwdbwd" => transformer_parts(true),

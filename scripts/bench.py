@@ -37,14 +37,15 @@ import torch.nn.functional as F
 
 OPTS = ["sgd", "rmsprop", "adam", "adamw", "amsgrad"]
 CASES = [f"opt-{o}-{s}" for o in OPTS for s in ("1m", "10m")] + [
-    "mlp-64", "mlp-256", "transformer", "transformer-matmuls", "cnn", "cnn-2t"]
+    "mlp-64", "mlp-256", "transformer", "transformer-matmuls", "cnn", "cnn-2t", "basicnet"]
 
 
 def threads_of(case):
     """Threads per case, as in the speed issue: the MLP step on one thread,
     optimizer steps and the Transformer on two; the CNN step on one (`cnn`,
-    as a study runs it) and on two (`cnn-2t`)."""
-    return 1 if case.startswith("mlp") or case == "cnn" else 2
+    as a study runs it) and on two (`cnn-2t`); the BasicNet-like CNN of
+    experiments/basicnet.toml on one, as its study runs it."""
+    return 1 if case.startswith("mlp") or case in ("cnn", "basicnet") else 2
 
 
 def timeit(f, min_runs=20, budget=2.0):
@@ -176,24 +177,36 @@ def torch_matmuls(_impl):
 
 
 class Cnn(nn.Module):
-    """src/models/cnn.rs's default CNN (the same as scripts/cnn_reference.py)."""
+    """src/models/cnn/'s CNN: per entry of `channels` conv 3x3 -> BatchNorm
+    -> ReLU, a 2 x 2 max-pool after every `pool_every`-th block, then
+    linear -> ReLU -> linear. The defaults are the default CNN (the same as
+    scripts/cnn_reference.py)."""
 
-    def __init__(self):
+    def __init__(self, channels=(32, 64), pool_every=1, hidden=128, side=28):
         super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32)
-        self.conv2, self.bn2 = nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64)
-        self.fc1, self.fc2 = nn.Linear(3136, 128), nn.Linear(128, 10)
+        self.pool_every = pool_every
+        blocks, c_in = [], 1
+        for i, c in enumerate(channels):
+            blocks.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()))
+            c_in = c
+            if (i + 1) % pool_every == 0:
+                side //= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.fc1, self.fc2 = nn.Linear(c_in * side * side, hidden), nn.Linear(hidden, 10)
 
     def forward(self, x):
         h = x.view(-1, 1, 28, 28)
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(h))), 2)
-        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if (i + 1) % self.pool_every == 0:
+                h = F.max_pool2d(h, 2)
         return self.fc2(F.relu(self.fc1(h.flatten(1))))
 
 
-def torch_cnn(impl):
+def torch_cnn(impl, case="cnn"):
     torch.manual_seed(0)
-    m = Cnn().train()
+    shape = {"channels": (16, 16, 32, 32, 64, 64, 64), "pool_every": 2} if case == "basicnet" else {}
+    m = Cnn(**shape).train()
     kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     opt = torch.optim.Adam(m.parameters(), lr=1e-3, **kw)
     x = torch.randn(64, 784) * 0.3 + 0.1
@@ -223,8 +236,8 @@ def peer(case):
                 results[impl] = torch_opt(name, 1_000_000 if size == "1m" else 10_000_000, impl)
             elif case.startswith("mlp-"):
                 results[impl] = torch_mlp(int(case.split("-")[1]), impl)
-            elif case.startswith("cnn"):
-                results[impl] = torch_cnn(impl)
+            elif case.startswith("cnn") or case == "basicnet":
+                results[impl] = torch_cnn(impl, case)
             elif case == "transformer-matmuls":
                 results[impl] = torch_matmuls(impl)
             else:
