@@ -149,7 +149,9 @@ struct BlockActs {
     z: Vec<f32>,
     r: Vec<f32>,
     /// `[N * (S/2)^2, c]`: the max-pool's output and each output's winner
-    /// (without a pool, `[N * S * S, c]`: a copy of `r`, and no winners).
+    /// (without a pool, `[N * S * S, c]`, unused in the forward, where the
+    /// block's output is `r`, and no winners). In the backward it holds the
+    /// gradient of the block's output.
     pooled: Vec<f32>,
     winners: Vec<f32>,
     /// BatchNorm per channel: batch mean, biased variance, 1/sqrt(var +
@@ -180,6 +182,10 @@ pub(super) struct Workspace {
     row_loss: Vec<f64>,
     /// Per-image partial sums (f64), for the BatchNorm reductions.
     parts: Vec<f64>,
+    /// One buffer per thread for one image's patch gradients (`[S * S, 9 *
+    /// c_in]`, the largest over the blocks), kept across steps: allocated
+    /// per call, their fresh pages cost 10 % of a step.
+    dcols: Vec<Vec<f32>>,
 }
 
 impl Workspace {
@@ -224,6 +230,7 @@ impl Workspace {
             logits: vec![0.0; n * d.classes],
             row_loss: vec![0.0; n],
             parts: vec![],
+            dcols: vec![],
             blocks,
             dims: d,
         }
@@ -291,7 +298,6 @@ fn block_forward(
         .zip(a.z.par_chunks(hw * c))
         .for_each(|(r, z)| rows::scale_shift_relu(z, gain, shift, r));
     if !a.pool {
-        a.pooled.copy_from_slice(&a.r);
         return;
     }
     let pix = k::Pixels {
@@ -319,6 +325,7 @@ fn block_backward(
     g: &mut BlockTensors<Vec<f32>>,
     dx: Option<&mut [f32]>,
     parts: &mut Vec<f64>,
+    scratch: &mut Vec<Vec<f32>>,
 ) {
     let (side, c_in, c) = (a.side, a.c_in, a.c);
     let (hw, kk) = (side * side, 9 * c_in + 1);
@@ -415,13 +422,22 @@ fn block_backward(
         // autograd, and checkpoints compared).
         let kw = kk - 1;
         let (dz, wb) = (&a.dz, &a.wb);
-        dx.par_chunks_mut(hw * c_in)
-            .zip(dz.par_chunks(hw * c))
-            .for_each_init(
-                || vec![0f32; hw * kw],
-                |dcols, (dx, dz)| {
-                    // SAFETY: `dcols` holds hw x kw; `dz` hw x c; `wb`'s
-                    // first kw columns, c rows of kk.
+        // Images in as many contiguous groups as threads, each group with
+        // its own buffer (which image goes where does not change a bit).
+        let n = dx.len() / (hw * c_in);
+        let groups = rayon::current_num_threads().clamp(1, n.max(1));
+        let per = n.div_ceil(groups);
+        scratch.resize_with(groups.max(scratch.len()), Vec::new);
+        dx.par_chunks_mut(per * hw * c_in)
+            .zip(dz.par_chunks(per * hw * c))
+            .zip(scratch.par_iter_mut())
+            .for_each(|((dx, dz), dcols)| {
+                if dcols.len() < hw * kw {
+                    dcols.resize(hw * kw, 0.0);
+                }
+                for (dx, dz) in dx.chunks_exact_mut(hw * c_in).zip(dz.chunks_exact(hw * c)) {
+                    // SAFETY: `dcols` holds at least hw x kw; `dz` hw x c;
+                    // `wb`'s first kw columns, c rows of kk.
                     unsafe {
                         matmul(
                             hw,
@@ -435,9 +451,9 @@ fn block_backward(
                             gemm::Parallelism::None,
                         )
                     }
-                    col2im_image(dcols, side, c_in, dx);
-                },
-            );
+                    col2im_image(&dcols[..hw * kw], side, c_in, dx);
+                }
+            });
     }
 }
 
@@ -498,6 +514,7 @@ pub(super) fn loss_and_grads(
         logits,
         row_loss,
         parts,
+        dcols,
         ..
     } = ws;
 
@@ -505,14 +522,20 @@ pub(super) fn loss_and_grads(
     for i in 0..blocks.len() {
         let (done, rest) = blocks.split_at_mut(i);
         let input: &[f32] = match done.last() {
-            Some(prev) => &prev.pooled,
+            Some(prev) if prev.pool => &prev.pooled,
+            Some(prev) => &prev.r,
             None => &xv,
         };
         block_forward(&p.blocks[i], n, input, &mut rest[0], parts);
     }
     let last = blocks.last().expect("a cnn has a block");
     let s2 = dims.last_side().pow(2);
-    flatten(&last.pooled, s2, last.c, flat);
+    flatten(
+        if last.pool { &last.pooled } else { &last.r },
+        s2,
+        last.c,
+        flat,
+    );
     linear(h, flat, p.fc1.0, p.fc1.1);
     rows::relu(h);
     linear(logits, h, p.fc2.0, p.fc2.1);
@@ -542,11 +565,11 @@ pub(super) fn loss_and_grads(
                 // The previous block's pooled output is no longer needed:
                 // it becomes this block's input gradient.
                 let mut dprev = std::mem::take(&mut prev.pooled);
-                block_backward(a, &dp, gb, Some(&mut dprev), parts);
+                block_backward(a, &dp, gb, Some(&mut dprev), parts, dcols);
                 a.pooled = std::mem::replace(&mut dp, dprev);
             }
             None => {
-                block_backward(a, &dp, gb, None, parts);
+                block_backward(a, &dp, gb, None, parts, dcols);
                 a.pooled = std::mem::take(&mut dp);
             }
         }
