@@ -183,8 +183,8 @@ pub(super) struct Workspace {
     /// Per-image partial sums (f64), for the BatchNorm reductions.
     parts: Vec<f64>,
     /// One buffer per thread for one image's patch gradients (`[S * S, 9 *
-    /// c_in]`, the largest over the blocks), kept across steps: allocated
-    /// per call, their fresh pages cost 10 % of a step.
+    /// c_in]`, the largest over the blocks), kept across steps (allocated
+    /// per call, their fresh pages showed as page clearing in `perf`).
     dcols: Vec<Vec<f32>>,
 }
 
