@@ -2,7 +2,8 @@
 //! `tests/golden/make_cnn_fixture.py` (run `scripts/make-fixtures.sh` after
 //! changing it). One train-mode forward and backward of a small CNN
 //! (channels [4, 8], hidden 16, with and without BatchNorm; and channels
-//! [4, 4, 6] pooled after the second block only) on 8 images, with the weights given
+//! [2, 2, 2, 2, 2] pooled after blocks 2 and 4 only, the last unpooled) on 8
+//! images, with the weights given
 //! explicitly: logits, loss, every parameter's gradient, BatchNorm's running
 //! statistics after the step, and the eval-mode logits.
 //!

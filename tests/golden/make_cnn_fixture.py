@@ -111,7 +111,9 @@ def main():
     cases = [
         case("batch_norm", True, 0),
         case("no_batch_norm", False, 1),
-        case("pool_every_2", True, 2, channels=(4, 4, 6), pool_every=2),
+        # Five blocks, pools after 2 and 4 (28 -> 14 -> 7), the last block
+        # unpooled; two channels each, to keep the file small.
+        case("pool_every_2", True, 2, channels=(2, 2, 2, 2, 2), pool_every=2),
     ]
     doc = {
         "source": "tests/golden/make_cnn_fixture.py",
