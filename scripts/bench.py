@@ -176,37 +176,14 @@ def torch_matmuls(_impl):
     return timeit(step, min_runs=10, budget=3.0)
 
 
-class Cnn(nn.Module):
-    """src/models/cnn/'s CNN: per entry of `channels` conv 3x3 -> BatchNorm
-    -> ReLU, a 2 x 2 max-pool after every `pool_every`-th block, then
-    linear -> ReLU -> linear. The defaults are the default CNN (the same as
-    scripts/cnn_reference.py)."""
-
-    def __init__(self, channels=(32, 64), pool_every=1, hidden=128, side=28):
-        super().__init__()
-        self.pool_every = pool_every
-        blocks, c_in = [], 1
-        for i, c in enumerate(channels):
-            blocks.append(nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()))
-            c_in = c
-            if (i + 1) % pool_every == 0:
-                side //= 2
-        self.blocks = nn.ModuleList(blocks)
-        self.fc1, self.fc2 = nn.Linear(c_in * side * side, hidden), nn.Linear(hidden, 10)
-
-    def forward(self, x):
-        h = x.view(-1, 1, 28, 28)
-        for i, block in enumerate(self.blocks):
-            h = block(h)
-            if (i + 1) % self.pool_every == 0:
-                h = F.max_pool2d(h, 2)
-        return self.fc2(F.relu(self.fc1(h.flatten(1))))
-
-
 def torch_cnn(impl, case="cnn"):
     torch.manual_seed(0)
-    shape = {"channels": (16, 16, 32, 32, 64, 64, 64), "pool_every": 2} if case == "basicnet" else {}
-    m = Cnn(**shape).train()
+    # The model of src/models/cnn/, as the CNN fixture's script defines it.
+    sys.path.insert(0, os.path.join(ROOT, "tests", "golden"))
+    from make_cnn_fixture import Cnn
+
+    channels, pool_every = ((16, 16, 32, 32, 64, 64, 64), 2) if case == "basicnet" else ((32, 64), 1)
+    m = Cnn(list(channels), 128, True, pool_every).train()
     kw = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     opt = torch.optim.Adam(m.parameters(), lr=1e-3, **kw)
     x = torch.randn(64, 784) * 0.3 + 0.1

@@ -306,21 +306,18 @@ impl Outcome {
 pub fn setting(r: &StudyRecord) -> String {
     let data = r.config.data.name();
     match &r.config.model {
-        crate::models::ModelConfig::Cnn(c) if c.channels.len() != 2 => {
-            return format!("CNN ({} conv)", c.channels.len());
-        }
-        _ => {}
-    }
-    match r.config.model.name() {
-        "mlp" => match data {
-            "mnist" => "MNIST MLP".into(),
-            "fashion-mnist" => "Fashion-MNIST MLP".into(),
-            d => format!("MLP ({d})"),
+        crate::models::ModelConfig::Cnn(c) if c.channels.len() == 2 => "CNN".into(),
+        crate::models::ModelConfig::Cnn(c) => format!("CNN ({} conv)", c.channels.len()),
+        m => match m.name() {
+            "mlp" => match data {
+                "mnist" => "MNIST MLP".into(),
+                "fashion-mnist" => "Fashion-MNIST MLP".into(),
+                d => format!("MLP ({d})"),
+            },
+            "transformer" if data == "text" => "Transformer".into(),
+            "transformer" => format!("Transformer ({data})"),
+            m => format!("{m} ({data})"),
         },
-        "cnn" => "CNN".into(),
-        "transformer" if data == "text" => "Transformer".into(),
-        "transformer" => format!("Transformer ({data})"),
-        m => format!("{m} ({data})"),
     }
 }
 

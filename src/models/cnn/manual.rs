@@ -316,9 +316,10 @@ fn block_forward(
     }
 }
 
-/// One block's backward from the gradient of its (pooled) output `dp`:
-/// its parameters' gradients into `g`, and, when asked, its input's
-/// gradient into `dx`.
+/// One block's backward from the gradient of its pooled output `dp` (for
+/// a block without a pool, the caller puts its output's gradient in
+/// `a.dr` and `dp` is not read): its parameters' gradients into `g`, and,
+/// when asked, its input's gradient into `dx`.
 fn block_backward(
     a: &mut BlockActs,
     dp: &[f32],
@@ -348,9 +349,8 @@ fn block_backward(
                 }
                 k::max_pool_2x2_bwd(dp, win, pix, dr)
             });
-    } else {
-        a.dr.copy_from_slice(dp);
     }
+    // (Without a pool, `dr` is `dp` itself: the caller swapped it in.)
     // BatchNorm + ReLU: per-image partial sums, added in image order.
     let cols = k::BnColumns {
         mean: &a.mean,
@@ -560,6 +560,11 @@ pub(super) fn loss_and_grads(
         let (before, rest) = blocks.split_at_mut(i);
         let a = &mut rest[0];
         let gb = &mut g.blocks[i];
+        if !a.pool {
+            // The output's gradient is the ReLU output's: the buffers
+            // trade places (same size) instead of a copy.
+            std::mem::swap(&mut a.dr, &mut dp);
+        }
         match before.last_mut() {
             Some(prev) => {
                 // The previous block's pooled output is no longer needed:
