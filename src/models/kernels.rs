@@ -13,6 +13,7 @@
 //! reassociation, and are deterministic).
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// Defines `pub fn $name` that runs its body compiled for AVX-512 when the
 /// CPU has it, else for AVX2+FMA when it has them, and plainly otherwise.
@@ -338,6 +339,11 @@ pub struct View {
     pub cs: usize,
 }
 
+// SAFETY: a `View` only describes memory; it is read in `unsafe` calls
+// whose callers vouch for it (see [`matmul`]).
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
 impl View {
     /// A row-major matrix starting at `data[0]`, with row stride `rs`;
     /// `.t()` gives its transpose.
@@ -379,12 +385,128 @@ pub fn parallelism() -> Parallelism {
 /// `dst[m, n] (+)= a[m, k] · b[k, n]`, with `dst` row-major at row stride
 /// `dst_rs`; adds to `dst` when `accumulate`.
 ///
+/// With `par` over several threads, a large product is cut into as many
+/// blocks of rows (or of columns, whichever side is longer) as threads, each
+/// computed by one thread on its own (see [`split`]): `gemm`'s own threading
+/// meets its threads once per 512-long slice of `k` and packs the left
+/// operand on the calling thread alone, so a weight gradient (`k` = the
+/// batch's rows) did not get faster on two threads. Every element is the
+/// same sum in the same order either way, so the bits do not depend on the
+/// threads (tested in `split_products_keep_the_bits`).
+///
 /// # Safety
 /// `dst` must be valid for writes, and `a` and `b` for reads, at every
 /// element the shapes and strides address, and `dst` must not overlap them
 /// or be written by anyone else meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: View,
+    b: View,
+    par: Parallelism,
+) {
+    let threads = match par {
+        Parallelism::None => 1,
+        Parallelism::Rayon(0) => rayon::current_num_threads(),
+        Parallelism::Rayon(t) => t,
+    };
+    let Some(cut) = split(m, n, k, threads) else {
+        // SAFETY: forwarded from the caller.
+        return unsafe { gemm_once(m, n, k, dst, dst_rs, accumulate, a, b, par) };
+    };
+    let len = if cut.rows { m } else { n };
+    let dst = SendPtr(dst);
+    (0..len.div_ceil(cut.block)).into_par_iter().for_each(|i| {
+        let dst = &dst;
+        let start = i * cut.block;
+        let size = cut.block.min(len - start);
+        // SAFETY: each block writes its own rows (columns) of `dst`; the
+        // caller vouches for the rest.
+        unsafe {
+            if cut.rows {
+                gemm_once(
+                    size,
+                    n,
+                    k,
+                    dst.0.add(start * dst_rs),
+                    dst_rs,
+                    accumulate,
+                    a.sub(start, 0),
+                    b,
+                    Parallelism::None,
+                )
+            } else {
+                gemm_once(
+                    m,
+                    size,
+                    k,
+                    dst.0.add(start),
+                    dst_rs,
+                    accumulate,
+                    a,
+                    b.sub(0, start),
+                    Parallelism::None,
+                )
+            }
+        }
+    });
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: the blocks of [`matmul`] write disjoint parts of the destination.
+unsafe impl Sync for SendPtr {}
+
+/// How [`matmul`] cuts a product across threads: rows or columns, in blocks
+/// of `block`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Cut {
+    pub rows: bool,
+    pub block: usize,
+}
+
+/// Below this many multiply-adds a product runs on one thread (gemm's own
+/// threshold is 48 x 48 x 256 for each 512-long slice of `k`).
+const SPLIT_WORK: usize = 48 * 48 * 256;
+
+/// The cut [`matmul`] makes for `threads`, or `None` for one `gemm` call.
+///
+/// It keeps every element's sum as one call would make it: gemm sums `k` in
+/// slices (of 512 when both sides of the product are at most 64, else of
+/// `k / ceil(k / 512)`: `gemm_common::gemm::gemm_basic_generic`), and each
+/// slice in order, whatever the rows and columns around it. So a cut must
+/// not make a block "small" (both sides at most 64) out of a product that
+/// was not, and no block may be a single row or column (gemm's matrix-vector
+/// path sums in another order).
+pub(crate) fn split(m: usize, n: usize, k: usize, threads: usize) -> Option<Cut> {
+    if threads < 2 || m.saturating_mul(n).saturating_mul(k) < SPLIT_WORK {
+        return None;
+    }
+    let rows = m >= n;
+    let (len, other) = if rows { (m, n) } else { (n, m) };
+    // Blocks of whole 16-float vectors.
+    let block = len.div_ceil(threads).next_multiple_of(16);
+    if block >= len {
+        return None;
+    }
+    let last = len - (len.div_ceil(block) - 1) * block;
+    let small = |side: usize| side <= 64 && other <= 64;
+    if last < 2 || (k > 512 && !small(len) && small(last)) {
+        return None;
+    }
+    Some(Cut { rows, block })
+}
+
+/// One `gemm` call for [`matmul`].
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_once(
     m: usize,
     n: usize,
     k: usize,
@@ -620,6 +742,111 @@ mod tests {
         for (i, ((y, d), w)) in u.iter().zip(&du).zip(&want).enumerate() {
             assert_eq!((y.to_bits(), d.to_bits()), *w, "element {i}");
         }
+    }
+
+    /// A product cut across threads gives the bits of one single-threaded
+    /// `gemm` call, and of `gemm`'s own threading, on random operands: the
+    /// shapes of the CNN's and the Transformer's products (weight gradients
+    /// with `k` over 512 among them, where `gemm` slices `k` differently for
+    /// small products), plain and transposed operands, with and without
+    /// accumulation, on 2 and 3 threads.
+    #[test]
+    fn split_products_keep_the_bits() {
+        let mut rng = crate::rng::Rng::new(11);
+        // (m, n, k): CNN conv and weight-gradient shapes, the Transformer's
+        // linear layers, and shapes at the edges of `split`'s rules.
+        let shapes = [
+            (64, 289, 3000),
+            (32, 10, 6000),
+            (3000, 64, 289),
+            (384, 128, 1024),
+            (1024, 384, 128),
+            (128, 3136, 64),
+            (64, 128, 3136),
+            (100, 40, 2000),
+            (70, 64, 1100),
+            (130, 2, 700),
+            (2, 130, 700),
+        ];
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            let a: Vec<f32> = (0..m * k).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal() as f32).collect();
+            let init: Vec<f32> = (0..m * n).map(|_| rng.normal() as f32).collect();
+            // a as [m, k] row-major or as the transpose of [k, m]; b likewise.
+            let trans = i % 2 == 1;
+            let av = if trans {
+                View::rows(&a, m).t()
+            } else {
+                View::rows(&a, k)
+            };
+            let bv = if trans {
+                View::rows(&b, k).t()
+            } else {
+                View::rows(&b, n)
+            };
+            let accumulate = i % 3 == 0;
+            let run = |par: Parallelism, ours: bool| {
+                let mut d = init.clone();
+                // SAFETY: `d` is m x n, `a` and `b` hold m x k and k x n.
+                unsafe {
+                    if ours {
+                        matmul(m, n, k, d.as_mut_ptr(), n, accumulate, av, bv, par)
+                    } else {
+                        gemm_once(m, n, k, d.as_mut_ptr(), n, accumulate, av, bv, par)
+                    }
+                }
+                d.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let one = run(Parallelism::None, true);
+            let same = |x: &[u32], what: &str| {
+                let at = x.iter().zip(&one).position(|(a, b)| a != b);
+                assert!(at.is_none(), "{m}x{n}x{k} {what}: element {at:?} differs");
+            };
+            same(&run(Parallelism::None, false), "one gemm call");
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let (cut, theirs) = pool.install(|| {
+                    (
+                        run(Parallelism::Rayon(threads), true),
+                        run(Parallelism::Rayon(threads), false),
+                    )
+                });
+                same(&cut, &format!("cut on {threads} threads"));
+                same(&theirs, &format!("gemm's threads, {threads}"));
+            }
+        }
+    }
+
+    /// The cuts `matmul` makes: big products in one block per thread, none
+    /// for one thread or a small product, and none that would turn a block
+    /// into a "small" product (both sides at most 64) when `k` is over 512.
+    #[test]
+    fn split_cuts_only_where_the_sums_stay() {
+        assert_eq!(
+            split(64, 289, 12544, 2),
+            Some(Cut {
+                rows: false,
+                block: 160
+            })
+        );
+        assert_eq!(
+            split(4096, 384, 128, 2),
+            Some(Cut {
+                rows: true,
+                block: 2048
+            })
+        );
+        assert_eq!(split(4096, 384, 128, 1), None);
+        assert_eq!(split(16, 16, 16, 2), None);
+        // 100 rows in blocks of 64 and 36: 36 x 40 would be small.
+        assert_eq!(split(100, 40, 2000, 2), None);
+        // The same with k at most 512 is cut (one slice of k either way).
+        assert!(split(100, 40, 512, 2).is_some());
+        // Small products stay small when cut.
+        assert!(split(64, 64, 4096, 2).is_some());
     }
 
     #[test]
