@@ -457,6 +457,107 @@ pub unsafe fn matmul(
     });
 }
 
+/// `dst[m, n] = a[m, k] · b[k, n]` for the attention's small products
+/// (32 x 32 x 128 and the like), where `gemm`'s set-up per call (dispatch,
+/// packing, buffers) cost more than the sums: `b`'s rows must be contiguous
+/// (`b.cs == 1`); `dst` row-major at row stride `dst_rs`.
+///
+/// Each element is summed as `gemm`'s microkernels sum it when `k` fits one
+/// of its slices (at most 512): from +0.0, one fused multiply-add per term,
+/// in increasing `k`. So the bits are [`matmul`]'s (tested on random
+/// operands); without AVX-512 it is [`matmul`].
+///
+/// # Safety
+/// As [`matmul`].
+pub unsafe fn small_matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: View,
+    b: View,
+) {
+    assert!(
+        k <= 512 && b.cs == 1,
+        "small_matmul: k = {k} (at most 512), b.cs = {}",
+        b.cs
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the rest is the caller's.
+        return unsafe { small_matmul_avx512(m, n, k, dst, dst_rs, a, b) };
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { matmul(m, n, k, dst, dst_rs, false, a, b, Parallelism::None) }
+}
+
+/// [`small_matmul`] with AVX-512: tiles of 8 rows x 32 columns (16
+/// accumulators), the edges one element at a time (the same sums).
+///
+/// # Safety
+/// As [`small_matmul`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn small_matmul_avx512(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: View,
+    b: View,
+) {
+    use std::arch::x86_64::*;
+    const R: usize = 8;
+    const W: usize = 16;
+    // SAFETY (whole body): every address is an element of the operands'
+    // shapes, which the caller vouches for.
+    unsafe {
+        let at = |i: usize, p: usize| *a.ptr.add(i * a.rs + p * a.cs);
+        let one = |i: usize, j: usize| {
+            let mut acc = 0f32;
+            for p in 0..k {
+                acc = at(i, p).mul_add(*b.ptr.add(p * b.rs + j), acc);
+            }
+            *dst.add(i * dst_rs + j) = acc;
+        };
+        let mut i = 0;
+        while i + R <= m {
+            let mut j = 0;
+            while j + 2 * W <= n {
+                let mut acc = [[_mm512_setzero_ps(); 2]; R];
+                for p in 0..k {
+                    let row = b.ptr.add(p * b.rs + j);
+                    let (b0, b1) = (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(W)));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let av = _mm512_set1_ps(at(i + r, p));
+                        acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    let out = dst.add((i + r) * dst_rs + j);
+                    _mm512_storeu_ps(out, acc[0]);
+                    _mm512_storeu_ps(out.add(W), acc[1]);
+                }
+                j += 2 * W;
+            }
+            for r in i..i + R {
+                for q in j..n {
+                    one(r, q);
+                }
+            }
+            i += R;
+        }
+        for r in i..m {
+            for q in 0..n {
+                one(r, q);
+            }
+        }
+    }
+}
+
 struct SendPtr(*mut f32);
 // SAFETY: the blocks of [`matmul`] write disjoint parts of the destination.
 unsafe impl Sync for SendPtr {}
@@ -816,6 +917,64 @@ mod tests {
                 });
                 same(&cut, &format!("cut on {threads} threads"));
                 same(&theirs, &format!("gemm's threads, {threads}"));
+            }
+        }
+    }
+
+    /// `small_matmul` gives `matmul`'s bits on random operands: the
+    /// attention's shapes and strides, and edges (rows not a multiple of 8,
+    /// columns not a multiple of 32, k = 0, 1 and 512).
+    #[test]
+    fn small_matmul_gives_the_bits_of_gemm() {
+        let mut rng = crate::rng::Rng::new(12);
+        let shapes = [
+            (32, 32, 32),
+            (32, 128, 32),
+            (32, 32, 128),
+            (32, 32, 96),
+            (7, 45, 33),
+            (11, 31, 512),
+            (5, 64, 1),
+            (9, 70, 0),
+            (64, 96, 17),
+        ];
+        for (m, n, k) in shapes {
+            // a as the transpose of a wider buffer (strided both ways), b
+            // and dst with rows wider than n.
+            let a: Vec<f32> = (0..k.max(1) * (m + 3))
+                .map(|_| rng.normal() as f32)
+                .collect();
+            let av = View::rows(&a, m + 3).t();
+            let bs = n + 5;
+            let b: Vec<f32> = (0..k.max(1) * bs).map(|_| rng.normal() as f32).collect();
+            let cs = n + 2;
+            let mut ours = vec![f32::NAN; m * cs];
+            let mut want = ours.clone();
+            // SAFETY: the extents are those of the buffers above.
+            unsafe {
+                small_matmul(m, n, k, ours.as_mut_ptr(), cs, av, View::rows(&b, bs));
+                let none = Parallelism::None;
+                matmul(
+                    m,
+                    n,
+                    k,
+                    want.as_mut_ptr(),
+                    cs,
+                    false,
+                    av,
+                    View::rows(&b, bs),
+                    none,
+                )
+            }
+            for i in 0..m {
+                for j in 0..n {
+                    let (x, y) = (ours[i * cs + j], want[i * cs + j]);
+                    assert_eq!(
+                        x.to_bits(),
+                        y.to_bits(),
+                        "{m}x{n}x{k} at ({i}, {j}): {x} vs {y}"
+                    );
+                }
             }
         }
     }

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use super::params::Affine;
-use crate::models::kernels::{self as k, View, matmul};
+use crate::models::kernels::{self as k, View};
 use crate::models::linear as dense;
 
 /// Rows per parallel task in the row-wise passes; fixed, so partial sums
@@ -223,6 +223,22 @@ pub(super) fn layer_norm_bwd(
 /// start) of each sum, so the bits are those of the full products.
 const CAUSAL_BLOCK: usize = 32;
 
+/// The `[rows, cols]` matrix `v` transposed into `out` (`[cols, rows]`),
+/// and a view of it.
+///
+/// # Safety
+/// `v` must be readable at every element of its `rows` x `cols`.
+unsafe fn transposed(v: View, rows: usize, cols: usize, out: &mut Vec<f32>) -> View {
+    out.resize(rows * cols, 0.0);
+    for (c, dst) in out.chunks_exact_mut(rows).enumerate() {
+        for (j, o) in dst.iter_mut().enumerate() {
+            // SAFETY: j < rows and c < cols; the caller vouches for `v`.
+            *o = unsafe { *v.ptr.add(j * v.rs + c * v.cs) };
+        }
+    }
+    View::rows(out, rows)
+}
+
 /// The blocks of rows `(r0, r1)` of a `t`-row causal attention.
 fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t)
@@ -231,35 +247,41 @@ fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Causal self-attention: `att` gets the probabilities, `y` the heads'
-/// outputs side by side.
+/// outputs side by side. Its products (32 x 128 x 32 and the like, one
+/// sequence's head per task) are [`k::small_matmul`]'s, with `gemm`'s bits
+/// and without its set-up per call.
 pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     s.check(qkv.len(), att.len(), y.len());
     let (t, hd) = (s.t, s.hd);
     let scale = 1.0 / (hd as f32).sqrt();
     let y_ptr = SharedMut(y.as_mut_ptr());
     let src = Shared(View::rows(qkv, 3 * s.d));
-    let none = gemm::Parallelism::None;
-    att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
-        let (bi, hi) = (i / s.h, i % s.h);
-        let (q, kk, v) = s.heads_of(src, bi, hi);
-        // SAFETY: `p` is this task's own block; the y block (rows of
-        // sequence bi, columns of head hi) is written by this task only.
-        // Every product stays inside the [t, t] block and the head's rows.
-        unsafe {
-            // Scores of rows r0..r1 against keys 0..r1; the softmax reads
-            // no further and zeroes the rest of each row.
-            for (r0, r1) in causal_blocks(t) {
-                let dst = p.as_mut_ptr().add(r0 * t);
-                matmul(r1 - r0, r1, hd, dst, t, false, q.sub(r0, 0), kk.t(), none);
+    att.par_chunks_mut(t * t)
+        .enumerate()
+        .for_each_init(Vec::new, |kt, (i, p)| {
+            let (bi, hi) = (i / s.h, i % s.h);
+            let (q, kk, v) = s.heads_of(src, bi, hi);
+            // SAFETY: `p` is this task's own block; the y block (rows of
+            // sequence bi, columns of head hi) is written by this task only.
+            // Every product stays inside the [t, t] block and the head's rows.
+            unsafe {
+                // The keys as columns (`[hd, t]`), so that each row of
+                // scores is made of whole vectors.
+                let kt = transposed(kk, t, hd, kt);
+                // Scores of rows r0..r1 against keys 0..r1; the softmax reads
+                // no further and zeroes the rest of each row.
+                for (r0, r1) in causal_blocks(t) {
+                    let dst = p.as_mut_ptr().add(r0 * t);
+                    k::small_matmul(r1 - r0, r1, hd, dst, t, q.sub(r0, 0), kt);
+                }
+                k::causal_softmax_block(p, t, scale);
+                let pv = View::rows(p, t);
+                for (r0, r1) in causal_blocks(t) {
+                    let dst = y_ptr.get().add(s.out(bi, hi) + r0 * s.d);
+                    k::small_matmul(r1 - r0, hd, r1, dst, s.d, pv.sub(r0, 0), v);
+                }
             }
-            k::causal_softmax_block(p, t, scale);
-            let pv = View::rows(p, t);
-            for (r0, r1) in causal_blocks(t) {
-                let dst = y_ptr.get().add(s.out(bi, hi) + r0 * s.d);
-                matmul(r1 - r0, hd, r1, dst, s.d, false, pv.sub(r0, 0), v, none);
-            }
-        }
-    });
+        });
 }
 
 /// The backward of [`attention`]: from `dy` (`[N, D]`) to `dqkv`.
@@ -282,12 +304,11 @@ pub(super) fn attention_bwd(
     att.par_chunks(t * t)
         .zip(datt.par_chunks_mut(t * t))
         .enumerate()
-        .for_each(|(i, (p, dp))| {
+        .for_each_init(Vec::new, |vt, (i, (p, dp))| {
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
             let dyv = dsrc.at(s.out(bi, hi));
             let pv = View::rows(p, t);
-            let none = gemm::Parallelism::None;
             let row = 3 * s.d;
             // SAFETY: this task alone writes head hi's columns of
             // sequence bi's rows in dqkv, and its own block `dp` of datt.
@@ -300,21 +321,23 @@ pub(super) fn attention_bwd(
                 let by_keys = |part: usize, (r0, r1): (usize, usize), a: View, b: View| {
                     let (m, kq) = (r1 - r0, t - r0);
                     let (a, b) = (a.t().sub(r0, r0), b.sub(r0, 0));
-                    matmul(m, hd, kq, out(part, r0), row, false, a, b, none);
+                    k::small_matmul(m, hd, kq, out(part, r0), row, a, b);
                 };
+                // The values as columns, for dP.
+                let vt = transposed(v, t, hd, vt);
                 for (r0, r1) in causal_blocks(t) {
                     // dV = P^T dY.
                     by_keys(2, (r0, r1), pv, dyv);
                     // dP = dY V^T, rows r0..r1 against keys 0..r1.
                     let dpp = dp.as_mut_ptr().add(r0 * t);
-                    matmul(r1 - r0, r1, hd, dpp, t, false, dyv.sub(r0, 0), v.t(), none);
+                    k::small_matmul(r1 - r0, r1, hd, dpp, t, dyv.sub(r0, 0), vt);
                 }
                 k::causal_softmax_bwd_block(p, dp, t, scale);
                 let ds = View::rows(dp, t);
                 for (r0, r1) in causal_blocks(t) {
                     // dQ = dS K, rows r0..r1 over keys 0..r1.
                     let dst = out(0, r0);
-                    matmul(r1 - r0, hd, r1, dst, row, false, ds.sub(r0, 0), kk, none);
+                    k::small_matmul(r1 - r0, hd, r1, dst, row, ds.sub(r0, 0), kk);
                     // dK = dS^T Q.
                     by_keys(1, (r0, r1), ds, q);
                 }
