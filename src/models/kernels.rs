@@ -587,19 +587,22 @@ pub(crate) fn split(m: usize, n: usize, k: usize, threads: usize) -> Option<Cut>
     if threads < 2 || m.saturating_mul(n).saturating_mul(k) < SPLIT_WORK {
         return None;
     }
-    let rows = m >= n;
-    let (len, other) = if rows { (m, n) } else { (n, m) };
-    // Blocks of whole 16-float vectors.
-    let block = len.div_ceil(threads).next_multiple_of(16);
-    if block >= len {
-        return None;
-    }
-    let last = len - (len.div_ceil(block) - 1) * block;
-    let small = |side: usize| side <= 64 && other <= 64;
-    if last < 2 || (k > 512 && !small(len) && small(last)) {
-        return None;
-    }
-    Some(Cut { rows, block })
+    // The longer side first; the other where that one cannot be cut.
+    let cut = |rows: bool| {
+        let (len, other) = if rows { (m, n) } else { (n, m) };
+        // Blocks of whole 16-float vectors.
+        let block = len.div_ceil(threads).next_multiple_of(16);
+        if block >= len {
+            return None;
+        }
+        let last = len - (len.div_ceil(block) - 1) * block;
+        let small = |side: usize| side <= 64 && other <= 64;
+        if last < 2 || (k > 512 && !small(len) && small(last)) {
+            return None;
+        }
+        Some(Cut { rows, block })
+    };
+    cut(m >= n).or_else(|| cut(m < n))
 }
 
 /// One `gemm` call for [`matmul`].
@@ -865,6 +868,7 @@ mod tests {
             (128, 3136, 64),
             (64, 128, 3136),
             (100, 40, 2000),
+            (80, 40, 2000),
             (70, 64, 1100),
             (130, 2, 700),
             (2, 130, 700),
@@ -1000,8 +1004,32 @@ mod tests {
         );
         assert_eq!(split(4096, 384, 128, 1), None);
         assert_eq!(split(16, 16, 16, 2), None);
-        // 100 rows in blocks of 64 and 36: 36 x 40 would be small.
-        assert_eq!(split(100, 40, 2000, 2), None);
+        // 100 rows in blocks of 64 and 36: 36 x 40 would be small; the
+        // 40 columns are cut instead (100 x 32 and 100 x 8 are not small).
+        assert_eq!(
+            split(100, 40, 2000, 2),
+            Some(Cut {
+                rows: false,
+                block: 32
+            })
+        );
+        // 80 rows would give 48 + 32 (32 x 40 is small): the columns.
+        assert_eq!(
+            split(80, 40, 2000, 2),
+            Some(Cut {
+                rows: false,
+                block: 32
+            })
+        );
+        // The CNN's hidden layer (64 x 128 x 3136): 128 columns would give
+        // two small blocks, so the rows are cut.
+        assert_eq!(
+            split(64, 128, 3136, 2),
+            Some(Cut {
+                rows: true,
+                block: 32
+            })
+        );
         // The same with k at most 512 is cut (one slice of k either way).
         assert!(split(100, 40, 512, 2).is_some());
         // Small products stay small when cut.
