@@ -85,16 +85,28 @@ pub(super) fn im2col_image(x: &[f32], side: usize, c: usize, out: &mut [f32]) {
     let kk = 9 * c + 1;
     for (row, o) in out.chunks_exact_mut(kk).enumerate() {
         let (y, x0) = (row / side, row % side);
+        // The taps kx = lo..hi of a row of the kernel fall inside the image
+        // (source pixels x0 - 1 + kx), and are contiguous in both the
+        // source row and the patch: one copy per kernel row.
+        let lo = usize::from(x0 == 0);
+        let hi = if x0 + 1 < side { 3 } else { 2 };
         for ky in 0..3 {
-            for kx in 0..3 {
-                let dst = &mut o[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
-                let (sy, sx) = (y + ky, x0 + kx);
-                if sy == 0 || sy > side || sx == 0 || sx > side {
-                    dst.fill(0.0);
-                } else {
-                    let src = (sy - 1) * side + sx - 1;
-                    dst.copy_from_slice(&x[src * c..(src + 1) * c]);
+            let dst = &mut o[ky * 3 * c..(ky + 1) * 3 * c];
+            let sy = y + ky;
+            if sy == 0 || sy > side {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &x[((sy - 1) * side + x0 + lo - 1) * c..][..(hi - lo) * c];
+            dst[..lo * c].fill(0.0);
+            dst[hi * c..].fill(0.0);
+            if c == 1 {
+                // A few floats: element by element (a copy call costs more).
+                for (d, s) in dst[lo..hi].iter_mut().zip(src) {
+                    *d = *s;
                 }
+            } else {
+                dst[lo * c..hi * c].copy_from_slice(src);
             }
         }
         o[kk - 1] = 1.0;
@@ -283,5 +295,53 @@ mod tests {
         let mut got = vec![1f32; side * side * c];
         col2im_image(&dcols, side, c, &mut got);
         assert!(got.iter().all(|v| v.to_bits() == (-0.0f32).to_bits()));
+    }
+
+    /// The patches copied one tap at a time, each tap's source pixel
+    /// checked on its own (the form `im2col_image` had).
+    fn im2col_per_tap(x: &[f32], side: usize, c: usize, out: &mut [f32]) {
+        let kk = 9 * c + 1;
+        for (row, o) in out.chunks_exact_mut(kk).enumerate() {
+            let (y, x0) = (row / side, row % side);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let dst = &mut o[(ky * 3 + kx) * c..(ky * 3 + kx + 1) * c];
+                    let (sy, sx) = (y + ky, x0 + kx);
+                    if sy == 0 || sy > side || sx == 0 || sx > side {
+                        dst.fill(0.0);
+                    } else {
+                        let src = (sy - 1) * side + sx - 1;
+                        dst.copy_from_slice(&x[src * c..(src + 1) * c]);
+                    }
+                }
+            }
+            o[kk - 1] = 1.0;
+        }
+    }
+
+    /// `im2col_image` writes every entry as the tap-by-tap form, on fresh
+    /// random images (sides 1 and 2, odd and even, one and many channels),
+    /// over a buffer full of NaN.
+    #[test]
+    fn im2col_equals_the_tap_by_tap_form() {
+        let mut rng = Rng::new(13);
+        for (side, c) in [
+            (1, 1),
+            (1, 4),
+            (2, 1),
+            (2, 3),
+            (5, 1),
+            (7, 16),
+            (14, 5),
+            (28, 1),
+        ] {
+            let x: Vec<f32> = (0..side * side * c).map(|_| rng.normal() as f32).collect();
+            let n = side * side * (9 * c + 1);
+            let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            im2col_per_tap(&x, side, c, &mut want);
+            im2col_image(&x, side, c, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "side {side}, c {c}");
+        }
     }
 }
