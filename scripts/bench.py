@@ -5,6 +5,7 @@ the same run, same shapes, dtypes, threads and kinds of inputs.
     python3 scripts/bench.py                   # all cases, recorded in BENCHMARKS.md
     python3 scripts/bench.py mlp-64            # some cases, printed only
     python3 scripts/bench.py cnn cnn-2t --record   # some cases, recorded
+    python3 scripts/bench.py transformer --rounds 3   # ours and PyTorch alternated 3 times
 
 A recorded sitting goes into BENCHMARKS.md under this machine's section
 (`## <CPU model> with AVX-512|AVX2, <n> cores`, created before `## Notes`
@@ -16,7 +17,14 @@ Installs torch with pip when it is missing. Our side is
 `cargo bench --bench speed` (benches/speed.rs); the peer is below. Each case
 reports the median of many timed repetitions after warm-up. The ratio is
 PyTorch's time over ours: above 1 means sparsity-lab is faster.
+
+With `--rounds N`, each case runs ours, then PyTorch, N times in turn: the
+times reported are each side's median over the rounds, the ratio is the
+median of the rounds' ratios, and its range is printed and recorded. On a
+shared host whose speed drifts within minutes, a ratio from alternated
+rounds is steadier than one from a single pair of runs.
 """
+import statistics
 import json
 import os
 import platform
@@ -264,18 +272,48 @@ def load():
         return "load unknown"
 
 
+def rounds_arg():
+    args = sys.argv[1:]
+    if "--rounds" not in args:
+        return 1
+    at = args.index("--rounds")
+    try:
+        n = int(args[at + 1])
+    except (IndexError, ValueError):
+        sys.exit("bench.py: --rounds needs a whole number of rounds, e.g. --rounds 3")
+    if n < 1:
+        sys.exit(f"bench.py: --rounds {n}: give at least 1")
+    return n
+
+
 def main():
-    cases = [a for a in sys.argv[1:] if not a.startswith("-")] or CASES
+    args = sys.argv[1:]
+    n_rounds = rounds_arg()
+    skip = {args.index("--rounds") + 1} if "--rounds" in args else set()
+    cases = [a for i, a in enumerate(args) if not a.startswith("-") and i not in skip] or CASES
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        sys.exit(f"bench.py: unknown case {unknown[0]!r}; the cases are: {' '.join(CASES)}")
     subprocess.run(["cargo", "bench", "--no-run", "--quiet", "--bench", "speed"], cwd=ROOT, check=True)
     print(f"machine: {machine()}", flush=True)
     rows = []
     for case in cases:
-        t_ours = ours(case)
-        t_torch, impl, all_t = peer(case)
-        ratio = t_torch / t_ours
-        rows.append((case, threads_of(case), t_ours, t_torch, impl, ratio, all_t))
+        runs = []
+        for _ in range(n_rounds):
+            t_ours = ours(case)
+            t_torch, impl, all_t = peer(case)
+            runs.append((t_ours, t_torch, impl, all_t))
+        ratios = [b / a for a, b, _, _ in runs]
+        t_ours = statistics.median(a for a, _, _, _ in runs)
+        t_torch = statistics.median(b for _, b, _, _ in runs)
+        ratio = statistics.median(ratios)
+        impl = max(set(r[2] for r in runs), key=[r[2] for r in runs].count)
+        all_t = {k: statistics.median(r[3][k] for r in runs if k in r[3]) for k in runs[0][3]}
+        spread = (min(ratios), max(ratios), n_rounds) if n_rounds > 1 else None
+        rows.append((case, threads_of(case), t_ours, t_torch, impl, ratio, all_t, spread))
+        extra = f" (rounds {min(ratios):.2f}-{max(ratios):.2f})" if spread else ""
         print(f"{case:18} threads {threads_of(case)}  ours {t_ours:9.3f} ms  torch {t_torch:9.3f} ms ({impl})  "
-              f"ratio {ratio:5.2f}x  ({load()})", flush=True)
+              f"ratio {ratio:5.2f}x{extra}  ({load()})", flush=True)
     if len(cases) == len(CASES) or "--record" in sys.argv[1:]:
         record(cases, rows)
 
@@ -295,16 +333,18 @@ def record(cases, rows):
                             capture_output=True, text=True).stdout.strip() or "unknown commit"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"### {when}, at {commit}: `python3 scripts/bench.py {' '.join(cases)}`",
+        f"### {when}, at {commit}: `python3 scripts/bench.py {' '.join(cases)}"
+        + (f" --rounds {rows[0][7][2]}" if rows and rows[0][7] else "") + "`",
         "",
         f"Machine: {machine()}; {load()} at the end.",
         "",
         "| case | threads | sparsity-lab ms | PyTorch ms | PyTorch impl | ratio | all PyTorch impls (ms) |",
         "|---|---:|---:|---:|---|---:|---|",
     ]
-    for case, th, a, b, impl, r, all_t in rows:
+    for case, th, a, b, impl, r, all_t, spread in rows:
         others = ", ".join(f"{k} {v:.3f}" for k, v in all_t.items())
-        lines.append(f"| {case} | {th} | {a:.3f} | {b:.3f} | {impl} | {r:.2f}x | {others} |")
+        ratio = f"{r:.2f}x" + (f" ({spread[0]:.2f}-{spread[1]:.2f} in {spread[2]} rounds)" if spread else "")
+        lines.append(f"| {case} | {th} | {a:.3f} | {b:.3f} | {impl} | {ratio} | {others} |")
     sitting = "\n".join(lines) + "\n\n"
     path = os.path.join(ROOT, "BENCHMARKS.md")
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n## Notes\n"
