@@ -5,7 +5,7 @@
 //! gradient in its own order; these are only the gemm calls, so both models
 //! keep their bits.
 
-use super::kernels::{View, matmul, parallelism};
+use super::matmul::{View, matmul, parallelism};
 
 /// `out[rows, fout] += x[rows, fin] · wᵀ`.
 pub(crate) fn add_x_wt(out: &mut [f32], x: &[f32], w: &[f32], fout: usize) {

@@ -4,6 +4,7 @@
 pub mod cnn;
 pub mod kernels;
 pub(crate) mod linear;
+pub mod matmul;
 pub mod mlp;
 pub mod ops;
 pub mod params;

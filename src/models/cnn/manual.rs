@@ -23,7 +23,8 @@ use super::ops::BN_EPS;
 use super::rows::{
     self, col2im_image, column_stats, flatten, im2col_image, linear, linear_bwd, unflatten,
 };
-use crate::models::kernels::{self as k, View, matmul};
+use crate::models::kernels as k;
+use crate::models::matmul::{View, matmul, parallelism};
 
 /// The parameters of one conv block, or their gradients.
 pub(super) struct BlockTensors<T> {
@@ -280,7 +281,7 @@ fn block_forward(
             false,
             View::rows(&a.cols, kk),
             View::rows(&a.wb, kk).t(),
-            k::parallelism(),
+            parallelism(),
         )
     }
     let (mean, var) = column_stats(&a.z, c, hw, parts);
@@ -400,7 +401,7 @@ fn block_backward(
             false,
             View::rows(&a.dz, c).t(),
             View::rows(&a.cols, kk),
-            k::parallelism(),
+            parallelism(),
         )
     }
     for (o, row) in a.dwb.chunks_exact(kk).enumerate() {

@@ -5,8 +5,8 @@
 
 use candle_core::Tensor;
 
-use crate::models::kernels;
 use crate::models::ops::f32_slice;
+use crate::models::{kernels, matmul};
 
 /// Activations of the CPU path are "rows": `[N * H * W, C]`, one row per
 /// pixel (n, y, x), which is what a convolution as one matrix product
@@ -59,7 +59,7 @@ fn col2im(cols: &[f32], g: Grid, c: usize) -> Vec<f32> {
 
 /// `[m, k] x [k, n]` as Candle's CPU matmul does it for operands with
 /// these strides (`View`s), into a new row-major `[m, n]`.
-fn matmul(m: usize, n: usize, k: usize, a: kernels::View, b: kernels::View) -> Vec<f32> {
+fn matmul(m: usize, n: usize, k: usize, a: matmul::View, b: matmul::View) -> Vec<f32> {
     let mut dst = vec![0f32; m * n];
     let par = match candle_core::utils::get_num_threads() {
         0 | 1 => gemm::Parallelism::None,
@@ -67,7 +67,7 @@ fn matmul(m: usize, n: usize, k: usize, a: kernels::View, b: kernels::View) -> V
     };
     // SAFETY: `dst` holds m x n; the callers' views address k x (m or n)
     // elements of slices they hold, which do not overlap `dst`.
-    unsafe { kernels::matmul(m, n, k, dst.as_mut_ptr(), n, false, a, b, par) };
+    unsafe { matmul::matmul(m, n, k, dst.as_mut_ptr(), n, false, a, b, par) };
     dst
 }
 
@@ -124,8 +124,8 @@ impl candle_core::CustomOp2 for Conv3x3 {
             rows,
             c,
             k,
-            kernels::View::rows(&cols, k),
-            kernels::View::rows(wb, k).t(),
+            matmul::View::rows(&cols, k),
+            matmul::View::rows(wb, k).t(),
         );
         *self.cols.lock().expect("conv patches") = cols;
         Ok((
@@ -155,8 +155,8 @@ impl candle_core::CustomOp2 for Conv3x3 {
             k,
             c,
             rows,
-            kernels::View::rows(&cols, k).t(),
-            kernels::View::rows(&g, c),
+            matmul::View::rows(&cols, k).t(),
+            matmul::View::rows(&g, c),
         );
         let mut dw = vec![0f32; c * k];
         for (i, row) in dwt.chunks_exact(c).enumerate() {
@@ -173,8 +173,8 @@ impl candle_core::CustomOp2 for Conv3x3 {
             rows,
             k,
             c,
-            kernels::View::rows(&g, c),
-            kernels::View::rows(&w, k),
+            matmul::View::rows(&g, c),
+            matmul::View::rows(&w, k),
         );
         let dx = col2im(&dcols, self.grid, c_in);
         Ok((

@@ -5,8 +5,9 @@
 use rayon::prelude::*;
 
 use super::params::Affine;
-use crate::models::kernels::{self as k, View};
+use crate::models::kernels as k;
 use crate::models::linear as dense;
+use crate::models::matmul::{View, small_matmul, transposed};
 
 /// Rows per parallel task in the row-wise passes; fixed, so partial sums
 /// (weight gradients of LayerNorm, bias gradients) are added in the same
@@ -223,22 +224,6 @@ pub(super) fn layer_norm_bwd(
 /// start) of each sum, so the bits are those of the full products.
 const CAUSAL_BLOCK: usize = 32;
 
-/// The `[rows, cols]` matrix `v` transposed into `out` (`[cols, rows]`),
-/// and a view of it.
-///
-/// # Safety
-/// `v` must be readable at every element of its `rows` x `cols`.
-unsafe fn transposed(v: View, rows: usize, cols: usize, out: &mut Vec<f32>) -> View {
-    out.resize(rows * cols, 0.0);
-    for (c, dst) in out.chunks_exact_mut(rows).enumerate() {
-        for (j, o) in dst.iter_mut().enumerate() {
-            // SAFETY: j < rows and c < cols; the caller vouches for `v`.
-            *o = unsafe { *v.ptr.add(j * v.rs + c * v.cs) };
-        }
-    }
-    View::rows(out, rows)
-}
-
 /// The blocks of rows `(r0, r1)` of a `t`-row causal attention.
 fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..t)
@@ -248,7 +233,7 @@ fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Causal self-attention: `att` gets the probabilities, `y` the heads'
 /// outputs side by side. Its products (32 x 128 x 32 and the like, one
-/// sequence's head per task) are [`k::small_matmul`]'s, with `gemm`'s bits
+/// sequence's head per task) are [`small_matmul`]'s, with `gemm`'s bits
 /// and without its set-up per call.
 pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     s.check(qkv.len(), att.len(), y.len());
@@ -272,13 +257,13 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
                 // no further and zeroes the rest of each row.
                 for (r0, r1) in causal_blocks(t) {
                     let dst = p.as_mut_ptr().add(r0 * t);
-                    k::small_matmul(r1 - r0, r1, hd, dst, t, q.sub(r0, 0), kt);
+                    small_matmul(r1 - r0, r1, hd, dst, t, q.sub(r0, 0), kt);
                 }
                 k::causal_softmax_block(p, t, scale);
                 let pv = View::rows(p, t);
                 for (r0, r1) in causal_blocks(t) {
                     let dst = y_ptr.get().add(s.out(bi, hi) + r0 * s.d);
-                    k::small_matmul(r1 - r0, hd, r1, dst, s.d, pv.sub(r0, 0), v);
+                    small_matmul(r1 - r0, hd, r1, dst, s.d, pv.sub(r0, 0), v);
                 }
             }
         });
@@ -321,7 +306,7 @@ pub(super) fn attention_bwd(
                 let by_keys = |part: usize, (r0, r1): (usize, usize), a: View, b: View| {
                     let (m, kq) = (r1 - r0, t - r0);
                     let (a, b) = (a.t().sub(r0, r0), b.sub(r0, 0));
-                    k::small_matmul(m, hd, kq, out(part, r0), row, a, b);
+                    small_matmul(m, hd, kq, out(part, r0), row, a, b);
                 };
                 // The values as columns, for dP.
                 let vt = transposed(v, t, hd, vt);
@@ -330,14 +315,14 @@ pub(super) fn attention_bwd(
                     by_keys(2, (r0, r1), pv, dyv);
                     // dP = dY V^T, rows r0..r1 against keys 0..r1.
                     let dpp = dp.as_mut_ptr().add(r0 * t);
-                    k::small_matmul(r1 - r0, r1, hd, dpp, t, dyv.sub(r0, 0), vt);
+                    small_matmul(r1 - r0, r1, hd, dpp, t, dyv.sub(r0, 0), vt);
                 }
                 k::causal_softmax_bwd_block(p, dp, t, scale);
                 let ds = View::rows(dp, t);
                 for (r0, r1) in causal_blocks(t) {
                     // dQ = dS K, rows r0..r1 over keys 0..r1.
                     let dst = out(0, r0);
-                    k::small_matmul(r1 - r0, hd, r1, dst, row, ds.sub(r0, 0), kk);
+                    small_matmul(r1 - r0, hd, r1, dst, row, ds.sub(r0, 0), kk);
                     // dK = dS^T Q.
                     by_keys(1, (r0, r1), ds, q);
                 }
