@@ -245,7 +245,7 @@ fn each_best<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T>(
 pub(crate) fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>(
     p: &mut [T],
     g: &[T],
-    state: &mut [Vec<T>],
+    state: &mut [&mut [T]],
     f: F,
 ) -> Result<()> {
     let n = p.len();
@@ -270,7 +270,7 @@ pub(crate) fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>
     let mut jobs = vec![];
     let mut start = 0;
     // Split p and every state vector at the same offsets.
-    let mut rest_st: Vec<&mut [T]> = state.iter_mut().map(|v| v.as_mut_slice()).collect();
+    let mut rest_st: Vec<&mut [T]> = state.iter_mut().map(|v| &mut **v).collect();
     while start < n {
         let len = chunk.min(n - start);
         let (pc, pr) = rest_p.split_at_mut(len);
@@ -302,7 +302,7 @@ pub(crate) fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>
     Ok(())
 }
 
-fn views<T, const K: usize>(state: &mut [Vec<T>], a: usize, b: usize) -> [&mut [T]; K] {
+fn views<'a, T, const K: usize>(state: &'a mut [&mut [T]], a: usize, b: usize) -> [&'a mut [T]; K] {
     to_array(state.iter_mut().map(|v| &mut v[a..b]).collect())
 }
 
@@ -532,7 +532,7 @@ macro_rules! kernels {
             reg: &KernelReg,
             p_: &mut [T],
             g_: &[T],
-            state: &mut [Vec<T>],
+            state: &mut [&mut [T]],
         ) -> anyhow::Result<()> {
             let [reg_l1, reg_wd, reg_decay, reg_prox] = reg.values();
             let $l1: T = T::c(reg_l1);
