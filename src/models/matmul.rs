@@ -153,7 +153,8 @@ pub unsafe fn matmul(
 
 /// `dst[m, n] = a[m, k] · b[k, n]` for the attention's small products
 /// (32 x 32 x 128 and the like), where `gemm`'s set-up per call (dispatch,
-/// packing, buffers) cost more than the sums: `b`'s rows must be contiguous
+/// packing, buffers) cost more than the sums, and for the thin
+/// convolutions' (784 x 16 x 145), where gemm's tile is mostly empty: `b`'s rows must be contiguous
 /// (`b.cs == 1`); `dst` row-major at row stride `dst_rs`.
 ///
 /// Each element is summed as `gemm`'s microkernels sum it when `k` fits one
@@ -187,7 +188,8 @@ pub unsafe fn small_matmul(
 }
 
 /// [`small_matmul`] with AVX-512: tiles of 8 rows x 32 columns (16
-/// accumulators), the edges one element at a time (the same sums).
+/// accumulators), then at most one strip of 8 x 16, the edges one element
+/// at a time (the same sums).
 ///
 /// # Safety
 /// As [`small_matmul`], on a CPU with AVX-512F.
@@ -236,6 +238,21 @@ unsafe fn small_matmul_avx512(
                     _mm512_storeu_ps(out.add(W), acc[1]);
                 }
                 j += 2 * W;
+            }
+            // A 16-column strip (the thin convolutions' 16 channels):
+            // 8 accumulators, one vector of b per term.
+            if j + W <= n {
+                let mut acc = [_mm512_setzero_ps(); R];
+                for p in 0..k {
+                    let b0 = _mm512_loadu_ps(b.ptr.add(p * b.rs + j));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(at(i + r, p)), b0, *acc);
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(dst.add((i + r) * dst_rs + j), *acc);
+                }
+                j += W;
             }
             for r in i..i + R {
                 for q in j..n {
@@ -446,6 +463,9 @@ mod tests {
             (5, 64, 1),
             (9, 70, 0),
             (64, 96, 17),
+            (40, 16, 145),
+            (13, 48, 289),
+            (17, 50, 10),
         ];
         for (m, n, k) in shapes {
             // a as the transpose of a wider buffer (strided both ways), b
