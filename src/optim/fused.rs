@@ -29,8 +29,10 @@ pub(crate) enum HostState {
 const PLACE_FROM: usize = 1 << 20;
 
 /// How far apart, in bytes: state vector `slot` starts
-/// `(slot + 1) * PLACE_STEP` bytes past a page boundary. 64 KiB + 512 B
-/// changes the address bits from 9 up, in every slot.
+/// `(slot + 1) * PLACE_STEP` bytes past a page boundary. With 64 KiB + 512 B
+/// each of the first 7 slots differs from page-aligned buffers, and from
+/// the other slots, both in its L1 set (bits 6-11) and above the page
+/// offset (bits 16-18).
 const PLACE_STEP: usize = (64 << 10) + 512;
 
 /// One state vector, placed so that its addresses do not agree with the
@@ -44,9 +46,10 @@ const PLACE_STEP: usize = (64 << 10) + 512;
 /// 10M-parameter Adam step then took 14.8 ms; with the same buffers spaced
 /// irregularly (the arena off), 4.8 ms. Shifting the state vectors by a few
 /// hundred bytes only (different L1 sets) gave 6.4 ms; by `PLACE_STEP` per
-/// slot, 4.6 ms. So structures indexed by the higher address bits too (the
-/// L1 way predictor hashes bits 12-27 on AMD cores; the prefetchers' tables)
-/// took the streams for one another. The shift costs at most
+/// slot, 4.6 ms. So something indexed by the address bits above the page
+/// offset took the streams for one another: AMD's L1 way predictor is
+/// reported to hash bits 12-27 ("Take A Way", Lipp et al., 2020), and
+/// prefetchers keep tables by address; which one it is was not measured. The shift costs at most
 /// `(slot % 8 + 1) * PLACE_STEP` bytes and a page per vector (200 KiB for
 /// the third slot), and only vectors of `PLACE_FROM` bytes or more get it.
 pub(crate) struct Placed<T> {
