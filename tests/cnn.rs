@@ -469,6 +469,14 @@ fn manual_step_matches_autograd_on_one_and_two_threads() {
             4,
             5,
         ),
+        // 16 channels first (the pixels read directly, on AVX-512 CPUs),
+        // then 16 (small_matmul's 16-wide strip), on an odd side.
+        (
+            r#"{"name": "cnn", "channels": [16, 16, 32], "pool_every": 2, "hidden": 9}"#,
+            13,
+            3,
+            6,
+        ),
     ];
     for (cfg, side, n, seed) in cases {
         let mut per_threads = vec![];

@@ -19,6 +19,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Device, Storage, Tensor, Var};
 use rayon::prelude::*;
 
+use super::first;
 use super::ops::BN_EPS;
 use super::rows::{
     self, col2im_image, column_stats, flatten, im2col_image, linear, linear_bwd, unflatten,
@@ -144,6 +145,9 @@ struct BlockActs {
     c: usize,
     /// Ends with a 2 x 2 max-pool.
     pool: bool,
+    /// The network's first block on one-channel images, computed straight
+    /// from the pixels (`first.rs`): `cols` stays empty.
+    direct: bool,
     /// `[N * S * S, 9 * c_in + 1]`: the patches, `(ky, kx, c_in)`, and 1.
     cols: Vec<f32>,
     /// `[c, 9 * c_in + 1]`: the weights in the patches' order, and the bias.
@@ -201,8 +205,11 @@ impl Workspace {
         let n = d.n;
         let blocks = d
             .blocks()
-            .map(|(side, c_in, c, pool)| {
+            .enumerate()
+            .map(|(i, (side, c_in, c, pool))| {
                 let (rows, kk) = (n * side * side, 9 * c_in + 1);
+                // The first layer on grey images: no patch matrix.
+                let direct = i == 0 && first::applies(c_in, c);
                 let pooled = if pool {
                     n * (side / 2) * (side / 2) * c
                 } else {
@@ -213,7 +220,8 @@ impl Workspace {
                     c_in,
                     c,
                     pool,
-                    cols: vec![0.0; rows * kk],
+                    direct,
+                    cols: if direct { vec![] } else { vec![0.0; rows * kk] },
                     wb: vec![0.0; c * kk],
                     wt: vec![0.0; c * kk],
                     dwb: vec![0.0; c * kk],
@@ -273,7 +281,20 @@ fn block_forward(
         }
         row[kk - 1] = p.b[o];
     }
-    if kk <= 512 {
+    if a.direct {
+        // One input channel: straight from the pixels (`first.rs`).
+        for (o, row) in a.wb.chunks_exact(kk).enumerate() {
+            for (q, v) in row.iter().enumerate() {
+                a.wt[q * c + o] = *v;
+            }
+        }
+        let wt = &a.wt;
+        a.z.par_chunks_mut(hw * c)
+            .zip(x.par_chunks(hw))
+            .for_each_init(Vec::new, |pad, (z, img)| {
+                first::forward_image(img, side, wt, c, z, pad)
+            });
+    } else if kk <= 512 {
         // Each image's patches are multiplied as soon as they are made,
         // while they are in cache: over the whole batch the product read
         // them back from memory (the 16-channel layer at 28 x 28: 29 MB,
@@ -374,9 +395,11 @@ fn block_forward(
 /// One block's backward from the gradient of its pooled output `dp` (for
 /// a block without a pool, the caller puts its output's gradient in
 /// `a.dr` and `dp` is not read): its parameters' gradients into `g`, and,
-/// when asked, its input's gradient into `dx`.
+/// when asked, its input's gradient into `dx`. `pixels`: the images, for
+/// the first block (which keeps no patch matrix when `a.direct`).
 fn block_backward(
     a: &mut BlockActs,
+    pixels: Option<&[f32]>,
     dp: &[f32],
     g: &mut BlockTensors<Vec<f32>>,
     dx: Option<&mut [f32]>,
@@ -444,19 +467,24 @@ fn block_backward(
     g.gamma.copy_from_slice(&sdyx32);
     g.beta.copy_from_slice(&sdy32);
     // [weights | bias] gradient: dzᵀ · cols, [c, kk].
-    // SAFETY: `dwb` holds c x kk; `dz` rows x c, `cols` rows x kk.
-    unsafe {
-        matmul(
-            c,
-            kk,
-            rows,
-            a.dwb.as_mut_ptr(),
-            kk,
-            false,
-            View::rows(&a.dz, c).t(),
-            View::rows(&a.cols, kk),
-            parallelism(),
-        )
+    if a.direct {
+        let x = pixels.expect("the first block's backward gets the images");
+        first::weight_grad(x, side, &a.dz, c, &mut a.dwb);
+    } else {
+        // SAFETY: `dwb` holds c x kk; `dz` rows x c, `cols` rows x kk.
+        unsafe {
+            matmul(
+                c,
+                kk,
+                rows,
+                a.dwb.as_mut_ptr(),
+                kk,
+                false,
+                View::rows(&a.dz, c).t(),
+                View::rows(&a.cols, kk),
+                parallelism(),
+            )
+        }
     }
     for (o, row) in a.dwb.chunks_exact(kk).enumerate() {
         for ci in 0..c_in {
@@ -625,11 +653,11 @@ pub(super) fn loss_and_grads(
                 // The previous block's pooled output is no longer needed:
                 // it becomes this block's input gradient.
                 let mut dprev = std::mem::take(&mut prev.pooled);
-                block_backward(a, &dp, gb, Some(&mut dprev), parts, dcols);
+                block_backward(a, None, &dp, gb, Some(&mut dprev), parts, dcols);
                 a.pooled = std::mem::replace(&mut dp, dprev);
             }
             None => {
-                block_backward(a, &dp, gb, None, parts, dcols);
+                block_backward(a, Some(&xv), &dp, gb, None, parts, dcols);
                 a.pooled = std::mem::take(&mut dp);
             }
         }

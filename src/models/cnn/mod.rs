@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use super::params::{Init, Params};
 use crate::bail_usage;
 
+mod first;
 mod manual;
 mod ops;
 mod rows;
