@@ -89,6 +89,12 @@ impl Rng {
         r * theta.cos()
     }
 
+    /// `n` standard normal samples as f32, in draw order (random operands
+    /// and test data).
+    pub fn normals_f32(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal() as f32).collect()
+    }
+
     /// Uniform integer in [0, n), without modulo bias (Lemire's method).
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "below(0)");

@@ -273,8 +273,7 @@ fn time(mut f: impl FnMut() -> Result<()>, budget_s: f64) -> Result<(f64, usize)
 
 fn randn_f32(shape: &[usize], rng: &mut Rng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(rng.normals_f32(n), shape, &Device::Cpu)?)
 }
 
 /// One case of `benches/speed.rs`, on `device`: the model, its task, a batch

@@ -363,11 +363,6 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
-    /// `len` fresh standard normal values.
-    fn normals(rng: &mut Rng, len: usize) -> Vec<f32> {
-        (0..len).map(|_| rng.normal() as f32).collect()
-    }
-
     /// A product cut across threads gives the bits of one single-threaded
     /// `gemm` call, and of `gemm`'s own threading, on random operands: the
     /// shapes of the CNN's and the Transformer's products (weight gradients
@@ -395,9 +390,9 @@ mod tests {
         ];
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             let (a, b, init) = (
-                normals(&mut rng, m * k),
-                normals(&mut rng, k * n),
-                normals(&mut rng, m * n),
+                rng.normals_f32(m * k),
+                rng.normals_f32(k * n),
+                rng.normals_f32(m * n),
             );
             // a as [m, k] row-major or as the transpose of [k, m]; b likewise.
             let trans = i % 2 == 1;
@@ -470,10 +465,10 @@ mod tests {
         for (m, n, k) in shapes {
             // a as the transpose of a wider buffer (strided both ways), b
             // and dst with rows wider than n.
-            let a = normals(&mut rng, k.max(1) * (m + 3));
+            let a = rng.normals_f32(k.max(1) * (m + 3));
             let av = View::rows(&a, m + 3).t();
             let bs = n + 5;
-            let b = normals(&mut rng, k.max(1) * bs);
+            let b = rng.normals_f32(k.max(1) * bs);
             let cs = n + 2;
             let mut ours = vec![f32::NAN; m * cs];
             let mut want = ours.clone();

@@ -82,8 +82,11 @@ impl<T: Copy + Default> Placed<T> {
     pub fn as_slice(&self) -> &[T] {
         &self.buf[self.start..self.start + self.len]
     }
+}
 
-    pub fn as_mut_slice(&mut self) -> &mut [T] {
+impl<T> AsMut<[T]> for Placed<T> {
+    /// The vector's elements, for the step to update in place.
+    fn as_mut(&mut self) -> &mut [T] {
         &mut self.buf[self.start..self.start + self.len]
     }
 }
@@ -165,16 +168,10 @@ impl InplaceOp2 for StepOp<'_> {
         })?;
         let mut state = self.state.borrow_mut();
         let r = match (s1, s2, &mut **state) {
-            (CpuStorage::F32(p), CpuStorage::F32(g), HostState::F32(st)) => {
-                let mut st: Vec<&mut [f32]> = st.iter_mut().map(|s| s.as_mut_slice()).collect();
-                contiguous(g, l2)
-                    .and_then(|g| kernels::cpu(&self.sc, &self.reg, &mut p[a..b], g, &mut st))
-            }
-            (CpuStorage::F64(p), CpuStorage::F64(g), HostState::F64(st)) => {
-                let mut st: Vec<&mut [f64]> = st.iter_mut().map(|s| s.as_mut_slice()).collect();
-                contiguous(g, l2)
-                    .and_then(|g| kernels::cpu(&self.sc, &self.reg, &mut p[a..b], g, &mut st))
-            }
+            (CpuStorage::F32(p), CpuStorage::F32(g), HostState::F32(st)) => contiguous(g, l2)
+                .and_then(|g| kernels::cpu(&self.sc, &self.reg, &mut p[a..b], g, st)),
+            (CpuStorage::F64(p), CpuStorage::F64(g), HostState::F64(st)) => contiguous(g, l2)
+                .and_then(|g| kernels::cpu(&self.sc, &self.reg, &mut p[a..b], g, st)),
             _ => Err(anyhow::anyhow!(
                 "fused step: parameter, gradient and state dtypes differ"
             )),

@@ -242,10 +242,10 @@ fn each_best<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T>(
 
 /// Runs a generated kernel over the tensor, on several threads when it is
 /// large. `state` holds the rule's present state vectors, in table order.
-pub(crate) fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>(
+pub(crate) fn run<T: Real, S: AsMut<[T]>, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>(
     p: &mut [T],
     g: &[T],
-    state: &mut [&mut [T]],
+    state: &mut [S],
     f: F,
 ) -> Result<()> {
     let n = p.len();
@@ -270,7 +270,7 @@ pub(crate) fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>
     let mut jobs = vec![];
     let mut start = 0;
     // Split p and every state vector at the same offsets.
-    let mut rest_st: Vec<&mut [T]> = state.iter_mut().map(|v| &mut **v).collect();
+    let mut rest_st: Vec<&mut [T]> = state.iter_mut().map(|v| v.as_mut()).collect();
     while start < n {
         let len = chunk.min(n - start);
         let (pc, pr) = rest_p.split_at_mut(len);
@@ -302,8 +302,8 @@ pub(crate) fn run<T: Real, const K: usize, F: Fn(T, T, &mut [T; K]) -> T + Sync>
     Ok(())
 }
 
-fn views<'a, T, const K: usize>(state: &'a mut [&mut [T]], a: usize, b: usize) -> [&'a mut [T]; K] {
-    to_array(state.iter_mut().map(|v| &mut v[a..b]).collect())
+fn views<T, S: AsMut<[T]>, const K: usize>(state: &mut [S], a: usize, b: usize) -> [&mut [T]; K] {
+    to_array(state.iter_mut().map(|v| &mut v.as_mut()[a..b]).collect())
 }
 
 fn to_array<T, const K: usize>(v: Vec<&mut [T]>) -> [&mut [T]; K] {
@@ -393,7 +393,7 @@ macro_rules! cpu_emit {
     ) => {{
         $(const $bn: bool = $bv;)*
         const K: usize = 0 $(+ $cond as usize)*;
-        run::<T, K, _>($p_, $g_, $state, move |$p: T, $g: T, st: &mut [T; K]| -> T {
+        run::<T, _, K, _>($p_, $g_, $state, move |$p: T, $g: T, st: &mut [T; K]| -> T {
             let mut $p = $p;
             let mut $g = $g;
             let mut $step = $zero;
@@ -527,12 +527,12 @@ macro_rules! kernels {
             clippy::identity_op,
             clippy::too_many_lines
         )]
-        pub(crate) fn cpu<T: Real>(
+        pub(crate) fn cpu<T: Real, S: AsMut<[T]>>(
             sc: &Scalars,
             reg: &KernelReg,
             p_: &mut [T],
             g_: &[T],
-            state: &mut [&mut [T]],
+            state: &mut [S],
         ) -> anyhow::Result<()> {
             let [reg_l1, reg_wd, reg_decay, reg_prox] = reg.values();
             let $l1: T = T::c(reg_l1);

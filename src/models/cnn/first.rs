@@ -205,10 +205,6 @@ mod tests {
     use crate::models::matmul::{View, matmul, small_matmul};
     use crate::rng::Rng;
 
-    fn normals(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal() as f32).collect()
-    }
-
     /// The patch matrix of one image, as `rows::im2col_image` makes it.
     fn patches(img: &[f32], side: usize) -> Vec<f32> {
         let mut out = vec![f32::NAN; side * side * 10];
@@ -231,11 +227,11 @@ mod tests {
         for (n, side, c) in [(3, 28, 32), (5, 13, 16), (2, 7, 64), (9, 28, 16)] {
             let hw = side * side;
             // Non-negative and signed pixels, some exactly zero.
-            let mut x = normals(&mut rng, n * hw);
+            let mut x = rng.normals_f32(n * hw);
             for v in x.iter_mut().step_by(7) {
                 *v = 0.0;
             }
-            let wb = normals(&mut rng, c * 10);
+            let wb = rng.normals_f32(c * 10);
             let mut wt = vec![0f32; 10 * c];
             for o in 0..c {
                 for q in 0..10 {
@@ -269,7 +265,7 @@ mod tests {
                 assert!(same, "forward, n {n} side {side} c {c}");
             }
             let rows = n * hw;
-            let dz = normals(&mut rng, rows * c);
+            let dz = rng.normals_f32(rows * c);
             let mut ours = vec![f32::NAN; c * 10];
             let mut want = vec![f32::NAN; c * 10];
             weight_grad(&x, side, &dz, c, &mut ours);

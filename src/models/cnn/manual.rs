@@ -25,7 +25,7 @@ use super::rows::{
     self, col2im_image, column_stats, flatten, im2col_image, linear, linear_bwd, unflatten,
 };
 use crate::models::kernels as k;
-use crate::models::matmul::{View, matmul, parallelism, small_matmul};
+use crate::models::matmul::{View, matmul, parallelism, small_matmul, transposed};
 
 /// Convolutions with fewer output channels than this (and at most 512
 /// products per output) multiply with [`small_matmul`], not gemm: 16
@@ -152,7 +152,8 @@ struct BlockActs {
     cols: Vec<f32>,
     /// `[c, 9 * c_in + 1]`: the weights in the patches' order, and the bias.
     wb: Vec<f32>,
-    /// `wb` transposed, `[9 * c_in + 1, c]`, for the thin layers' product.
+    /// `wb` transposed, `[9 * c_in + 1, c]`, for the thin layers' product
+    /// and the first layer's (sized on first use).
     wt: Vec<f32>,
     /// `wb`'s gradient (`dzᵀ · cols`), before it is reordered into torch's
     /// layout: kept across steps like the other buffers.
@@ -223,7 +224,7 @@ impl Workspace {
                     direct,
                     cols: if direct { vec![] } else { vec![0.0; rows * kk] },
                     wb: vec![0.0; c * kk],
-                    wt: vec![0.0; c * kk],
+                    wt: vec![],
                     dwb: vec![0.0; c * kk],
                     z: vec![0.0; rows * c],
                     r: vec![0.0; rows * c],
@@ -281,13 +282,13 @@ fn block_forward(
         }
         row[kk - 1] = p.b[o];
     }
+    let thin = c < THIN_BELOW && kk <= 512;
+    if a.direct || thin {
+        // SAFETY: `wb` holds c x kk.
+        unsafe { transposed(View::rows(&a.wb, kk), c, kk, &mut a.wt) };
+    }
     if a.direct {
         // One input channel: straight from the pixels (`first.rs`).
-        for (o, row) in a.wb.chunks_exact(kk).enumerate() {
-            for (q, v) in row.iter().enumerate() {
-                a.wt[q * c + o] = *v;
-            }
-        }
         let wt = &a.wt;
         a.z.par_chunks_mut(hw * c)
             .zip(x.par_chunks(hw))
@@ -302,14 +303,6 @@ fn block_forward(
         // k in one of gemm's slices (at most 512) every element's sum is
         // the same whichever rows a call holds, so the bits are those of
         // the one product over the batch.
-        let thin = c < THIN_BELOW;
-        if thin {
-            for (o, row) in a.wb.chunks_exact(kk).enumerate() {
-                for (q, v) in row.iter().enumerate() {
-                    a.wt[q * c + o] = *v;
-                }
-            }
-        }
         let (wb, wt) = (View::rows(&a.wb, kk).t(), View::rows(&a.wt, c));
         a.cols
             .par_chunks_mut(hw * kk)

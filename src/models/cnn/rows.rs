@@ -335,7 +335,7 @@ mod tests {
             (14, 5),
             (28, 1),
         ] {
-            let x: Vec<f32> = (0..side * side * c).map(|_| rng.normal() as f32).collect();
+            let x = rng.normals_f32(side * side * c);
             let n = side * side * (9 * c + 1);
             let (mut want, mut got) = (vec![f32::NAN; n], vec![f32::NAN; n]);
             im2col_per_tap(&x, side, c, &mut want);
