@@ -274,23 +274,106 @@ simd_fn! {
     }
 }
 
+/// Lanes of the row passes that run in whole vectors (an AVX-512 register).
+const WIDE: usize = 16;
+
+/// The largest of `x` (NaNs skipped, -inf when there is none), in
+/// [`WIDE`] lanes: the value of `fold(f32::max)`, which does not vectorise.
+/// Only the sign of a zero maximum may differ, which no caller can see
+/// (`v * scale - max` is then the same for every `v`, or +-0 into
+/// [`exp`], which gives 1 for both).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let pick = |m: f32, v: f32| if v > m { v } else { m };
+    let mut acc = [f32::NEG_INFINITY; WIDE];
+    let chunks = x.chunks_exact(WIDE);
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| pick(m, v));
+    for c in chunks {
+        for i in 0..WIDE {
+            acc[i] = pick(acc[i], c[i]);
+        }
+    }
+    for a in acc {
+        m = pick(m, a);
+    }
+    m
+}
+
+/// `f` on every element of `x` in whole vectors, then on the rest.
+#[inline(always)]
+fn each(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    let mut chunks = x.chunks_exact_mut(WIDE);
+    for c in &mut chunks {
+        for v in c.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = f(*v);
+    }
+}
+
+/// One row of a causal softmax: `row[..n]`, the scores the query sees,
+/// become `softmax(scale * row[..n])`, and `row[n..end]` zeros.
+///
+/// The elementwise passes run on whole vectors: they also cover the
+/// masked elements up to the next multiple of [`WIDE`] (within `end`),
+/// whatever they hold, which are zeroed at the end; the sum is over
+/// `row[..n]` alone. So each probability has the bits of the plain loop.
+#[inline(always)]
+fn causal_softmax_row(row: &mut [f32], n: usize, end: usize, scale: f32) {
+    let max = max_of(&row[..n]) * scale;
+    let padded = n.next_multiple_of(WIDE).min(end);
+    each(&mut row[..padded], |v| exp(v * scale - max));
+    let inv = 1.0 / sum(&row[..n]);
+    each(&mut row[..padded], |v| v * inv);
+    row[n..end].fill(0.0);
+}
+
 simd_fn! {
     /// In place over one `[t, t]` block of scores: `softmax(scale * s)` per
     /// row with a causal mask (row i sees columns 0..=i; the rest become 0).
     pub fn causal_softmax_block(s: &mut [f32], t: usize, scale: f32) {
         for (i, row) in s.chunks_exact_mut(t).enumerate() {
-            let (seen, masked) = row.split_at_mut(i + 1);
-            let max = seen.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
-            for v in seen.iter_mut() {
-                *v = exp(*v * scale - max);
-            }
-            let inv = 1.0 / sum(seen);
-            for v in seen.iter_mut() {
-                *v *= inv;
-            }
-            masked.fill(0.0);
+            causal_softmax_row(row, i + 1, t, scale);
         }
     }
+}
+
+simd_fn! {
+    /// [`causal_softmax_block`] on rows `first..` of a `[t, t]` block
+    /// (`s` holds those rows), where only columns `..end` are read
+    /// afterwards: the masked columns are zeroed up to `end`, not `t`,
+    /// and those past it are left as they are (and never read).
+    pub fn causal_softmax_rows(s: &mut [f32], t: usize, first: usize, end: usize, scale: f32) {
+        for (i, row) in s.chunks_exact_mut(t).enumerate() {
+            causal_softmax_row(&mut row[..end], first + i + 1, end, scale);
+        }
+    }
+}
+
+/// One row of [`causal_softmax_bwd_block`]: `dr[..n]` becomes `scale *
+/// p * (dr - sum(dr * p))`, and `dr[n..end]` zeros; the elementwise pass
+/// covers masked elements up to a whole vector, zeroed after.
+#[inline(always)]
+fn causal_softmax_bwd_row(pr: &[f32], dr: &mut [f32], n: usize, end: usize, scale: f32) {
+    let d = dot(&pr[..n], &dr[..n]);
+    let padded = n.next_multiple_of(WIDE).min(end);
+    let (pr, dr_all) = (&pr[..padded], &mut dr[..padded]);
+    let mut chunks = dr_all.chunks_exact_mut(WIDE);
+    let mut pc = pr.chunks_exact(WIDE);
+    for (c, p) in (&mut chunks).zip(&mut pc) {
+        for j in 0..WIDE {
+            c[j] = scale * p[j] * (c[j] - d);
+        }
+    }
+    for (v, p) in chunks.into_remainder().iter_mut().zip(pc.remainder()) {
+        *v = scale * p * (*v - d);
+    }
+    dr[n..end].fill(0.0);
 }
 
 simd_fn! {
@@ -298,12 +381,20 @@ simd_fn! {
     /// `ds = scale * p * (dp - sum(dp * p))` per row (0 where masked).
     pub fn causal_softmax_bwd_block(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
         for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
-            let n = i + 1;
-            let d = dot(&pr[..n], &dr[..n]);
-            for j in 0..n {
-                dr[j] = scale * pr[j] * (dr[j] - d);
-            }
-            dr[n..].fill(0.0);
+            causal_softmax_bwd_row(pr, dr, i + 1, t, scale);
+        }
+    }
+}
+
+simd_fn! {
+    /// [`causal_softmax_bwd_block`] on rows `first..` of the blocks (`p`
+    /// and `dp` hold those rows), reading and writing columns `..end`
+    /// only, as [`causal_softmax_rows`].
+    pub fn causal_softmax_bwd_rows(
+        p: &[f32], dp: &mut [f32], t: usize, first: usize, end: usize, scale: f32
+    ) {
+        for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+            causal_softmax_bwd_row(&pr[..end], &mut dr[..end], first + i + 1, end, scale);
         }
     }
 }
@@ -525,6 +616,91 @@ mod tests {
         gelu_rows(&mut u, &mut du);
         for (i, ((y, d), w)) in u.iter().zip(&du).zip(&want).enumerate() {
             assert_eq!((y.to_bits(), d.to_bits()), *w, "element {i}");
+        }
+    }
+
+    /// The causal softmax and its backward, block and row versions, give
+    /// the bits of the plain scalar loops on random scores (ties, signed
+    /// zeros, a whole row of zeros, widths that are and are not multiples
+    /// of 16); the row versions leave the columns past `end` as they were.
+    #[test]
+    fn causal_softmax_gives_the_bits_of_the_plain_loops() {
+        fn plain(s: &mut [f32], t: usize, scale: f32) {
+            for (i, row) in s.chunks_exact_mut(t).enumerate() {
+                let (seen, masked) = row.split_at_mut(i + 1);
+                let max = seen.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v)) * scale;
+                for v in seen.iter_mut() {
+                    *v = exp(*v * scale - max);
+                }
+                let inv = 1.0 / sum(seen);
+                for v in seen.iter_mut() {
+                    *v *= inv;
+                }
+                masked.fill(0.0);
+            }
+        }
+        fn plain_bwd(p: &[f32], dp: &mut [f32], t: usize, scale: f32) {
+            for (i, (pr, dr)) in p.chunks_exact(t).zip(dp.chunks_exact_mut(t)).enumerate() {
+                let n = i + 1;
+                let d = dot(&pr[..n], &dr[..n]);
+                for j in 0..n {
+                    dr[j] = scale * pr[j] * (dr[j] - d);
+                }
+                dr[n..].fill(0.0);
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut rng = crate::rng::Rng::new(21);
+        for (t, scale) in [(128, 0.17677669), (37, 0.5), (16, 1.0), (5, 0.3)] {
+            let mut s: Vec<f32> = rng.normals_f32(t * t).iter().map(|v| 4.0 * v).collect();
+            // Ties, signed zeros, and a row of zeros (row 2 sees 3 columns).
+            s[0] = -0.0;
+            for j in 0..t.min(3) {
+                s[2 * t + j] = if j % 2 == 0 { 0.0 } else { -0.0 };
+            }
+            if t > 9 {
+                s[9 * t + 3] = s[9 * t + 7];
+            }
+            let mut want = s.clone();
+            plain(&mut want, t, scale);
+            let mut got = s.clone();
+            causal_softmax_block(&mut got, t, scale);
+            assert_eq!(bits(&got), bits(&want), "block, t = {t}");
+
+            let dp = rng.normals_f32(t * t);
+            let mut want_d = dp.clone();
+            plain_bwd(&want, &mut want_d, t, scale);
+            let mut got_d = dp.clone();
+            causal_softmax_bwd_block(&want, &mut got_d, t, scale);
+            assert_eq!(bits(&got_d), bits(&want_d), "backward block, t = {t}");
+
+            // Rows first..last, read up to `end` (the end of their block).
+            for (first, last) in [(0, t.min(16)), (t / 2, t)] {
+                let end = last;
+                let rows = first * t..last * t;
+                let mut got = s.clone();
+                causal_softmax_rows(&mut got[rows.clone()], t, first, end, scale);
+                let mut got_d = dp.clone();
+                causal_softmax_bwd_rows(
+                    &want[rows.clone()],
+                    &mut got_d[rows],
+                    t,
+                    first,
+                    end,
+                    scale,
+                );
+                for r in first..last {
+                    let (a, b) = (r * t, r * t + end);
+                    assert_eq!(
+                        bits(&got[a..b]),
+                        bits(&want[a..b]),
+                        "rows, t = {t}, row {r}"
+                    );
+                    assert_eq!(bits(&got[b..(r + 1) * t]), bits(&s[b..(r + 1) * t]));
+                    assert_eq!(bits(&got_d[a..b]), bits(&want_d[a..b]), "bwd rows, row {r}");
+                    assert_eq!(bits(&got_d[b..(r + 1) * t]), bits(&dp[b..(r + 1) * t]));
+                }
+            }
         }
     }
 

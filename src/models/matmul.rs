@@ -57,13 +57,90 @@ impl View {
 /// `v` must be readable at every element of its `rows` x `cols`.
 pub unsafe fn transposed(v: View, rows: usize, cols: usize, out: &mut Vec<f32>) -> View {
     out.resize(rows * cols, 0.0);
+    let done = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if v.cs == 1 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F; `out` holds rows x cols;
+                // the caller vouches for `v`.
+                unsafe { transpose_blocks_avx512(v, rows, cols, out) }
+            } else {
+                (0, 0)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            (0, 0)
+        }
+    };
+    // The elements the 16 x 16 blocks did not cover (all of them without
+    // AVX-512): rows past `done.0`, and columns past `done.1`.
     for (c, dst) in out.chunks_exact_mut(rows).enumerate() {
-        for (j, o) in dst.iter_mut().enumerate() {
+        let first = if c < done.1 { done.0 } else { 0 };
+        for (j, o) in dst.iter_mut().enumerate().skip(first) {
             // SAFETY: j < rows and c < cols; the caller vouches for `v`.
             *o = unsafe { *v.ptr.add(j * v.rs + c * v.cs) };
         }
     }
     View::rows(out, rows)
+}
+
+/// The whole 16 x 16 blocks of [`transposed`] (for `v.cs == 1`), each
+/// through registers: 16 rows in, 16 columns out. Returns the rows and
+/// columns covered, `(rows - rows % 16, cols - cols % 16)`.
+///
+/// # Safety
+/// As [`transposed`], with `out.len() == rows * cols`, on a CPU with
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_blocks_avx512(
+    v: View,
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+) -> (usize, usize) {
+    use std::arch::x86_64::*;
+    let (rb, cb) = (rows - rows % 16, cols - cols % 16);
+    for j0 in (0..rb).step_by(16) {
+        for c0 in (0..cb).step_by(16) {
+            // SAFETY: rows j0..j0+16 and columns c0..c0+16 are inside
+            // `v` (the caller's) and inside `out` (rows x cols).
+            unsafe {
+                let mut r: [__m512; 16] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(v.ptr.add((j0 + i) * v.rs + c0)));
+                // Pairs of rows interleaved, then pairs of pairs, then
+                // 128-bit lanes twice: a 16 x 16 transpose.
+                let mut t = [_mm512_setzero_ps(); 16];
+                for i in 0..8 {
+                    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+                }
+                for i in 0..4 {
+                    let (a, b) = (4 * i, 4 * i + 2);
+                    r[4 * i] = _mm512_shuffle_ps::<0x44>(t[a], t[b]);
+                    r[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[a], t[b]);
+                    r[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[a + 1], t[b + 1]);
+                    r[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[a + 1], t[b + 1]);
+                }
+                for h in 0..2 {
+                    for i in 0..4 {
+                        let (a, b) = (8 * h + i, 8 * h + i + 4);
+                        t[8 * h + i] = _mm512_shuffle_f32x4::<0x88>(r[a], r[b]);
+                        t[8 * h + i + 4] = _mm512_shuffle_f32x4::<0xDD>(r[a], r[b]);
+                    }
+                }
+                for i in 0..8 {
+                    r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+                    r[i + 8] = _mm512_shuffle_f32x4::<0xDD>(t[i], t[i + 8]);
+                }
+                for (i, col) in r.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add((c0 + i) * rows + j0), *col);
+                }
+            }
+        }
+    }
+    (rb, cb)
 }
 
 /// Whether to split a matrix product across threads: over the current rayon
@@ -438,6 +515,43 @@ mod tests {
                 });
                 same(&cut, &format!("cut on {threads} threads"));
                 same(&theirs, &format!("gemm's threads, {threads}"));
+            }
+        }
+    }
+
+    /// `transposed` is the transpose, element for element: row-major
+    /// sources with row strides wider than the matrix (the attention's
+    /// heads), sides that are and are not multiples of 16, and a source
+    /// that is itself a transposed view (column stride above 1).
+    #[test]
+    fn transposed_gives_the_transpose() {
+        let mut rng = Rng::new(13);
+        for (rows, cols, rs) in [
+            (128, 32, 384),
+            (37, 20, 50),
+            (16, 16, 16),
+            (33, 48, 49),
+            (5, 3, 3),
+        ] {
+            let data = rng.normals_f32(rows * rs);
+            let mut out = vec![f32::NAN; 7];
+            // Row-major, and column-major (element (j, c) at j + c * rows).
+            let column_major = View::rows(&data, rows).t();
+            for v in [View::rows(&data, rs), column_major] {
+                // SAFETY: every (j, c) of rows x cols is inside `data`.
+                let t = unsafe { transposed(v, rows, cols, &mut out) };
+                assert_eq!(out.len(), rows * cols);
+                assert!(t.rs == rows && t.cs == 1);
+                for c in 0..cols {
+                    for j in 0..rows {
+                        let want = data[j * v.rs + c * v.cs];
+                        assert_eq!(
+                            out[c * rows + j].to_bits(),
+                            want.to_bits(),
+                            "{rows}x{cols} ({j}, {c})"
+                        );
+                    }
+                }
             }
         }
     }

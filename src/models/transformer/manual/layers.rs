@@ -225,16 +225,48 @@ pub(super) fn layer_norm_bwd(
 const CAUSAL_BLOCK: usize = 32;
 
 /// The blocks of rows `(r0, r1)` of a `t`-row causal attention.
-fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+fn causal_blocks(t: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
     (0..t)
         .step_by(CAUSAL_BLOCK)
         .map(move |r0| (r0, (r0 + CAUSAL_BLOCK).min(t)))
+}
+
+/// Asks the CPU to bring `rows` rows of `len` floats, `stride` floats
+/// apart from `ptr` on, into its L2 cache: the next task's operands, read
+/// while this task computes (the attention's strided rows are otherwise
+/// fetched one miss at a time, inside the products). Only a hint: it
+/// reads nothing and cannot fault.
+#[inline(always)]
+fn prefetch_rows(ptr: *const f32, rows: usize, stride: usize, len: usize) {
+    if len == 0 {
+        return;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ptr, rows, stride);
+    #[cfg(target_arch = "x86_64")]
+    for r in 0..rows {
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        let row = ptr.wrapping_add(r * stride);
+        // Every 64-byte line the row touches.
+        let (mut line, last) = (row as usize & !63, row.wrapping_add(len - 1) as usize);
+        while line <= last {
+            // SAFETY: a prefetch reads nothing and cannot fault, whatever
+            // the address; SSE is part of x86_64.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
+            line += 64;
+        }
+    }
 }
 
 /// Causal self-attention: `att` gets the probabilities, `y` the heads'
 /// outputs side by side. Its products (32 x 128 x 32 and the like, one
 /// sequence's head per task) are [`small_matmul`]'s, with `gemm`'s bits
 /// and without its set-up per call.
+///
+/// Each block of query rows goes through its scores, softmax and output
+/// while its rows are in cache. Its probabilities are written up to the
+/// end of the block's keys: the columns past them are never read (here or
+/// in [`attention_bwd`]) and keep whatever they held.
 pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     s.check(qkv.len(), att.len(), y.len());
     let (t, hd) = (s.t, s.hd);
@@ -246,6 +278,13 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
         .for_each_init(Vec::new, |kt, (i, p)| {
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
+            if i + 1 < s.b * s.h {
+                let (nb, nh) = ((i + 1) / s.h, (i + 1) % s.h);
+                let (nq, nk, nv) = s.heads_of(src, nb, nh);
+                for part in [nq, nk, nv] {
+                    prefetch_rows(part.ptr, t, part.rs, hd);
+                }
+            }
             // SAFETY: `p` is this task's own block; the y block (rows of
             // sequence bi, columns of head hi) is written by this task only.
             // Every product stays inside the [t, t] block and the head's rows.
@@ -253,32 +292,26 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
                 // The keys as columns (`[hd, t]`), so that each row of
                 // scores is made of whole vectors.
                 let kt = transposed(kk, t, hd, kt);
-                // Scores of rows r0..r1 against keys 0..r1; the softmax reads
-                // no further and zeroes the rest of each row.
                 for (r0, r1) in causal_blocks(t) {
-                    let dst = p.as_mut_ptr().add(r0 * t);
-                    small_matmul(r1 - r0, r1, hd, dst, t, q.sub(r0, 0), kt);
-                }
-                k::causal_softmax_block(p, t, scale);
-                let pv = View::rows(p, t);
-                for (r0, r1) in causal_blocks(t) {
+                    // Scores of rows r0..r1 against keys 0..r1, their
+                    // softmax, and their share of the output.
+                    let rows = &mut p[r0 * t..r1 * t];
+                    small_matmul(r1 - r0, r1, hd, rows.as_mut_ptr(), t, q.sub(r0, 0), kt);
+                    k::causal_softmax_rows(rows, t, r0, r1, scale);
                     let dst = y_ptr.get().add(s.out(bi, hi) + r0 * s.d);
-                    small_matmul(r1 - r0, hd, r1, dst, s.d, pv.sub(r0, 0), v);
+                    small_matmul(r1 - r0, hd, r1, dst, s.d, View::rows(rows, t), v);
                 }
             }
         });
 }
 
 /// The backward of [`attention`]: from `dy` (`[N, D]`) to `dqkv`.
-/// `datt` (the size of `att`) holds the gradients of the scores.
-pub(super) fn attention_bwd(
-    s: Dims,
-    qkv: &[f32],
-    att: &[f32],
-    dy: &[f32],
-    dqkv: &mut [f32],
-    datt: &mut [f32],
-) {
+///
+/// The blocks of rows go last to first: the keys' gradients of a block
+/// sum over the queries from the block on, whose score gradients are then
+/// all made. The score gradients live in one `[t, t]` buffer per task,
+/// which stays in cache.
+pub(super) fn attention_bwd(s: Dims, qkv: &[f32], att: &[f32], dy: &[f32], dqkv: &mut [f32]) {
     s.check(qkv.len(), att.len(), dy.len());
     assert!(dqkv.len() == qkv.len());
     let (t, hd) = (s.t, s.hd);
@@ -286,19 +319,30 @@ pub(super) fn attention_bwd(
     let dst = SharedMut(dqkv.as_mut_ptr());
     let src = Shared(View::rows(qkv, 3 * s.d));
     let dsrc = Shared(View::rows(dy, s.d));
-    att.par_chunks(t * t)
-        .zip(datt.par_chunks_mut(t * t))
-        .enumerate()
-        .for_each_init(Vec::new, |vt, (i, (p, dp))| {
+    att.par_chunks(t * t).enumerate().for_each_init(
+        <[Vec<f32>; 2]>::default,
+        |[vt, dp], (i, p)| {
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
             let dyv = dsrc.at(s.out(bi, hi));
+            if i + 1 < s.b * s.h {
+                let (nb, nh) = ((i + 1) / s.h, (i + 1) % s.h);
+                let (nq, nk, nv) = s.heads_of(src, nb, nh);
+                for part in [nq, nk, nv, dsrc.at(s.out(nb, nh))] {
+                    prefetch_rows(part.ptr, t, part.rs, hd);
+                }
+                let np = att[(i + 1) * t * t..].as_ptr();
+                for (r0, r1) in causal_blocks(t) {
+                    prefetch_rows(np.wrapping_add(r0 * t), r1 - r0, t, r1);
+                }
+            }
             let pv = View::rows(p, t);
             let row = 3 * s.d;
+            dp.resize(t * t, 0.0);
+            let ds = View::rows(dp, t);
             // SAFETY: this task alone writes head hi's columns of
-            // sequence bi's rows in dqkv, and its own block `dp` of datt.
-            // Every product stays inside the [t, t] blocks and the head's
-            // rows.
+            // sequence bi's rows in dqkv, and its own buffer `dp`. Every
+            // product stays inside the [t, t] blocks and the head's rows.
             unsafe {
                 let out = |part: usize, r0: usize| dst.get().add(s.qkv(bi, hi, part) + r0 * row);
                 // Key rows r0..r1 of a gradient a^T b: summed over the
@@ -310,22 +354,20 @@ pub(super) fn attention_bwd(
                 };
                 // The values as columns, for dP.
                 let vt = transposed(v, t, hd, vt);
-                for (r0, r1) in causal_blocks(t) {
-                    // dV = P^T dY.
-                    by_keys(2, (r0, r1), pv, dyv);
-                    // dP = dY V^T, rows r0..r1 against keys 0..r1.
-                    let dpp = dp.as_mut_ptr().add(r0 * t);
+                for (r0, r1) in causal_blocks(t).rev() {
+                    // dP = dY V^T, rows r0..r1 against keys 0..r1, and from
+                    // it dS in place.
+                    let rows = r0 * t..r1 * t;
+                    let dpp = dp[rows.clone()].as_mut_ptr();
                     small_matmul(r1 - r0, r1, hd, dpp, t, dyv.sub(r0, 0), vt);
-                }
-                k::causal_softmax_bwd_block(p, dp, t, scale);
-                let ds = View::rows(dp, t);
-                for (r0, r1) in causal_blocks(t) {
+                    k::causal_softmax_bwd_rows(&p[rows.clone()], &mut dp[rows], t, r0, r1, scale);
                     // dQ = dS K, rows r0..r1 over keys 0..r1.
-                    let dst = out(0, r0);
-                    small_matmul(r1 - r0, hd, r1, dst, row, ds.sub(r0, 0), kk);
-                    // dK = dS^T Q.
+                    small_matmul(r1 - r0, hd, r1, out(0, r0), row, ds.sub(r0, 0), kk);
+                    // dV = P^T dY and dK = dS^T Q.
+                    by_keys(2, (r0, r1), pv, dyv);
                     by_keys(1, (r0, r1), ds, q);
                 }
             }
-        });
+        },
+    );
 }

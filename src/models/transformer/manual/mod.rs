@@ -65,8 +65,6 @@ pub(super) struct Workspace {
     dy: Vec<f32>,
     dqkv: Vec<f32>,
     da: Vec<f32>,
-    /// `[B, H, T, T]`: gradients of one layer's attention scores.
-    datt: Vec<f32>,
     /// Each row's loss.
     row_loss: Vec<f64>,
     /// Partial sums per block of rows (bias, LayerNorm weight gradients).
@@ -99,7 +97,6 @@ impl Workspace {
             dy: vec![0.0; n * d],
             dqkv: vec![0.0; n * 3 * d],
             da: vec![0.0; n * f],
-            datt: vec![0.0; s.b * s.h * s.t * s.t],
             row_loss: vec![0.0; n],
             parts: vec![],
         }
@@ -234,7 +231,7 @@ fn backward(
         layer_norm_bwd(&a.mid, &a.ln2, w.ln2.w, &ws.dn, dx, &mut gl.ln2, parts);
         // Attention: mid = x_in + proj(attention(ln1(x_in))); dx holds d mid.
         linear_bwd(dx, &a.y, w.proj.w, &mut gl.proj, Some(&mut ws.dy), parts);
-        attention_bwd(s, &a.qkv, &a.att, &ws.dy, &mut ws.dqkv, &mut ws.datt);
+        attention_bwd(s, &a.qkv, &a.att, &ws.dy, &mut ws.dqkv);
         linear_bwd(
             &ws.dqkv,
             &a.ln1.out,
