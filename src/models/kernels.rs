@@ -277,29 +277,10 @@ simd_fn! {
 /// Lanes of the row passes that run in whole vectors (an AVX-512 register).
 const WIDE: usize = 16;
 
-/// The largest of `x` (NaNs skipped, -inf when there is none), in
-/// [`WIDE`] lanes: the value of `fold(f32::max)`, which does not vectorise.
-/// Only the sign of a zero maximum may differ, which no caller can see
-/// (`v * scale - max` is then the same for every `v`, or +-0 into
-/// [`exp`], which gives 1 for both).
+/// `v > m ? v : m`: the larger, or `m` when `v` is NaN.
 #[inline(always)]
-fn max_of(x: &[f32]) -> f32 {
-    let pick = |m: f32, v: f32| if v > m { v } else { m };
-    let mut acc = [f32::NEG_INFINITY; WIDE];
-    let chunks = x.chunks_exact(WIDE);
-    let mut m = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| pick(m, v));
-    for c in chunks {
-        for i in 0..WIDE {
-            acc[i] = pick(acc[i], c[i]);
-        }
-    }
-    for a in acc {
-        m = pick(m, a);
-    }
-    m
+fn pick(m: f32, v: f32) -> f32 {
+    if v > m { v } else { m }
 }
 
 /// `f` on every element of `x` in whole vectors, then on the rest.
@@ -316,30 +297,113 @@ fn each(x: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
-/// One row of a causal softmax: `row[..n]`, the scores the query sees,
-/// become `softmax(scale * row[..n])`, and `row[n..end]` zeros.
-///
-/// The elementwise passes run on whole vectors: they also cover the
-/// masked elements up to the next multiple of [`WIDE`] (within `end`),
-/// whatever they hold, which are zeroed at the end; the sum is over
-/// `row[..n]` alone. So each probability has the bits of the plain loop.
+/// [`sum`] of `x[..n]`, with the same additions in the same order, in
+/// loops whose lengths depend on `x.len()` alone (so that the rows of a
+/// causal softmax, `n` apart by one, do not each mispredict their loops'
+/// ends): chunks past `n / 8` and the remainder's lanes past `n` add
+/// -0.0, which changes no sum. `x` is read up to the remainder's whole
+/// chunk; where that passes its end, this is [`sum`].
 #[inline(always)]
-fn causal_softmax_row(row: &mut [f32], n: usize, end: usize, scale: f32) {
-    let max = max_of(&row[..n]) * scale;
-    let padded = n.next_multiple_of(WIDE).min(end);
-    each(&mut row[..padded], |v| exp(v * scale - max));
-    let inv = 1.0 / sum(&row[..n]);
-    each(&mut row[..padded], |v| v * inv);
-    row[n..end].fill(0.0);
+fn sum_to(x: &[f32], n: usize) -> f32 {
+    let full = n / LANES;
+    if (full + 1) * LANES > x.len() {
+        return sum(&x[..n]);
+    }
+    let mut acc = [0f32; LANES];
+    for (c, chunk) in x.chunks_exact(LANES).enumerate() {
+        let on = c < full;
+        for i in 0..LANES {
+            acc[i] += if on { chunk[i] } else { -0.0 };
+        }
+    }
+    // The remainder in order, from `sum`'s own starting value.
+    let mut rest = std::iter::empty::<&f32>().sum::<f32>();
+    let tail = &x[full * LANES..(full + 1) * LANES];
+    for (i, v) in tail.iter().enumerate() {
+        rest += if full * LANES + i < n { *v } else { -0.0 };
+    }
+    combine(acc, rest)
+}
+
+/// The largest of `x`, whose length is a multiple of [`WIDE`], in lanes
+/// (-inf when empty; NaNs skipped).
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; WIDE];
+    for c in x.chunks_exact(WIDE) {
+        for l in 0..WIDE {
+            acc[l] = pick(acc[l], c[l]);
+        }
+    }
+    // By halves: the same value in any order, NaNs never picked.
+    let mut width = WIDE;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            acc[l] = pick(acc[l], acc[l + width]);
+        }
+    }
+    acc[0]
+}
+
+/// Rows `first..` of a causal softmax (`s` holds them, each `t` long),
+/// each as far as column `end` (`row[..n]`, the scores the query sees,
+/// become `softmax(scale * row[..n])`, and `row[n..end]` zeros); the
+/// columns past `end` are left as they are.
+///
+/// The passes run in whole vectors of [`WIDE`] lanes: the maximum over
+/// the whole vectors inside `row[..n]` and over its last [`WIDE`]
+/// elements (which overlap them, as a maximum may); exp over the masked
+/// elements too, up to the next whole vector, whatever they hold (those
+/// results are dropped); the sum over `row[..n]` alone, in [`sum`]'s
+/// order ([`sum_to`]). So each probability has the bits of the plain
+/// loop. Only the sign of a zero maximum may differ from
+/// fold(f32::max)'s, which changes no result: `v * scale - max` is then
+/// the same, or +-0 into `exp`, which gives 1 for both.
+///
+/// Each pass goes over [`WIDE`] rows before the next pass starts, so that
+/// the rows' chains (maximum, exp, sum) overlap.
+#[inline(always)]
+fn causal_softmax_group(s: &mut [f32], t: usize, first: usize, end: usize, scale: f32) {
+    const G: usize = WIDE;
+    for (g, rows) in s.chunks_mut(G * t).enumerate() {
+        let n_of = |i: usize| first + g * G + i + 1;
+        let mut maxes = [0f32; G];
+        for (i, row) in rows.chunks_exact(t).enumerate() {
+            let n = n_of(i);
+            maxes[i] = if n >= WIDE {
+                pick(max_of(&row[..n - n % WIDE]), max_of(&row[n - WIDE..n]))
+            } else {
+                row[..n].iter().fold(f32::NEG_INFINITY, |m, &v| pick(m, v))
+            } * scale;
+        }
+        for (i, row) in rows.chunks_exact_mut(t).enumerate() {
+            let (n, max) = (n_of(i), maxes[i]);
+            let padded = n.next_multiple_of(WIDE).min(end);
+            each(&mut row[..padded], |v| exp(v * scale - max));
+        }
+        let mut invs = [0f32; G];
+        for (i, row) in rows.chunks_exact(t).enumerate() {
+            let n = n_of(i);
+            let padded = n.next_multiple_of(WIDE).min(end);
+            invs[i] = 1.0 / sum_to(&row[..padded], n);
+        }
+        for (i, row) in rows.chunks_exact_mut(t).enumerate() {
+            let (n, inv) = (n_of(i), invs[i]);
+            let padded = n.next_multiple_of(WIDE).min(end);
+            for (j, v) in row[..padded].iter_mut().enumerate() {
+                *v = if j < n { *v * inv } else { 0.0 };
+            }
+            row[padded..end].fill(0.0);
+        }
+    }
 }
 
 simd_fn! {
     /// In place over one `[t, t]` block of scores: `softmax(scale * s)` per
     /// row with a causal mask (row i sees columns 0..=i; the rest become 0).
     pub fn causal_softmax_block(s: &mut [f32], t: usize, scale: f32) {
-        for (i, row) in s.chunks_exact_mut(t).enumerate() {
-            causal_softmax_row(row, i + 1, t, scale);
-        }
+        causal_softmax_group(s, t, 0, t, scale);
     }
 }
 
@@ -349,9 +413,7 @@ simd_fn! {
     /// afterwards: the masked columns are zeroed up to `end`, not `t`,
     /// and those past it are left as they are (and never read).
     pub fn causal_softmax_rows(s: &mut [f32], t: usize, first: usize, end: usize, scale: f32) {
-        for (i, row) in s.chunks_exact_mut(t).enumerate() {
-            causal_softmax_row(&mut row[..end], first + i + 1, end, scale);
-        }
+        causal_softmax_group(s, t, first, end, scale);
     }
 }
 
