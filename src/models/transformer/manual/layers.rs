@@ -275,6 +275,14 @@ fn prefetch_block<const WRITE: bool>(p: *const f32, t: usize) {
     }
 }
 
+thread_local! {
+    /// Each thread's buffers for the attention's tasks (a transposed
+    /// head; the backward's score gradients), kept from step to step: a
+    /// buffer made per task (or per rayon split) is fresh memory, whose
+    /// pages the kernel clears on first touch (3 % of a step).
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 2]> = std::cell::RefCell::default();
+}
+
 /// Causal self-attention: `att` gets the probabilities, `y` the heads'
 /// outputs side by side. Its products (32 x 128 x 32 and the like, one
 /// sequence's head per task) are [`small_matmul`]'s, with `gemm`'s bits
@@ -290,9 +298,8 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
     let scale = 1.0 / (hd as f32).sqrt();
     let y_ptr = SharedMut(y.as_mut_ptr());
     let src = Shared(View::rows(qkv, 3 * s.d));
-    att.par_chunks_mut(t * t)
-        .enumerate()
-        .for_each_init(Vec::new, |kt, (i, p)| {
+    att.par_chunks_mut(t * t).enumerate().for_each(|(i, p)| {
+        SCRATCH.with_borrow_mut(|[kt, _]| {
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
             if i + 1 < s.b * s.h {
@@ -323,7 +330,8 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
                     small_matmul(r1 - r0, hd, r1, dst, s.d, View::rows(rows, t), v);
                 }
             }
-        });
+        })
+    });
 }
 
 /// The backward of [`attention`]: from `dy` (`[N, D]`) to `dqkv`.
@@ -340,9 +348,8 @@ pub(super) fn attention_bwd(s: Dims, qkv: &[f32], att: &[f32], dy: &[f32], dqkv:
     let dst = SharedMut(dqkv.as_mut_ptr());
     let src = Shared(View::rows(qkv, 3 * s.d));
     let dsrc = Shared(View::rows(dy, s.d));
-    att.par_chunks(t * t).enumerate().for_each_init(
-        <[Vec<f32>; 2]>::default,
-        |[vt, dp], (i, p)| {
+    att.par_chunks(t * t).enumerate().for_each(|(i, p)| {
+        SCRATCH.with_borrow_mut(|[vt, dp]| {
             let (bi, hi) = (i / s.h, i % s.h);
             let (q, kk, v) = s.heads_of(src, bi, hi);
             let dyv = dsrc.at(s.out(bi, hi));
@@ -392,6 +399,6 @@ pub(super) fn attention_bwd(s: Dims, qkv: &[f32], att: &[f32], dy: &[f32], dqkv:
                     by_keys(1, (r0, r1), ds, q);
                 }
             }
-        },
-    );
+        })
+    });
 }
