@@ -232,13 +232,13 @@ fn causal_blocks(t: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
 }
 
 /// Asks the CPU to bring `rows` rows of `len` floats, `stride` floats
-/// apart from `ptr` on, into its L2 cache, to be read (`WRITE` false) or
-/// written: the next task's operands and outputs, while this task
-/// computes (the attention's strided rows are otherwise fetched one miss
-/// at a time, inside the products). Only a hint: it reads and writes
-/// nothing and cannot fault.
+/// apart from `ptr` on, into its L2 cache: the next task's operands, and
+/// its outputs (whose lines a write would otherwise fetch), while this
+/// task computes. The attention's strided rows are otherwise fetched one
+/// miss at a time, inside the products. Only a hint (`prefetcht1`): it
+/// reads and writes nothing and cannot fault.
 #[inline(always)]
-fn prefetch_rows<const WRITE: bool>(ptr: *const f32, rows: usize, stride: usize, len: usize) {
+fn prefetch_rows(ptr: *const f32, rows: usize, stride: usize, len: usize) {
     if len == 0 {
         return;
     }
@@ -246,20 +246,14 @@ fn prefetch_rows<const WRITE: bool>(ptr: *const f32, rows: usize, stride: usize,
     let _ = (ptr, rows, stride);
     #[cfg(target_arch = "x86_64")]
     for r in 0..rows {
-        use std::arch::x86_64::{_MM_HINT_ET1, _MM_HINT_T1, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
         let row = ptr.wrapping_add(r * stride);
         // Every 64-byte line the row touches.
         let (mut line, last) = (row as usize & !63, row.wrapping_add(len - 1) as usize);
         while line <= last {
             // SAFETY: a prefetch reads nothing and cannot fault, whatever
             // the address; SSE is part of x86_64.
-            unsafe {
-                if WRITE {
-                    _mm_prefetch::<_MM_HINT_ET1>(line as *const i8);
-                } else {
-                    _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
-                }
-            }
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(line as *const i8) };
             line += 64;
         }
     }
@@ -269,9 +263,9 @@ fn prefetch_rows<const WRITE: bool>(ptr: *const f32, rows: usize, stride: usize,
 /// [`attention`] writes and [`attention_bwd`] reads: each row up to the
 /// end of its block of keys.
 #[inline(always)]
-fn prefetch_block<const WRITE: bool>(p: *const f32, t: usize) {
+fn prefetch_block(p: *const f32, t: usize) {
     for (r0, r1) in causal_blocks(t) {
-        prefetch_rows::<WRITE>(p.wrapping_add(r0 * t), r1 - r0, t, r1);
+        prefetch_rows(p.wrapping_add(r0 * t), r1 - r0, t, r1);
     }
 }
 
@@ -307,11 +301,11 @@ pub(super) fn attention(s: Dims, qkv: &[f32], att: &mut [f32], y: &mut [f32]) {
                 let (nb, nh) = ((i + 1) / s.h, (i + 1) % s.h);
                 let (nq, nk, nv) = s.heads_of(src, nb, nh);
                 for part in [nq, nk, nv] {
-                    prefetch_rows::<false>(part.ptr, t, part.rs, hd);
+                    prefetch_rows(part.ptr, t, part.rs, hd);
                 }
                 let ny = y_ptr.get().wrapping_add(s.out(nb, nh));
-                prefetch_rows::<true>(ny, t, s.d, hd);
-                prefetch_block::<true>(p.as_ptr().wrapping_add(t * t), t);
+                prefetch_rows(ny, t, s.d, hd);
+                prefetch_block(p.as_ptr().wrapping_add(t * t), t);
             }
             // SAFETY: `p` is this task's own block; the y block (rows of
             // sequence bi, columns of head hi) is written by this task only.
@@ -359,13 +353,13 @@ pub(super) fn attention_bwd(s: Dims, qkv: &[f32], att: &[f32], dy: &[f32], dqkv:
                 let (nb, nh) = ((i + 1) / s.h, (i + 1) % s.h);
                 let (nq, nk, nv) = s.heads_of(src, nb, nh);
                 for part in [nq, nk, nv, dsrc.at(s.out(nb, nh))] {
-                    prefetch_rows::<false>(part.ptr, t, part.rs, hd);
+                    prefetch_rows(part.ptr, t, part.rs, hd);
                 }
                 for part in 0..3 {
                     let at = dst.get().wrapping_add(s.qkv(nb, nh, part));
-                    prefetch_rows::<true>(at, t, 3 * s.d, hd);
+                    prefetch_rows(at, t, 3 * s.d, hd);
                 }
-                prefetch_block::<false>(att.as_ptr().wrapping_add((i + 1) * t * t), t);
+                prefetch_block(att.as_ptr().wrapping_add((i + 1) * t * t), t);
             }
             let pv = View::rows(p, t);
             let row = 3 * s.d;
