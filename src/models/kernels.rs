@@ -60,9 +60,10 @@ fn combine(acc: [f32; LANES], rest: f32) -> f32 {
 /// Sum of `x` in a fixed order.
 #[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
+    // Whole chunks as arrays, so that each step is one 8-lane addition.
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    let rest: f32 = rest.iter().sum();
     let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest: f32 = chunks.remainder().iter().sum();
     for c in chunks {
         for i in 0..LANES {
             acc[i] += c[i];
@@ -75,14 +76,11 @@ pub fn sum(x: &[f32]) -> f32 {
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    let (ca, ra) = a[..n].as_chunks::<LANES>();
+    let (cb, rb) = b[..n].as_chunks::<LANES>();
+    let rest: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
     let mut acc = [0f32; LANES];
-    let tail = n - n % LANES;
-    let rest: f32 = a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum();
-    for (ca, cb) in a[..tail]
-        .chunks_exact(LANES)
-        .zip(b[..tail].chunks_exact(LANES))
-    {
+    for (ca, cb) in ca.iter().zip(cb) {
         for i in 0..LANES {
             acc[i] += ca[i] * cb[i];
         }
@@ -172,8 +170,8 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let inv_d = 1.0 / x.len() as f32;
     let mu = sum(x) * inv_d;
     let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest: f32 = chunks.remainder().iter().map(|v| (v - mu) * (v - mu)).sum();
+    let (chunks, rest) = x.as_chunks::<LANES>();
+    let rest: f32 = rest.iter().map(|v| (v - mu) * (v - mu)).sum();
     for c in chunks {
         for i in 0..LANES {
             acc[i] += (c[i] - mu) * (c[i] - mu);
@@ -203,19 +201,24 @@ simd_fn! {
         mean: &mut [f32],
         rstd: &mut [f32],
     ) {
+        // The statistics of a group of rows before their outputs, so that
+        // the rows' reduction chains overlap.
+        const G: usize = 8;
         let d = w.len();
-        for (((xr, yr), m), r) in x
-            .chunks_exact(d)
-            .zip(out.chunks_exact_mut(d))
-            .zip(mean.iter_mut())
-            .zip(rstd.iter_mut())
+        for (((xg, yg), mg), rg) in x
+            .chunks(G * d)
+            .zip(out.chunks_mut(G * d))
+            .zip(mean.chunks_mut(G))
+            .zip(rstd.chunks_mut(G))
         {
-            let (mu, rs) = row_stats(xr, eps);
-            for j in 0..d {
-                yr[j] = (xr[j] - mu) * rs * w[j] + b[j];
+            for ((xr, m), r) in xg.chunks_exact(d).zip(mg.iter_mut()).zip(rg.iter_mut()) {
+                (*m, *r) = row_stats(xr, eps);
             }
-            *m = mu;
-            *r = rs;
+            for (((xr, yr), &mu), &rs) in xg.chunks_exact(d).zip(yg.chunks_exact_mut(d)).zip(&*mg).zip(&*rg) {
+                for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *y = (xv - mu) * rs * wv + bv;
+                }
+            }
         }
     }
 }
@@ -244,31 +247,35 @@ simd_fn! {
             .zip(mean)
             .zip(rstd)
         {
-            let xhat = &mut scratch[..d];
-            for j in 0..d {
-                xhat[j] = (xr[j] - mu) * rs;
-                dw[j] += dyr[j] * xhat[j];
-                db[j] += dyr[j];
+            // Zipped slices of one length, so that the loops vectorise
+            // (indexing `dw[j]` and the like kept a bounds check in each).
+            let (xhat, dw, db) = (&mut scratch[..d], &mut dw[..d], &mut db[..d]);
+            for ((((h, &xv), &g), dw), db) in xhat.iter_mut().zip(xr).zip(dyr).zip(dw).zip(db) {
+                *h = (xv - mu) * rs;
+                *dw += g * *h;
+                *db += g;
             }
             let (mut s1, mut s2) = ([0f32; LANES], [0f32; LANES]);
-            let full = d - d % LANES;
-            for j0 in (0..full).step_by(LANES) {
+            let (cy, ry) = dyr.as_chunks::<LANES>();
+            let (cw, rw) = w.as_chunks::<LANES>();
+            let (ch, rh) = xhat.as_chunks::<LANES>();
+            for ((y, w), h) in cy.iter().zip(cw).zip(ch) {
                 for i in 0..LANES {
-                    let g = dyr[j0 + i] * w[j0 + i];
+                    let g = y[i] * w[i];
                     s1[i] += g;
-                    s2[i] += g * xhat[j0 + i];
+                    s2[i] += g * h[i];
                 }
             }
             let (mut r1, mut r2) = (0f32, 0f32);
-            for j in full..d {
-                let g = dyr[j] * w[j];
+            for ((&y, &w), &h) in ry.iter().zip(rw).zip(rh) {
+                let g = y * w;
                 r1 += g;
-                r2 += g * xhat[j];
+                r2 += g * h;
             }
             let m1 = combine(s1, r1) * inv_d;
             let m2 = combine(s2, r2) * inv_d;
-            for j in 0..d {
-                dxr[j] += rs * (dyr[j] * w[j] - m1 - xhat[j] * m2);
+            for (((dx, &g), &wv), &h) in dxr.iter_mut().zip(dyr).zip(w).zip(&*xhat) {
+                *dx += rs * (g * wv - m1 - h * m2);
             }
         }
     }
