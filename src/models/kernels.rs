@@ -201,24 +201,21 @@ simd_fn! {
         mean: &mut [f32],
         rstd: &mut [f32],
     ) {
-        // The statistics of a group of rows before their outputs, so that
-        // the rows' reduction chains overlap.
-        const G: usize = 8;
         let d = w.len();
-        for (((xg, yg), mg), rg) in x
-            .chunks(G * d)
-            .zip(out.chunks_mut(G * d))
-            .zip(mean.chunks_mut(G))
-            .zip(rstd.chunks_mut(G))
+        for (((xr, yr), m), r) in x
+            .chunks_exact(d)
+            .zip(out.chunks_exact_mut(d))
+            .zip(mean.iter_mut())
+            .zip(rstd.iter_mut())
         {
-            for ((xr, m), r) in xg.chunks_exact(d).zip(mg.iter_mut()).zip(rg.iter_mut()) {
-                (*m, *r) = row_stats(xr, eps);
+            let (mu, rs) = row_stats(xr, eps);
+            // Zipped slices, so that the loop vectorises (indexing `w[j]`
+            // and `b[j]` kept a bounds check per element).
+            for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                *y = (xv - mu) * rs * wv + bv;
             }
-            for (((xr, yr), &mu), &rs) in xg.chunks_exact(d).zip(yg.chunks_exact_mut(d)).zip(&*mg).zip(&*rg) {
-                for (((y, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                    *y = (xv - mu) * rs * wv + bv;
-                }
-            }
+            *m = mu;
+            *r = rs;
         }
     }
 }
