@@ -156,6 +156,23 @@ simd_fn! {
 }
 
 simd_fn! {
+    /// The backward of a ReLU over rows of `db.len()` columns: `dz = dh`
+    /// where the output `h` is positive, else 0, and `db` += the column
+    /// sums of `dz`, row by row (the bias gradient).
+    pub fn relu_bwd_rows(dz: &mut [f32], dh: &[f32], h: &[f32], db: &mut [f32]) {
+        let c = db.len();
+        for ((dzr, dhr), hr) in dz.chunks_exact_mut(c).zip(dh.chunks_exact(c)).zip(h.chunks_exact(c)) {
+            // Zipped slices of one length, so that the loop vectorises.
+            for (((dz, &g), &hv), db) in dzr.iter_mut().zip(dhr).zip(hr).zip(db.iter_mut()) {
+                let v = if hv > 0.0 { g } else { 0.0 };
+                *dz = v;
+                *db += v;
+            }
+        }
+    }
+}
+
+simd_fn! {
     /// `a <- a * b`, elementwise.
     pub fn mul_rows(a: &mut [f32], b: &[f32]) {
         for (a, b) in a.iter_mut().zip(b) {
@@ -767,6 +784,42 @@ mod tests {
                     assert_eq!(bits(&got_d[b..(r + 1) * t]), bits(&dp[b..(r + 1) * t]));
                 }
             }
+        }
+    }
+
+    /// The ReLU backward gives the plain loop's bits: zeros where the
+    /// output is 0 (or -0.0, or NaN), the gradient elsewhere, and the
+    /// bias gradient summed in row order onto what `db` held.
+    #[test]
+    fn relu_bwd_rows_matches_the_plain_loop() {
+        let mut rng = crate::rng::Rng::new(31);
+        for (rows, c) in [(37, 50), (8, 16), (3, 1)] {
+            let dh = rng.normals_f32(rows * c);
+            let mut h: Vec<f32> = rng
+                .normals_f32(rows * c)
+                .iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            h[0] = -0.0;
+            h[rows * c - 1] = f32::NAN;
+            let db0 = rng.normals_f32(c);
+            let (mut dz, mut want_dz) = (vec![0f32; rows * c], vec![0f32; rows * c]);
+            let (mut db, mut want_db) = (db0.clone(), db0.clone());
+            for r in 0..rows {
+                for j in 0..c {
+                    let v = if h[r * c + j] > 0.0 {
+                        dh[r * c + j]
+                    } else {
+                        0.0
+                    };
+                    want_dz[r * c + j] = v;
+                    want_db[j] += v;
+                }
+            }
+            relu_bwd_rows(&mut dz, &dh, &h, &mut db);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dz), bits(&want_dz), "{rows} x {c}");
+            assert_eq!(bits(&db), bits(&want_db), "{rows} x {c}");
         }
     }
 

@@ -102,17 +102,7 @@ impl candle_core::CustomOp2 for ReluBwd {
         let (rows, cols) = l1.shape().dims2()?;
         let mut out = vec![0f32; (rows + 1) * cols];
         let (dz, db) = out.split_at_mut(rows * cols);
-        for ((dzr, dhr), hr) in dz
-            .chunks_exact_mut(cols)
-            .zip(dh.chunks_exact(cols))
-            .zip(h.chunks_exact(cols))
-        {
-            for j in 0..cols {
-                let v = if hr[j] > 0.0 { dhr[j] } else { 0.0 };
-                dzr[j] = v;
-                db[j] += v;
-            }
-        }
+        super::kernels::relu_bwd_rows(dz, dh, h, db);
         Ok((
             candle_core::CpuStorage::F32(out),
             candle_core::Shape::from((rows + 1, cols)),
