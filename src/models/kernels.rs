@@ -519,19 +519,73 @@ simd_fn! {
         z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], sdyx: &mut [f64]
     ) {
         let c = cols.mean.len();
-        let (mean, inv) = (&cols.mean[..c], &cols.inv[..c]);
-        let (sdy, sdyx) = (&mut sdy[..c], &mut sdyx[..c]);
-        for ((zr, or), gr) in z.chunks_exact(c).zip(o.chunks_exact(c)).zip(g.chunks_exact(c)) {
-            for j in 0..c {
-                let on = or[j] > 0.0;
-                let xhat = (zr[j] - mean[j]) * inv[j];
-                let dy = if on { gr[j] } else { 0.0 };
-                let dyx = if on { gr[j] * xhat } else { 0.0 };
-                sdy[j] += dy as f64;
-                sdyx[j] += dyx as f64;
-            }
+        // The usual widths with the sums in registers (arrays of a known
+        // size) instead of loaded and stored for every row.
+        match c {
+            16 => bn_sums_fixed::<16>(z, o, g, cols, sdy, sdyx),
+            32 => bn_sums_fixed::<32>(z, o, g, cols, sdy, sdyx),
+            64 => bn_sums_fixed::<64>(z, o, g, cols, sdy, sdyx),
+            _ => bn_sums(z, o, g, cols, &mut sdy[..c], &mut sdyx[..c]),
         }
     }
+}
+
+/// [`bn_relu_bwd_sums`] onto `sdy` and `sdyx` (each `cols.mean.len()`
+/// long): each column's terms added in row order.
+#[inline(always)]
+fn bn_sums(z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], sdyx: &mut [f64]) {
+    let c = cols.mean.len();
+    let (mean, inv) = (&cols.mean[..c], &cols.inv[..c]);
+    let (sdy, sdyx) = (&mut sdy[..c], &mut sdyx[..c]);
+    for ((zr, or), gr) in z
+        .chunks_exact(c)
+        .zip(o.chunks_exact(c))
+        .zip(g.chunks_exact(c))
+    {
+        for j in 0..c {
+            let on = or[j] > 0.0;
+            let xhat = (zr[j] - mean[j]) * inv[j];
+            let dy = if on { gr[j] } else { 0.0 };
+            let dyx = if on { gr[j] * xhat } else { 0.0 };
+            sdy[j] += dy as f64;
+            sdyx[j] += dyx as f64;
+        }
+    }
+}
+
+/// [`bn_sums`] for `C` columns, with the sums in local arrays: the same
+/// additions in the same order.
+#[inline(always)]
+fn bn_sums_fixed<const C: usize>(
+    z: &[f32],
+    o: &[f32],
+    g: &[f32],
+    cols: &BnColumns,
+    sdy: &mut [f64],
+    sdyx: &mut [f64],
+) {
+    let (mean, inv): (&[f32; C], &[f32; C]) = match (cols.mean.try_into(), cols.inv[..C].try_into())
+    {
+        (Ok(m), Ok(i)) => (m, i),
+        _ => return bn_sums(z, o, g, cols, sdy, sdyx),
+    };
+    let mut a: [f64; C] = std::array::from_fn(|j| sdy[j]);
+    let mut b: [f64; C] = std::array::from_fn(|j| sdyx[j]);
+    let (zc, _) = z.as_chunks::<C>();
+    let (oc, _) = o.as_chunks::<C>();
+    let (gc, _) = g.as_chunks::<C>();
+    for ((zr, or), gr) in zc.iter().zip(oc).zip(gc) {
+        for j in 0..C {
+            let on = or[j] > 0.0;
+            let xhat = (zr[j] - mean[j]) * inv[j];
+            let dy = if on { gr[j] } else { 0.0 };
+            let dyx = if on { gr[j] * xhat } else { 0.0 };
+            a[j] += dy as f64;
+            b[j] += dyx as f64;
+        }
+    }
+    sdy[..C].copy_from_slice(&a);
+    sdyx[..C].copy_from_slice(&b);
 }
 simd_fn! {
     /// BatchNorm + ReLU backward, second pass: `dz = gain * (dy - (sdy +
@@ -820,6 +874,45 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&dz), bits(&want_dz), "{rows} x {c}");
             assert_eq!(bits(&db), bits(&want_db), "{rows} x {c}");
+        }
+    }
+
+    /// BatchNorm + ReLU backward sums, for the widths with the sums in
+    /// registers (16, 32, 64) and another (24), give the plain loop's bits
+    /// onto what the sums held, with some outputs exactly 0.
+    #[test]
+    fn bn_relu_bwd_sums_match_the_plain_loop() {
+        let mut rng = crate::rng::Rng::new(41);
+        for c in [16usize, 32, 64, 24] {
+            let m = 301;
+            let z = rng.normals_f32(m * c);
+            let o: Vec<f32> = z.iter().map(|v| v.max(0.0)).collect();
+            let g = rng.normals_f32(m * c);
+            let (mean, inv, gain) = (rng.normals_f32(c), rng.normals_f32(c), rng.normals_f32(c));
+            let cols = BnColumns {
+                mean: &mean,
+                inv: &inv,
+                gain: &gain,
+            };
+            let start: Vec<f64> = rng.normals_f32(2 * c).iter().map(|&v| v as f64).collect();
+            let (mut want_a, mut want_b) = (start[..c].to_vec(), start[c..].to_vec());
+            for r in 0..m {
+                for j in 0..c {
+                    let i = r * c + j;
+                    let on = o[i] > 0.0;
+                    let xhat = (z[i] - mean[j]) * inv[j];
+                    want_a[j] += if on { g[i] } else { 0.0 } as f64;
+                    want_b[j] += if on { g[i] * xhat } else { 0.0 } as f64;
+                }
+            }
+            let (mut a, mut b) = (start[..c].to_vec(), start[c..].to_vec());
+            bn_relu_bwd_sums(&z, &o, &g, &cols, &mut a, &mut b);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                (bits(&a), bits(&b)),
+                (bits(&want_a), bits(&want_b)),
+                "c = {c}"
+            );
         }
     }
 
