@@ -20,12 +20,21 @@ simd_fn! {
 
 simd_fn! {
     /// Per column of rows `x` (`[M, C]`, C = `out.len()`): the sum in f64,
-    /// in row order, into `out`.
+    /// in row order, onto `out`.
     pub fn col_sums_f64(x: &[f32], out: &mut [f64]) {
-        let c = out.len();
-        for row in x.chunks_exact(c) {
-            for (a, v) in out.iter_mut().zip(row) {
-                *a += *v as f64;
+        // The usual widths with the sums in registers (arrays of a known
+        // size) instead of loaded and stored for every row: the same
+        // additions in the same order.
+        match out.len() {
+            16 => sums_fixed::<16>(x, out),
+            32 => sums_fixed::<32>(x, out),
+            64 => sums_fixed::<64>(x, out),
+            c => {
+                for row in x.chunks_exact(c) {
+                    for (a, v) in out.iter_mut().zip(row) {
+                        *a += *v as f64;
+                    }
+                }
             }
         }
     }
@@ -33,17 +42,53 @@ simd_fn! {
 
 simd_fn! {
     /// Per column of rows `x`: the sum of squared deviations from `mean`
-    /// in f64, in row order, into `out`.
+    /// in f64, in row order, onto `out`.
     pub fn col_sq_dev_f64(x: &[f32], mean: &[f64], out: &mut [f64]) {
         let c = out.len();
         let mean = &mean[..c];
-        for row in x.chunks_exact(c) {
-            for j in 0..c {
-                let d = row[j] as f64 - mean[j];
-                out[j] += d * d;
+        match c {
+            16 => sq_dev_fixed::<16>(x, mean, out),
+            32 => sq_dev_fixed::<32>(x, mean, out),
+            64 => sq_dev_fixed::<64>(x, mean, out),
+            _ => {
+                for row in x.chunks_exact(c) {
+                    for j in 0..c {
+                        let d = row[j] as f64 - mean[j];
+                        out[j] += d * d;
+                    }
+                }
             }
         }
     }
+}
+
+/// [`col_sums_f64`] for `C` columns, with the sums in an array of `C`
+/// while the rows go by.
+#[inline(always)]
+fn sums_fixed<const C: usize>(x: &[f32], out: &mut [f64]) {
+    let mut acc: [f64; C] = std::array::from_fn(|j| out[j]);
+    let (rows, _) = x.as_chunks::<C>();
+    for row in rows {
+        for j in 0..C {
+            acc[j] += row[j] as f64;
+        }
+    }
+    out[..C].copy_from_slice(&acc);
+}
+
+/// [`col_sq_dev_f64`] for `C` columns, likewise.
+#[inline(always)]
+fn sq_dev_fixed<const C: usize>(x: &[f32], mean: &[f64], out: &mut [f64]) {
+    let mean: [f64; C] = std::array::from_fn(|j| mean[j]);
+    let mut acc: [f64; C] = std::array::from_fn(|j| out[j]);
+    let (rows, _) = x.as_chunks::<C>();
+    for row in rows {
+        for j in 0..C {
+            let d = row[j] as f64 - mean[j];
+            acc[j] += d * d;
+        }
+    }
+    out[..C].copy_from_slice(&acc);
 }
 
 simd_fn! {
@@ -246,6 +291,34 @@ pub(super) fn unflatten(d: &[f32], s2: usize, c: usize, out: &mut [f32]) {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// BatchNorm's column sums and squared deviations, for the widths with
+    /// the sums in registers (16, 32, 64) and another (24), give the plain
+    /// loops' bits onto what `out` held.
+    #[test]
+    fn column_sums_match_the_plain_loops() {
+        let mut rng = Rng::new(51);
+        for c in [16usize, 32, 64, 24] {
+            let m = 203;
+            let x = rng.normals_f32(m * c);
+            let mean: Vec<f64> = rng.normals_f32(c).iter().map(|&v| v as f64).collect();
+            let start: Vec<f64> = rng.normals_f32(c).iter().map(|&v| v as f64).collect();
+            let (mut want_s, mut want_q) = (start.clone(), start.clone());
+            for row in x.chunks_exact(c) {
+                for j in 0..c {
+                    want_s[j] += row[j] as f64;
+                    let d = row[j] as f64 - mean[j];
+                    want_q[j] += d * d;
+                }
+            }
+            let (mut s, mut q) = (start.clone(), start.clone());
+            col_sums_f64(&x, &mut s);
+            col_sq_dev_f64(&x, &mean, &mut q);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&s), bits(&want_s), "sums, c = {c}");
+            assert_eq!(bits(&q), bits(&want_q), "squared deviations, c = {c}");
+        }
+    }
 
     /// The adjoint of im2col written per pixel: its first tap copied, the
     /// others added in increasing (ky, kx) (the form `col2im_image` had).
