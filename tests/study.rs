@@ -626,16 +626,19 @@ fn report_refuses_mixed_rows_and_skips_foreign_files() {
     }
 }
 
-/// Two processes started a second apart on one folder train each run once
-/// between them (a claim per run), and the tables equal a single process's;
-/// temporary files left by a killed process are removed at the next start.
+/// Two processes on one folder, the second started once the first has
+/// finished a run, train each run once between them (a claim per run), and
+/// the tables equal a single process's; temporary files left by a killed
+/// process are removed at the next start.
 #[test]
 fn two_processes_share_a_folder() {
-    // Long enough (about 2 s a run) that the second process starts while
-    // the first is still busy.
-    let single = fresh_with("single", 150);
+    // Long enough (about 0.8 s a run on a 2-core AMD EPYC) that the first
+    // process still has runs to claim when the second starts. (Started a
+    // fixed second apart, the first could finish all six runs first: 150
+    // epochs took 1.2 s in all.)
+    let single = fresh_with("single", 600);
     exp(&single, &[]);
-    let d = fresh_with("shared", 150);
+    let d = fresh_with("shared", 600);
     std::fs::create_dir_all(d.join("smoke/runs")).unwrap();
     // A leftover of a killed process (no process has this pid).
     let stale = d.join("smoke/.tmp.4000000.results.md");
@@ -645,7 +648,10 @@ fn two_processes_share_a_folder() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run_files(&d).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let second = exp_command(&d, &["--jobs", "1"]).output().unwrap();
     let first = first.wait_with_output().unwrap();
     for o in [&first, &second] {
