@@ -10,7 +10,9 @@
 //! transformer-fwdbwd and transformer-matmuls (the forward alone, forward and
 //! backward, and the step's matrix products alone), opt-adamax-1m and
 //! opt-rmsprop-centered-1m. Threads follow RAYON_NUM_THREADS (Candle's
-//! setting); the script sets it per case.
+//! setting); the script sets it per case. Each case runs on a rayon pool of
+//! its own with that many threads, as a training run does
+//! (`train::run_on`).
 
 use std::time::Instant;
 
@@ -260,31 +262,39 @@ fn main() {
             .collect();
     }
     for case in cases {
-        let r = if let Some(rest) = case.strip_prefix("opt-") {
-            let (name, size) = rest.rsplit_once('-').expect("opt-<name>-<1m|10m>");
-            let n = match size {
-                "1m" => 1_000_000,
-                "10m" => 10_000_000,
-                _ => panic!("size must be 1m or 10m"),
-            };
-            opt_case(name, n)
-        } else {
-            match case.as_str() {
-                "mlp-64" => mlp_case(64),
-                "mlp-256" => mlp_case(256),
-                "transformer" => transformer_case(),
-                "cnn" | "cnn-2t" => cnn_case(CnnConfig::default()),
-                "basicnet" => cnn_case(CnnConfig {
-                    channels: vec![16, 16, 32, 32, 64, 64, 64],
-                    pool_every: 2,
-                    ..CnnConfig::default()
-                }),
-                "transformer-fwd" => transformer_parts(false),
-                "transformer-matmuls" => transformer_matmuls(),
-                "transformer-fwdbwd" => transformer_parts(true),
-                _ => panic!("unknown case {case}"),
+        let run = || {
+            if let Some(rest) = case.strip_prefix("opt-") {
+                let (name, size) = rest.rsplit_once('-').expect("opt-<name>-<1m|10m>");
+                let n = match size {
+                    "1m" => 1_000_000,
+                    "10m" => 10_000_000,
+                    _ => panic!("size must be 1m or 10m"),
+                };
+                opt_case(name, n)
+            } else {
+                match case.as_str() {
+                    "mlp-64" => mlp_case(64),
+                    "mlp-256" => mlp_case(256),
+                    "transformer" => transformer_case(),
+                    "cnn" | "cnn-2t" => cnn_case(CnnConfig::default()),
+                    "basicnet" => cnn_case(CnnConfig {
+                        channels: vec![16, 16, 32, 32, 64, 64, 64],
+                        pool_every: 2,
+                        ..CnnConfig::default()
+                    }),
+                    "transformer-fwd" => transformer_parts(false),
+                    "transformer-matmuls" => transformer_matmuls(),
+                    "transformer-fwdbwd" => transformer_parts(true),
+                    _ => panic!("unknown case {case}"),
+                }
             }
         };
-        report(&case, r);
+        // On a pool of its own, as `train::run_on` trains a run: the step's
+        // parallel loops start on a worker of that pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .build()
+            .expect("a thread pool");
+        report(&case, pool.install(run));
     }
 }

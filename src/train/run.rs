@@ -44,7 +44,30 @@ pub fn run(cfg: &TrainConfig, device: &Device, opts: &RunOptions) -> Result<Trai
 }
 
 /// As [`run`], on already loaded data (a sweep loads it once).
+///
+/// The run trains on the worker threads of a rayon pool of its own, as
+/// many as the global pool's (`RAYON_NUM_THREADS`): its parallel loops then
+/// start on a worker of that pool instead of being handed to the global
+/// pool from outside it and waited for (two context switches a loop), and
+/// the runs a sweep trains at once (`--jobs`, one thread each) do not
+/// share the global pool's one thread. The threads' number, and so every
+/// result, is the same.
 pub fn run_on(
+    cfg: &TrainConfig,
+    ds: &Dataset,
+    device: &Device,
+    opts: &RunOptions,
+) -> Result<Trained> {
+    let threads = rayon::current_num_threads();
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(|| train_on(cfg, ds, device, opts)),
+        // No threads to be had: the calling thread and the global pool.
+        Err(_) => train_on(cfg, ds, device, opts),
+    }
+}
+
+/// [`run_on`]'s training, on whichever threads it is called from.
+fn train_on(
     cfg: &TrainConfig,
     ds: &Dataset,
     device: &Device,
