@@ -532,6 +532,17 @@ simd_fn! {
 
 /// [`bn_relu_bwd_sums`] onto `sdy` and `sdyx` (each `cols.mean.len()`
 /// long): each column's terms added in row order.
+/// One entry's terms of [`bn_relu_bwd_sums`]: `dy` (the gradient `g`
+/// where the output `o` is positive, else 0) and `dy * xhat`, in f64.
+#[inline(always)]
+fn bn_terms(z: f32, o: f32, g: f32, mean: f32, inv: f32) -> (f64, f64) {
+    let on = o > 0.0;
+    let xhat = (z - mean) * inv;
+    let dy = if on { g } else { 0.0 };
+    let dyx = if on { g * xhat } else { 0.0 };
+    (dy as f64, dyx as f64)
+}
+
 #[inline(always)]
 fn bn_sums(z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], sdyx: &mut [f64]) {
     let c = cols.mean.len();
@@ -543,12 +554,9 @@ fn bn_sums(z: &[f32], o: &[f32], g: &[f32], cols: &BnColumns, sdy: &mut [f64], s
         .zip(g.chunks_exact(c))
     {
         for j in 0..c {
-            let on = or[j] > 0.0;
-            let xhat = (zr[j] - mean[j]) * inv[j];
-            let dy = if on { gr[j] } else { 0.0 };
-            let dyx = if on { gr[j] * xhat } else { 0.0 };
-            sdy[j] += dy as f64;
-            sdyx[j] += dyx as f64;
+            let (dy, dyx) = bn_terms(zr[j], or[j], gr[j], mean[j], inv[j]);
+            sdy[j] += dy;
+            sdyx[j] += dyx;
         }
     }
 }
@@ -576,12 +584,9 @@ fn bn_sums_fixed<const C: usize>(
     let (gc, _) = g.as_chunks::<C>();
     for ((zr, or), gr) in zc.iter().zip(oc).zip(gc) {
         for j in 0..C {
-            let on = or[j] > 0.0;
-            let xhat = (zr[j] - mean[j]) * inv[j];
-            let dy = if on { gr[j] } else { 0.0 };
-            let dyx = if on { gr[j] * xhat } else { 0.0 };
-            a[j] += dy as f64;
-            b[j] += dyx as f64;
+            let (dy, dyx) = bn_terms(zr[j], or[j], gr[j], mean[j], inv[j]);
+            a[j] += dy;
+            b[j] += dyx;
         }
     }
     sdy[..C].copy_from_slice(&a);
@@ -1044,3 +1049,4 @@ mod tests {
         assert_eq!(dx, want_dx);
     }
 }
+
