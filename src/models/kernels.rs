@@ -1049,4 +1049,3 @@ mod tests {
         assert_eq!(dx, want_dx);
     }
 }
-
