@@ -5,7 +5,7 @@
 //! Written as ops over differentiable tensors, these each make several
 //! full-size temporaries per call (the attention scores are B x H x T x T);
 //! here each is one pass forward and one pass backward, through the same
-//! row kernels as the hand-written step (`kernels.rs`). The composite
+//! row kernels as the hand-written step (`kernels/`). The composite
 //! versions in `transformer.rs` stay the reference (and the path on other
 //! devices and dtypes); tests check that both agree, values and gradients.
 
