@@ -71,11 +71,9 @@ fn bn_sums_fixed<const C: usize>(
     sdy: &mut [f64],
     sdyx: &mut [f64],
 ) {
-    let (mean, inv): (&[f32; C], &[f32; C]) = match (cols.mean.try_into(), cols.inv[..C].try_into())
-    {
-        (Ok(m), Ok(i)) => (m, i),
-        _ => return bn_sums(z, o, g, cols, sdy, sdyx),
-    };
+    // `C` is the columns' number (the caller dispatches on it).
+    let mean: &[f32; C] = cols.mean.try_into().expect("C columns");
+    let inv: &[f32; C] = cols.inv[..C].try_into().expect("C columns");
     let mut a: [f64; C] = std::array::from_fn(|j| sdy[j]);
     let mut b: [f64; C] = std::array::from_fn(|j| sdyx[j]);
     let (zc, _) = z.as_chunks::<C>();

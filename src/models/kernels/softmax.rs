@@ -97,6 +97,8 @@ fn causal_softmax_group(s: &mut [f32], t: usize, first: usize, end: usize, scale
     const G: usize = WIDE;
     for (g, rows) in s.chunks_mut(G * t).enumerate() {
         let n_of = |i: usize| first + g * G + i + 1;
+        // Up to the next whole vector within `end`.
+        let padded_of = |n: usize| n.next_multiple_of(WIDE).min(end);
         let mut maxes = [0f32; G];
         for (i, row) in rows.chunks_exact(t).enumerate() {
             let n = n_of(i);
@@ -108,18 +110,18 @@ fn causal_softmax_group(s: &mut [f32], t: usize, first: usize, end: usize, scale
         }
         for (i, row) in rows.chunks_exact_mut(t).enumerate() {
             let (n, max) = (n_of(i), maxes[i]);
-            let padded = n.next_multiple_of(WIDE).min(end);
+            let padded = padded_of(n);
             each(&mut row[..padded], |v| exp(v * scale - max));
         }
         let mut invs = [0f32; G];
         for (i, row) in rows.chunks_exact(t).enumerate() {
             let n = n_of(i);
-            let padded = n.next_multiple_of(WIDE).min(end);
+            let padded = padded_of(n);
             invs[i] = 1.0 / sum_to(&row[..padded], n);
         }
         for (i, row) in rows.chunks_exact_mut(t).enumerate() {
             let (n, inv) = (n_of(i), invs[i]);
-            let padded = n.next_multiple_of(WIDE).min(end);
+            let padded = padded_of(n);
             for (j, v) in row[..padded].iter_mut().enumerate() {
                 *v = if j < n { *v * inv } else { 0.0 };
             }
