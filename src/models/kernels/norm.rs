@@ -1,6 +1,6 @@
 //! LayerNorm's rows (the Transformer's), forward and backward.
 
-use super::{LANES, combine, sum};
+use super::basics::{LANES, combine, sum};
 
 /// Mean and 1/sqrt(var + eps) of a row (torch's biased variance).
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! The causal softmax of the attention's scores, forward and backward,
 //! in whole vectors with the bits of the plain per-row loops.
 
-use super::{LANES, combine, dot, exp, sum};
+use super::basics::{LANES, combine, dot, exp, sum};
 
 /// Lanes of the row passes that run in whole vectors (an AVX-512 register).
 const WIDE: usize = 16;
